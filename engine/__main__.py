@@ -1,0 +1,40 @@
+"""`python -m engine <command> ...` — one entry point; each command lives in the module that owns the feature.
+
+The table maps a command to "module:function"; the module is imported only when its command runs, so
+`python -m engine validate` stays fast and torch-free. Each function takes argv (list[str]) and returns an exit code.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "validate": ("engine.cli:validate", "check presets: python -m engine validate PRESET..."),
+    "train": ("engine.cli:train", "train: python -m engine train PRESET|RUN_DIR [--dry-run] [--resume RUN_DIR] [--set k=v]"),
+    "demo": ("engine.demo:cli", "build a tiny model + dataset and train it end to end: python -m engine demo [FOLDER]"),
+    "check": ("engine.dataset_check:cli", "dataset doctor: python -m engine check DATASET [--trigger T] [--json]"),
+    "fix": ("engine.dataset_fix:cli", "apply dataset fixes (journaled, undoable): python -m engine fix DATASET ..."),
+    "caption": ("engine.caption:cli", "caption images with a local model: python -m engine caption DATASET --model M"),
+    "captions": ("engine.caption_edit:cli", "bulk caption edits with preview, backup and undo"),
+    "lr-preview": ("engine.lr_preview:cli", "plot the LR of every component: python -m engine lr-preview PRESET --out lr.png"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print("usage: python -m engine <command> ...\n")
+        for name, (_, help_text) in COMMANDS.items():
+            print(f"  {name:<11} {help_text}")
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        from engine.registry import suggest
+        print(f"error: unknown command {name!r}{suggest(name, COMMANDS)}; run `python -m engine --help`", file=sys.stderr)
+        return 2
+    module_name, func_name = COMMANDS[name][0].split(":")
+    return int(getattr(importlib.import_module(module_name), func_name)(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""`python -m engine validate` and `python -m engine train` (argument handling only; the loop is engine/train.py).
+
+Exit codes: 0 done (or stopped on request), 1 the run failed, 2 the preset or the command line is wrong.
+Configuration problems print as one message listing every problem, never as a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from engine.config import ConfigError, dump_preset, load_preset
+from engine.runs import create_run_dir, is_run_dir
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+
+
+def validate(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine validate", description="Check presets; exit 2 if any "
+                                     "has a problem.")
+    parser.add_argument("presets", nargs="+", type=Path, help="YAML or JSON preset files")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    failed = 0
+    for path in args.presets:
+        try:
+            load_preset(path, args.overrides)
+            print(f"ok  {path}")
+        except ConfigError as e:
+            failed += 1
+            print(f"BAD {e}", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m engine train", description="Train from a preset (a new run folder) "
+                                "or in an existing run folder.")
+    p.add_argument("target", nargs="?", type=Path, help="preset file (YAML/JSON) or run folder")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped run at its exact step")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved preset and the plan; load no model")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset key, e.g. --set training.max_steps=500 (repeatable)")
+    p.add_argument("--runs-root", type=Path, help="where to create the run folder (default: output.dir)")
+    return p
+
+
+def train(argv: list[str]) -> int:
+    args = _train_parser().parse_args(argv)
+    env = os.environ
+    dry_run = args.dry_run or env.get("DRY_RUN", "").strip().lower() in TRUE_WORDS
+    resume = args.resume
+    overrides = list(args.overrides)
+    resume_from = env.get("RESUME_FROM", "").strip()
+    if resume_from and not resume:
+        # The FLUX guide's RESUME_FROM names a run folder (exact resume) or a LoRA file to continue from.
+        if Path(resume_from).is_dir():
+            resume = Path(resume_from)
+        else:
+            overrides.append(f"network.init_from={resume_from}")
+    if resume:
+        return _resume(resume, dry_run)
+    if args.target is None:
+        print("error: name a preset file or a run folder (or --resume RUN_DIR)", file=sys.stderr)
+        return 2
+    if args.target.is_dir():
+        return _train_in(args.target, overrides, dry_run)
+    try:
+        preset = load_preset(args.target, overrides, env)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if dry_run:
+        return _print_dry_run(preset)
+    run_dir = create_run_dir(preset, args.runs_root)
+    print(f"run folder: {run_dir}", flush=True)
+    return _run(run_dir, resume=False)
+
+
+def _train_in(run_dir: Path, overrides: list[str], dry_run: bool) -> int:
+    if not is_run_dir(run_dir):
+        print(f"error: {run_dir} is a folder but not a run folder (it has no preset.yaml)", file=sys.stderr)
+        return 2
+    if overrides:
+        print("error: --set cannot change a run folder's preset; edit its preset.yaml or start a new run",
+              file=sys.stderr)
+        return 2
+    try:
+        preset = load_preset(run_dir / "preset.yaml")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if dry_run:
+        return _print_dry_run(preset)
+    if any((run_dir / "state").glob("*")):
+        print(f"error: {run_dir} has already trained; continue it with --resume {run_dir}, or start a new run "
+              f"from its preset: python -m engine train {run_dir / 'preset.yaml'}", file=sys.stderr)
+        return 2
+    return _run(run_dir, resume=False)
+
+
+def _resume(run_dir: Path, dry_run: bool) -> int:
+    if not is_run_dir(run_dir):
+        print(f"error: cannot resume {run_dir}: it is not a run folder (no preset.yaml there)", file=sys.stderr)
+        return 2
+    try:
+        preset = load_preset(run_dir / "preset.yaml")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if dry_run:
+        return _print_dry_run(preset)
+    return _run(run_dir, resume=True)
+
+
+def _print_dry_run(preset) -> int:
+    from engine.plan import describe, make_plan
+
+    print("# resolved preset")
+    print(dump_preset(preset))
+    print("# plan (dry run: no model loaded)")
+    if not preset.dataset.path or not Path(preset.dataset.path).is_dir():
+        print(f"dataset folder not found: {preset.dataset.path or '(dataset.path is empty)'} — set dataset.path "
+              f"(or DATA_DIR) to your image folder")
+        return 2
+    print(describe(make_plan(preset.dataset, preset.training, preset.sampling, preset.output)))
+    return 0
+
+
+def _run(run_dir: Path, resume: bool) -> int:
+    from engine.train import run  # imports torch: only now that a run really starts
+
+    return run(run_dir, resume=resume)

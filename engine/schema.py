@@ -1,0 +1,226 @@
+"""The preset schema: every field of a preset, with its type, default, unit, range and one line of help.
+
+Torch-free. This file is data only: the sections below ARE the documentation of the YAML format, and the GUI
+builds its form from the same metadata (`help`, `unit`, `min`, `max`, `choices`, `advanced`).
+Loading, validation and saving live in engine/config.py.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Optional
+
+from engine.optim_specs import OPTIMIZER_PARAMS, SCHEDULE_PARAMS
+
+CURRENT_VERSION = 1
+
+FAMILIES = ("sd15", "sd2", "sdxl", "flux")
+OBJECTIVES = ("auto", "epsilon", "v_prediction", "flow")
+PRECISIONS = ("bf16", "fp16", "fp32")
+EXPORT_FORMATS = ("kohya", "diffusers")
+# The optimizer and schedule names; their parameters are in engine/optim_specs.py.
+OPTIMIZER_TYPES = ("adamw", "adamw8bit", "lion", "lion8bit", "sgd", "prodigy", "adafactor")
+SCHEDULE_TYPES = (
+    "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
+    "CosineAnnealingLR", "LinearLR", "ExponentialLR", "ConstantLR", "StepLR", "ReduceLROnPlateau",
+)
+COMPONENTS = ("unet", "text_encoder")
+
+
+def opt(default, help, *, unit=None, min=None, max=None, choices=None, advanced=False, env=None):
+    """A schema field. `min`/`max` are inclusive; `choices` restricts a string (or each item of a list)."""
+    meta = {"help": help, "unit": unit, "min": min, "max": max, "choices": choices, "advanced": advanced, "env": env}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    family: str = opt("sd15", "Model family of the base model.", choices=FAMILIES)
+    path: str = opt("", "Base model: a diffusers folder, a single .safetensors/.ckpt file, or a Hub id "
+                        "(e.g. stable-diffusion-v1-5/stable-diffusion-v1-5).", env="MODEL_PATH")
+    single_file_config: str = opt("", "For a single-file checkpoint: a local diffusers-format folder with the "
+                                      "model's configs and tokenizers (no download needed).", advanced=True)
+    prediction_type: str = opt("auto", "What the base model predicts. auto reads the model's scheduler config "
+                                       "(SD2-768 models are v_prediction).", choices=OBJECTIVES, advanced=True)
+    quantize_base: str = opt("none", "Store the frozen base weights in 8-bit or NF4 to fit 12-24 GB cards "
+                                     "(FLUX; needs a CUDA GPU).", choices=("none", "int8", "nf4"), advanced=True)
+    vae_path: str = opt("", "Optional separate VAE (folder or file); empty uses the model's own.", advanced=True)
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    path: str = opt("", "Folder with your images and captions (images/ + captions/, or side by side).",
+                    env="DATA_DIR")
+    trigger: str = opt("", "Trigger token that should appear in every caption, e.g. ohwx. Empty: none.")
+    caption_ext: str = opt(".txt", "Extension of the caption files.", advanced=True)
+    repeats: int = opt(1, "How many times each image is seen per epoch.", min=1, max=1000)
+    resolution_px: int = opt(512, "Training resolution: images are bucketed to about this many pixels squared.",
+                             unit="px", min=64, max=4096, env="RESOLUTION")
+    bucketing: bool = opt(True, "Group images by aspect ratio instead of cropping them square.")
+    min_bucket_px: int = opt(256, "Smallest bucket side.", unit="px", min=64, max=4096, advanced=True,
+                             env="MIN_BUCKET_RESO")
+    max_bucket_px: int = opt(1024, "Largest bucket side.", unit="px", min=64, max=8192, advanced=True,
+                             env="MAX_BUCKET_RESO")
+    bucket_step_px: int = opt(64, "Bucket sides are multiples of this.", unit="px", min=8, max=256, advanced=True)
+    random_crop: bool = opt(False, "Crop at a random position inside the bucket (off: centre crop).", advanced=True)
+    flip: bool = opt(False, "Randomly mirror images left-right (not for faces with asymmetric features or text).",
+                     advanced=True)
+    caption_dropout: float = opt(0.0, "Chance of training an image with an empty caption.", min=0.0, max=1.0,
+                                 advanced=True)
+    shuffle_tags: bool = opt(False, "Shuffle comma-separated tags every time a caption is used.", advanced=True)
+    keep_tags: int = opt(1, "With shuffle_tags: how many leading tags stay in place (the trigger).", min=0,
+                         max=100, advanced=True)
+    use_reg: bool = opt(False, "Train on regularization images too (keeps the model's idea of the class).",
+                        env="USE_REG")
+    reg_path: str = opt("", "Folder of regularization images with captions (same layout as the dataset).",
+                        env="REG_DIR")
+    reg_weight: float = opt(1.0, "Loss weight of regularization images.", min=0.0, max=10.0, advanced=True)
+    reg_repeats: int = opt(1, "How many times each regularization image is seen per epoch.", min=1, max=1000,
+                           advanced=True)
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    type: str = opt("lora", "lora: train a small adapter file. full: fine-tune the whole model.",
+                    choices=("lora", "full"))
+    rank: int = opt(16, "LoRA rank (dim): capacity of the adapter.", min=1, max=1024, env="RANK")
+    alpha: float = opt(16.0, "LoRA alpha: the adapter is scaled by alpha / rank.", min=0.0, max=4096.0, env="ALPHA")
+    dropout: float = opt(0.0, "Dropout inside the LoRA layers (helps against overfitting).", min=0.0, max=0.9)
+    targets: list = opt([], "Module names that get LoRA layers; empty uses the family's default "
+                            "(attention projections).", advanced=True)
+    init_from: str = opt("", "Continue training from this LoRA .safetensors file.", advanced=True)
+    train_text_encoder: bool = opt(False, "Also train the text encoder(s). Off by default: a unique trigger "
+                                          "token rarely needs it.", env="ENABLE_TE")
+    te_lr_ratio: float = opt(0.4, "Text-encoder LR = this x UNet LR when the text encoder's own lr is empty.",
+                             min=0.0, max=10.0, advanced=True)
+    te_two_phase: bool = opt(False, "Train the text encoder only for the first part of the run, then freeze it.",
+                             env="TWO_PHASE_TE")
+    te_phase_fraction: float = opt(0.5, "With te_two_phase: fraction of the steps that train the text encoder.",
+                                   min=0.0, max=1.0, advanced=True)
+
+
+@dataclass(frozen=True)
+class EmaConfig:
+    enabled: bool = opt(False, "Keep an exponential moving average of the trained weights and save it.")
+    decay: float = opt(0.999, "EMA decay per step.", min=0.0, max=1.0)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    max_steps: int = opt(1000, "Optimizer steps to train; 0 trains for max_epochs instead.", unit="steps", min=0,
+                         max=10_000_000, env="MAX_STEPS")
+    max_epochs: int = opt(0, "Epochs to train when max_steps is 0.", unit="epochs", min=0, max=100_000)
+    batch_size: int = opt(1, "Images per batch.", min=1, max=512, env="BATCH_SIZE")
+    grad_accum: int = opt(1, "Batches accumulated per optimizer step (effective batch = batch x this).", min=1,
+                          max=1024, env="GRAD_ACCUM")
+    precision: str = opt("bf16", "Mixed precision. bf16 is the safe default on RTX 30xx and newer; fp16 for older "
+                                 "cards; fp32 on CPU.", choices=PRECISIONS)
+    gradient_checkpointing: bool = opt(True, "Recompute activations in the backward pass: much less VRAM, ~20% "
+                                             "slower.")
+    seed: int = opt(42, "Random seed; the same seed and data give the same run.", min=0, max=2**32 - 1, env="SEED")
+    objective: str = opt("auto", "Training target. auto follows the model (epsilon, v_prediction, or flow for "
+                                 "FLUX).", choices=OBJECTIVES, advanced=True)
+    timestep_sampling: str = opt("uniform", "How noise levels are drawn: uniform, or logit_normal (favours the "
+                                            "middle; common for flow models).",
+                                 choices=("uniform", "logit_normal"), advanced=True)
+    noise_offset: float = opt(0.0, "Adds a small constant to the noise so the model learns very dark and bright "
+                                   "images. 0.05-0.1 typical.", min=0.0, max=1.0, env="NOISE_OFFSET")
+    min_snr_gamma: float = opt(0.0, "Min-SNR loss weighting (0 = off; 5 is the paper's value).", min=0.0, max=100.0,
+                               advanced=True)
+    clip_grad_norm: float = opt(1.0, "Clip the gradient norm to this (0 = off).", min=0.0, max=1000.0, advanced=True)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    cache_latents: bool = opt(True, "Encode every image once and reuse the latents (much faster; off when "
+                                    "random_crop or flip need fresh crops).", advanced=True)
+    cache_text_embeddings: bool = opt(True, "Encode captions once when the text encoder is frozen.", advanced=True)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """One component's optimizer. Parameters other than type and lr depend on the type (engine/optim_specs.py)."""
+    type: str = opt("adamw", "Optimizer.", choices=OPTIMIZER_TYPES)
+    lr: Optional[float] = opt(1e-4, "Learning rate. Empty for the text encoder: te_lr_ratio x UNet LR.",
+                              min=0.0, max=10.0)
+    params: dict = opt({}, "Optimizer parameters (betas, eps, weight_decay, momentum, ...).", advanced=True)
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """One component's learning-rate schedule. Parameters depend on the type (engine/optim_specs.py)."""
+    type: str = opt("constant_with_warmup", "Learning-rate schedule.", choices=SCHEDULE_TYPES)
+    warmup_steps: int = opt(0, "Steps over which the LR rises linearly from 0.", unit="steps", min=0,
+                            max=10_000_000)
+    lr_decay_steps: int = opt(0, "Steps over which the schedule decays (0 = the whole run).", unit="steps", min=0,
+                              max=10_000_000, advanced=True)
+    params: dict = opt({}, "Schedule parameters (eta_min_factor, gamma, step_size, ...).", advanced=True)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    prompts: list = opt([], "Prompts rendered during training (use your trigger token).")
+    negative_prompt: str = opt("", "Negative prompt for every sample.", advanced=True)
+    every_n_steps: int = opt(0, "Render samples every N steps (0 = only at the end).", unit="steps", min=0,
+                             max=10_000_000)
+    at_start: bool = opt(False, "Also render samples before training (the base model, for comparison).",
+                         advanced=True)
+    steps: int = opt(25, "Denoising steps per sample.", min=1, max=500)
+    guidance_scale: float = opt(7.0, "Classifier-free guidance (FLUX dev: distilled guidance, ~3.5).", min=0.0,
+                                max=50.0)
+    seed: int = opt(42, "Seed for samples (the same seed makes samples comparable across steps).", min=0,
+                    max=2**32 - 1)
+    width_px: int = opt(0, "Sample width (0 = training resolution).", unit="px", min=0, max=4096, advanced=True)
+    height_px: int = opt(0, "Sample height (0 = training resolution).", unit="px", min=0, max=4096, advanced=True)
+    strengths: list = opt([1.0], "LoRA strengths to render each prompt at, e.g. 0.5 0.8 1.0 1.2.")
+    sampler: str = opt("default", "Sampler; default uses the model's own scheduler.",
+                       choices=("default", "euler", "ddim", "dpmpp_2m", "flow_euler"), advanced=True)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str = opt("runs", "Folder that holds the run folders (relative to the Easel folder).", env="OUT_DIR")
+    run_name: str = opt("lora", "Name of the run; the run folder is <name>-<date>-<time>.", env="RUN_NAME")
+    formats: list = opt(["kohya"], "LoRA file formats: kohya (A1111/Forge/ComfyUI) and/or diffusers.",
+                        choices=EXPORT_FORMATS)
+    save_every_n_steps: int = opt(0, "Save a checkpoint every N steps (0 = off).", unit="steps", min=0,
+                                  max=10_000_000)
+    save_every_n_minutes: float = opt(0.0, "Save a checkpoint every N minutes of training (0 = off).",
+                                      unit="min", min=0.0, max=100_000.0)
+    save_every_n_epochs: int = opt(0, "Save a checkpoint every N epochs (0 = off).", unit="epochs", min=0,
+                                   max=100_000)
+    keep_last: int = opt(3, "Keep only the newest N checkpoints (0 = keep all). The final file is always kept.",
+                         min=0, max=10_000, advanced=True)
+    save_precision: str = opt("fp16", "Precision of the saved LoRA tensors.", choices=PRECISIONS, advanced=True)
+    tensorboard: bool = opt(False, "Also write TensorBoard logs into the run folder.", advanced=True)
+
+
+def _defaults(table: dict, kind: str) -> dict:
+    return {name: copy.deepcopy(spec[0]) for name, spec in table[kind].items()}
+
+
+def default_optimizers() -> dict:
+    params = _defaults(OPTIMIZER_PARAMS, OptimizerConfig.type)
+    return {"unet": OptimizerConfig(params=params), "text_encoder": OptimizerConfig(lr=None, params=dict(params))}
+
+
+def default_schedules() -> dict:
+    params = _defaults(SCHEDULE_PARAMS, ScheduleConfig.type)
+    return {"unet": ScheduleConfig(params=params), "text_encoder": ScheduleConfig(params=dict(params))}
+
+
+@dataclass(frozen=True)
+class Preset:
+    version: int = opt(CURRENT_VERSION, "Preset format version (older presets are migrated on load).", min=0,
+                       max=CURRENT_VERSION, advanced=True)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    optimizers: dict = field(default_factory=default_optimizers,
+                             metadata={"help": "Optimizer per component: unet (UNet or transformer), text_encoder.",
+                                       "item": OptimizerConfig, "keys": COMPONENTS})
+    schedules: dict = field(default_factory=default_schedules,
+                            metadata={"help": "Learning-rate schedule per component.",
+                                      "item": ScheduleConfig, "keys": COMPONENTS})
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)

@@ -1,0 +1,7 @@
+"""Shared test set-up. Nothing may reach the network: models are tiny, random and built on disk by the tests."""
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"           # before anything imports huggingface_hub
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
