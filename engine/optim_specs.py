@@ -9,6 +9,10 @@ from __future__ import annotations
 
 PAIR = "pair"  # a [float, float] list, e.g. betas
 
+_LION_DECOUPLED = ("Off: each step shrinks weights by LR x weight_decay. On (lion-pytorch's meaning): by weight_decay "
+                   "x the schedule's fraction of the initial LR, independent of the LR's size (use a much smaller "
+                   "weight_decay).")
+
 OPTIMIZER_PARAMS = {
     "adamw": {
         "betas": ([0.9, 0.999], PAIR, "Adam's moving-average factors for the gradient and its square."),
@@ -25,11 +29,12 @@ OPTIMIZER_PARAMS = {
     "lion": {
         "betas": ([0.9, 0.99], PAIR, "Lion's interpolation and momentum factors."),
         "weight_decay": (0.0, float, "Weight decay (Lion wants 3-10x AdamW's)."),
-        "decoupled_weight_decay": (True, bool, "Apply weight decay decoupled from the update (AdamW-style)."),
+        "decoupled_weight_decay": (False, bool, _LION_DECOUPLED),
     },
     "lion8bit": {
         "betas": ([0.9, 0.99], PAIR, "Lion's interpolation and momentum factors."),
-        "weight_decay": (0.0, float, "Weight decay."),
+        "weight_decay": (0.0, float, "Weight decay (Lion wants 3-10x AdamW's)."),
+        "decoupled_weight_decay": (False, bool, _LION_DECOUPLED),
     },
     "sgd": {
         "momentum": (0.0, float, "Momentum factor."),

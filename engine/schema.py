@@ -134,6 +134,8 @@ class TrainingConfig:
     cache_latents: bool = opt(True, "Encode every image once and reuse the latents (much faster; off when "
                                     "random_crop or flip need fresh crops).", advanced=True)
     cache_text_embeddings: bool = opt(True, "Encode captions once when the text encoder is frozen.", advanced=True)
+    preserve_lr: bool = opt(False, "On resume, keep the learning rate the saved run had, even if the schedule or "
+                                   "LR in the preset changed.", advanced=True)
 
 
 @dataclass(frozen=True)
