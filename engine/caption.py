@@ -7,7 +7,7 @@
 from the model's config.json (or, for a WD14 tagger, its model.onnx + selected_tags.csv), or given with --captioner.
 Hub ids are looked up in the local Hugging Face cache first; offline with nothing local, the run fails at once with
 one message naming what to download. Captions already on disk are never overwritten without a backup: every run
-is one journal entry (engine.dataset_fix), undone by `python -m engine captions DATASET undo`.
+is one journal entry (engine.dataset_journal), undone by `python -m engine captions DATASET undo`.
 Events (--events-dir DIR -> DIR/events.jsonl): status {phase, text, n, total}, warning, error {message, hint,
 traceback}, then done or stopped. The run stops before the next batch when the file DIR/control/stop appears.
 torch and transformers are imported only inside the captioner loaders (engine/captioners/).
@@ -180,7 +180,7 @@ def caption_dataset(root: Path, model: str, captioner: str | None = None,
 
 def _run(root: Path, model: str, captioner: str | None, settings: CaptionSettings, progress: Progress) -> dict:
     from engine.captioners import CAPTIONERS
-    from engine.dataset_fix import JournalEntry
+    from engine.dataset_journal import JournalEntry
     from engine.registry import choose
 
     items = _targets(root, settings.mode)

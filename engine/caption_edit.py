@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from engine import dataset_layout as layout
 from engine.dataset_check import trigger_pattern as _trigger_re
-from engine.dataset_fix import STATE_DIR, JournalEntry, undo as undo_entry
+from engine.dataset_journal import STATE_DIR, JournalEntry, undo as undo_entry
 
 CAPTION_ACTIONS = ("caption_edit", "caption_run")  # journal actions that only touch captions
 

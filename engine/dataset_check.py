@@ -4,33 +4,28 @@
     for f in report.findings: print(f.severity, f.message, f.hint)     # plain data; report.to_dict() for JSON
 
 Each check is one function `(scan) -> list[Finding]` in CHECKS, in the order the user should deal with them.
-Images are probed in parallel threads (Pillow releases the GIL while decoding); JPEGs decode at 1/8 size (draft
-mode), which still reads every byte, so truncated files are caught at a fraction of the cost.
+Reading the image files themselves (headers, decoding, truncation, hashes) is engine.dataset_images.
 CLI: python -m engine check DATASET [--trigger T] [--resolution R] [--batch-size B] [--json] [--quick]
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
 import json
-import os
 import re
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from engine import buckets as bucketing
 from engine import dataset_layout as layout
+from engine.dataset_images import ImageInfo, probe_all
 
 SEVERITIES = ("error", "warning", "info")
 MIN_IMAGES, MAX_IDENTITY_IMAGES = 15, 30          # the FLUX identity guide: 15 minimum, 15–30 recommended
 EXTREME_ASPECT = 2.5                               # wider or taller than 2.5:1
 UPSCALE_WARN = 1.1                                 # enlarged by more than 10 % to fill its bucket
 NEAR_DUPLICATE_BITS = 4                            # perceptual hashes (64 bits) this close look the same
-EXIF_ORIENTATION_TAG = 0x0112
 
 
 @dataclass
@@ -94,118 +89,6 @@ class Report:
                 "counts": {s: sum(f.severity == s for f in self.findings) for s in SEVERITIES},
                 "findings": [f.to_dict() for f in self.findings], "images": [r.to_dict() for r in self.images],
                 "buckets": self.buckets}
-
-
-# ---------------------------------------------------------------------------------------------- probing images
-@dataclass
-class ImageInfo:
-    path: Path
-    n_bytes: int = 0
-    sha256: str | None = None
-    problem: str | None = None     # zero_byte | unreadable | truncated
-    detail: str = ""
-    format: str | None = None
-    mode: str | None = None
-    width: int | None = None       # as displayed (EXIF orientation applied)
-    height: int | None = None
-    orientation: int = 1
-    has_alpha: bool = False
-    bit_depth: int = 8
-    phash: int | None = None
-
-
-def _png_bit_depth(data: bytes) -> int:
-    # IHDR is always the first chunk: 8-byte signature, 4 length, 4 type, 4 width, 4 height, then 1 byte depth.
-    return data[24] if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 24 else 8
-
-
-def _has_alpha(im) -> bool:
-    return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
-
-
-def _orientation(im) -> int:
-    """The EXIF orientation (1 = upright). PNG's getexif() would decode the whole image to look for a late
-    eXIf chunk, so for PNG only the header's EXIF (if any) is read."""
-    from PIL import Image
-
-    if im.format == "PNG":
-        exif = Image.Exif()
-        if "exif" in im.info:
-            exif.load(im.info["exif"])
-    else:
-        exif = im.getexif()
-    return int(exif.get(EXIF_ORIENTATION_TAG, 1) or 1)
-
-
-def probe_image(path: Path, deep: bool = True) -> ImageInfo:
-    """Header facts of one image; with deep=True also decode it (truncation) and take its perceptual hash."""
-    from PIL import Image
-
-    data = path.read_bytes()
-    info = ImageInfo(path=path, n_bytes=len(data))
-    if not data:
-        info.problem = "zero_byte"
-        return info
-    info.sha256 = hashlib.sha256(data).hexdigest()
-    try:
-        im = Image.open(io.BytesIO(data))
-    except Exception as exc:  # Pillow raises several types for files it cannot identify
-        info.problem, info.detail = "unreadable", str(exc)
-        return info
-    with im:
-        info.format, info.mode = im.format, im.mode
-        info.width, info.height = im.size
-        info.orientation = _orientation(im)
-        if info.orientation in (5, 6, 7, 8):  # stored sideways; shown turned by 90°
-            info.width, info.height = info.height, info.width
-        info.has_alpha = _has_alpha(im)
-        info.bit_depth = 16 if im.mode.startswith("I;16") or _png_bit_depth(data) == 16 else 8
-        if deep:
-            _decode_and_hash(im, info)
-        elif _end_marker_missing(data, im.format):
-            info.problem, info.detail = "truncated", "the file ends before the image does"
-    return info
-
-
-def _end_marker_missing(data: bytes, image_format: str | None) -> bool:
-    """Cheap truncation test without decoding: JPEG must end with EOI (FF D9), PNG with an IEND chunk."""
-    tail = data.rstrip(b"\x00")[-16:]  # some cameras pad files with zeros
-    if image_format == "JPEG":
-        return not tail.endswith(b"\xff\xd9")
-    if image_format == "PNG":
-        return b"IEND" not in tail
-    return False
-
-
-def _decode_and_hash(im, info: ImageInfo) -> None:
-    import imagehash
-
-    try:
-        im.draft("RGB", (64, 64))  # JPEG only: decode at reduced size; a no-op for other formats
-        im.load()
-    except Exception as exc:  # truncated or corrupt data after a valid header
-        info.problem, info.detail = "truncated", str(exc)
-        return
-    grey = _grey_8bit(im)
-    small = grey.reduce(max(1, min(grey.size) // 128))  # the hash looks at 32×32 anyway; shrink cheaply first
-    info.phash = int(str(imagehash.phash(small)), 16)
-
-
-def _grey_8bit(im):
-    """8-bit greyscale for hashing; 16-bit images are scaled down (convert() would clip them to white)."""
-    if im.mode.startswith("I"):
-        import numpy as np
-        from PIL import Image
-
-        values = np.asarray(im, dtype=np.uint32)
-        return Image.fromarray((values >> 8 if values.max() > 255 else values).astype(np.uint8))
-    return im.convert("L")
-
-
-def probe_all(paths: list[Path], deep: bool = True, workers: int | None = None) -> list[ImageInfo]:
-    workers = workers or min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda p: probe_image(p, deep), paths))
 
 
 # ---------------------------------------------------------------------------------------------- the scan
