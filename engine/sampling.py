@@ -1,0 +1,143 @@
+"""Sample images during and after training: each prompt at each LoRA strength, with A1111-readable PNG metadata.
+
+Strength 0 renders the base model with the same seed, so the sample grid shows what the LoRA changes. Sampling
+mid-training leaves the training state alone: the global RNG (resume must be exact), train/eval modes, which
+adapters are active and which parameters are trainable are all as before.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+from pathlib import Path
+
+import torch
+
+# sampler name (the preset's `sample.sampler` value) -> diffusers scheduler class name, built with from_config so
+# the model's own betas / shift / prediction type carry over. Families list which ones they allow.
+SAMPLERS = {
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "ddim": "DDIMScheduler",
+    "dpmpp_2m": "DPMSolverMultistepScheduler",
+    "flow_euler": "FlowMatchEulerDiscreteScheduler",
+}
+_A1111_SAMPLER_NAMES = {"euler": "Euler", "euler_a": "Euler a", "ddim": "DDIM", "dpmpp_2m": "DPM++ 2M",
+                        "flow_euler": "Euler"}
+TEXT_SEQUENCE_TOKENS = 77  # T5 prompt length for FLUX samples; the pipeline default (512) is slow and unneeded
+
+
+def set_sampler(pipeline, name: str) -> None:
+    """Swap the pipeline's scheduler for SAMPLERS[name], keeping the model's noise schedule config."""
+    import diffusers
+
+    from engine.registry import choose
+
+    cls = getattr(diffusers, choose(SAMPLERS, name, "sample.sampler"))
+    pipeline.scheduler = cls.from_config(pipeline.scheduler.config)
+
+
+def sample_images(pipeline, prompts: list[str], negative_prompt: str, seed: int, steps: int, guidance: float,
+                  width: int, height: int, strengths: list[float], out_dir: Path, step: int,
+                  extra_info: dict | None = None, sampler: str | None = None,
+                  max_sequence_length: int = TEXT_SEQUENCE_TOKENS) -> list[dict]:
+    """Render every prompt at every LoRA strength into `out_dir`; one dict per image (path, prompt, strength, step).
+
+    Prompt i uses seed `seed + i` at every strength, so images of one prompt differ only by the LoRA.
+    Files: `step{step:06d}_p{i:02d}_s{strength:.2f}.png` (sorts by step, then prompt, then strength).
+    `extra_info` ({"Model": ..., "LoRA": ...}) is added to the PNG's A1111 `parameters` text.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if sampler:
+        set_sampler(pipeline, sampler)
+    sampler_name = sampler or type(pipeline.scheduler).__name__
+    accepted = inspect.signature(pipeline.__call__).parameters
+    results = []
+    with _training_state_preserved(pipeline):
+        for i, prompt in enumerate(prompts):
+            for strength in strengths:
+                kwargs = dict(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance, width=width,
+                              height=height, generator=torch.Generator("cpu").manual_seed(seed + i))
+                if negative_prompt and "negative_prompt" in accepted:
+                    kwargs["negative_prompt"] = negative_prompt
+                if "max_sequence_length" in accepted:  # T5-conditioned pipelines (FLUX)
+                    kwargs["max_sequence_length"] = max_sequence_length
+                with lora_strength(pipeline, strength):
+                    image = pipeline(**kwargs).images[0]
+                path = out_dir / f"step{step:06d}_p{i:02d}_s{strength:.2f}.png"
+                settings = {"Steps": steps, "Sampler": _A1111_SAMPLER_NAMES.get(sampler_name, sampler_name),
+                            "CFG scale": guidance, "Seed": seed + i, "Size": f"{width}x{height}",
+                            "LoRA strength": strength, "Training step": step, **(extra_info or {})}
+                _save_png(image, path, prompt, negative_prompt, settings)
+                results.append({"path": str(path), "prompt": prompt, "strength": strength, "step": step})
+    return results
+
+
+@contextlib.contextmanager
+def lora_strength(pipeline, strength: float):
+    """Scale every LoRA layer of the pipeline by `strength` (0 = base model), restoring the exact scales after.
+
+    Scaling peft's per-layer `scaling` directly works for adapters added for training and for loaded files, on any
+    denoiser and text encoder, and unlike `set_adapters` it does not touch which parameters are trainable.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for component in _components(pipeline) for m in component.modules() if isinstance(m, LoraLayer)]
+    saved = [dict(layer.scaling) for layer in layers]
+    try:
+        for layer in layers:
+            for adapter in layer.scaling:
+                layer.scaling[adapter] *= strength
+        yield
+    finally:
+        for layer, scaling in zip(layers, saved):
+            layer.scaling.clear()
+            layer.scaling.update(scaling)
+
+
+@contextlib.contextmanager
+def _training_state_preserved(pipeline):
+    """eval() for sampling (LoRA dropout off), then restore train modes and the global RNG streams."""
+    components = _components(pipeline)
+    modes = [{name: m.training for name, m in c.named_modules()} for c in components]
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            for c in components:
+                c.eval()
+            yield
+        finally:
+            for c, mode in zip(components, modes):
+                for name, m in c.named_modules():
+                    m.training = mode.get(name, m.training)
+
+
+def _components(pipeline) -> list[torch.nn.Module]:
+    return [c for c in pipeline.components.values() if isinstance(c, torch.nn.Module)]
+
+
+def _save_png(image, path: Path, prompt: str, negative_prompt: str, settings: dict) -> None:
+    """PNG with A1111's `parameters` text (its PNG Info tab and civitai read it) and the same data as JSON."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", a1111_parameters(prompt, negative_prompt, settings))
+    info.add_text("easel", json.dumps({"prompt": prompt, "negative_prompt": negative_prompt, **settings},
+                                      ensure_ascii=False, default=str))
+    tmp = path.with_name(path.name + ".tmp")
+    image.save(tmp, format="PNG", pnginfo=info)
+    tmp.replace(path)  # the GUI's gallery never shows a half-written PNG
+
+
+def a1111_parameters(prompt: str, negative_prompt: str, settings: dict) -> str:
+    """A1111's text: prompt, `Negative prompt: …` line, then `Key: value, …` (values with , or : JSON-quoted)."""
+    def value(v):
+        text = f"{v:g}" if isinstance(v, float) else str(v)
+        return json.dumps(text, ensure_ascii=False) if ("," in text or ":" in text or "\n" in text) else text
+
+    lines = [prompt]
+    if negative_prompt:
+        lines.append(f"Negative prompt: {negative_prompt}")
+    lines.append(", ".join(f"{k}: {value(v)}" for k, v in settings.items()))
+    return "\n".join(lines)
