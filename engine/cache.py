@@ -1,0 +1,211 @@
+"""Latent and text-embedding caches, and the batch source that feeds the loop from them.
+
+Latents are cached on disk under the dataset's `_easel/cache/latents/` (Easel's own folder, never trained on),
+one safetensors file per (file content, bucket, crop, VAE): editing an image, changing the resolution or the VAE
+gives a new key, and a second run on the same data skips the VAE entirely. Text embeddings are cached in memory
+per caption string while no text encoder trains (an encoder that trains changes them every step).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from engine.data import Sample, caption_for_step, crop_box, load_pixels, step_generator
+
+CACHE_FORMAT = "1"  # bump when what is stored changes, so old files are not reused
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def vae_fingerprint(vae) -> str:
+    """Identifies the VAE's weights cheaply: its config plus a few statistics of every tensor."""
+    h = hashlib.sha256(json.dumps(dict(vae.config), sort_keys=True, default=str).encode("utf-8"))
+    for name, p in vae.state_dict().items():
+        flat = p.detach().float().flatten()
+        h.update(f"{name}:{tuple(p.shape)}:{flat.sum().item():.6e}:{flat[:4].tolist()}".encode("utf-8"))
+    return h.hexdigest()[:16]
+
+
+def latent_key(sample: Sample, digest: str, vae_id: str) -> str:
+    crop = crop_box(sample.size, sample.bucket, random_crop=False, g=None)
+    text = f"{CACHE_FORMAT}|{digest}|{sample.bucket}|{crop}|{vae_id}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def cache_dir_for(dataset_path: str) -> Path:
+    return Path(dataset_path).expanduser() / "_easel" / "cache" / "latents"
+
+
+def _load_or_encode(sample: Sample, path: Path, encode_image, writable: bool = True):
+    from safetensors.torch import load_file, save_file
+
+    if path.is_file():
+        try:
+            data = load_file(path)
+            return data["latents"], data["size_cond"]
+        except Exception:  # noqa: BLE001 - a torn cache file is simply rebuilt
+            pass
+    pixels, size_cond = load_pixels(sample.image, sample.size, sample.bucket)
+    with torch.no_grad():
+        latents = encode_image(pixels[None])[0].float().cpu()
+    if not writable:
+        return latents, size_cond
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({"latents": latents.contiguous(), "size_cond": size_cond}, str(tmp))
+        tmp.replace(path)
+    except OSError as e:  # a read-only dataset folder or a full disk: train from memory, cache nothing
+        raise CacheNotWritable(str(e)) from e
+    return latents, size_cond
+
+
+class CacheNotWritable(OSError):
+    pass
+
+
+def cache_latents(samples: list[Sample], encode_image, cache_dir: Path, vae_id: str, status, warn):
+    """{sample index: (latents [C, h, w], size_cond [6])} for every readable sample; unreadable ones are warned
+    about and left out. `status(n, total)` reports progress."""
+    out, writable = {}, True
+    for i, sample in enumerate(samples):
+        status(i, len(samples))
+        try:
+            key = latent_key(sample, file_digest(sample.image), vae_id)
+            out[i] = _load_or_encode(sample, cache_dir / f"{key}.safetensors", encode_image, writable)
+        except CacheNotWritable as e:
+            warn(f"The latent cache folder {cache_dir} cannot be written ({e}); latents are kept in memory only "
+                 f"and encoded again next run.")
+            writable = False
+            out[i] = _load_or_encode(sample, cache_dir / f"{key}.safetensors", encode_image, writable)
+        except Exception as e:  # noqa: BLE001
+            warn(f"Skipped {sample.image}: it cannot be decoded ({type(e).__name__}: {e}).")
+    status(len(samples), len(samples))
+    return out
+
+
+def check_readable(samples: list[Sample], status, warn) -> set[int]:
+    """Indices of the samples whose pixels decode (used when latents are not cached)."""
+    ok = set()
+    for i, sample in enumerate(samples):
+        status(i, len(samples))
+        try:
+            load_pixels(sample.image, sample.size, sample.bucket)
+            ok.add(i)
+        except Exception as e:  # noqa: BLE001
+            warn(f"Skipped {sample.image}: it cannot be decoded ({type(e).__name__}: {e}).")
+    status(len(samples), len(samples))
+    return ok
+
+
+@torch.no_grad()
+def cache_text(captions: list[str], encode_text, status, chunk: int = 16) -> dict[str, dict]:
+    """{caption: cond with the batch dim removed} for each distinct caption."""
+    unique = sorted(set(captions))
+    out: dict[str, dict] = {}
+    for start in range(0, len(unique), chunk):
+        status(start, len(unique))
+        part = unique[start:start + chunk]
+        cond = encode_text(part)
+        for j, caption in enumerate(part):
+            out[caption] = {k: v[j].detach() for k, v in cond.items()}
+    status(len(unique), len(unique))
+    return out
+
+
+class BatchSource:
+    """Builds one batch dict from sample indices: latents, text cond, size_cond, loss weights, file names.
+
+    Uses the latent cache when there is one (else loads and encodes the pixels), and the text cache when the
+    caption is in it (else encodes it: the text encoder trains, or tag shuffle made a new caption).
+    """
+
+    def __init__(self, samples, dataset, seed, encode_image, encode_text, latents=None, text_cache=None,
+                 device="cpu"):
+        self.samples, self.dataset, self.seed = samples, dataset, seed
+        self.encode_image, self.encode_text = encode_image, encode_text
+        self.latents, self.text_cache, self.device = latents, text_cache, device
+
+    def __call__(self, indices: list[int], epoch: int, batch_index: int) -> dict:
+        g = step_generator(self.seed, epoch, batch_index)
+        samples = [self.samples[i] for i in indices]
+        captions = [caption_for_step(s, self.dataset, g) for s in samples]
+        latents, size_cond = self._latents(indices, samples, g)
+        return {"latents": latents.to(self.device), "size_cond": size_cond.to(self.device),
+                "cond": self._cond(captions),
+                "loss_weight": torch.tensor([s.loss_weight for s in samples], device=self.device),
+                "files": [str(s.image) for s in samples], "captions": captions}
+
+    def _latents(self, indices, samples, g):
+        if self.latents is not None:
+            pairs = [self.latents[i] for i in indices]
+            return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        pairs = [load_pixels(s.image, s.size, s.bucket, self.dataset.random_crop, self.dataset.flip, g)
+                 for s in samples]
+        with torch.no_grad():
+            latents = self.encode_image(torch.stack([p[0] for p in pairs]).to(self.device))
+        return latents.float(), torch.stack([p[1] for p in pairs])
+
+    def _cond(self, captions: list[str]) -> dict:
+        if self.text_cache is not None and all(c in self.text_cache for c in captions):
+            keys = self.text_cache[captions[0]].keys()
+            return {k: torch.stack([self.text_cache[c][k] for c in captions]).to(self.device) for k in keys}
+        return self.encode_text(captions)
+
+
+def prepare_batches(dataset, training, network, family, comps, device, warn, progress):
+    """(samples, BatchSource) with latents and text embeddings cached where the settings allow.
+
+    warn(message) reports skipped files; progress(phase, text) returns the n/total callback of a phase.
+    """
+    from engine.data import collect_samples
+    from engine.failures import UserError
+
+    samples = collect_samples(dataset, warn)
+    encode_image = no_grad(lambda px: family.encode_image(comps, px))
+    fresh_crops = dataset.random_crop or dataset.flip
+    if training.cache_latents and not fresh_crops:
+        found = cache_latents(samples, encode_image, cache_dir_for(dataset.path), vae_fingerprint(comps.vae),
+                              progress("caching", "Caching latents"), warn)
+        samples, latents = reindex(samples, found)
+    else:
+        if training.cache_latents:
+            warn("Latents are encoded every step (not cached) because dataset.random_crop or dataset.flip is on.")
+        samples, latents = reindex(samples, check_readable(samples, progress("checking", "Checking images"), warn))
+        latents = None
+    if not samples:
+        raise UserError(f"dataset.path: none of the images in {dataset.path} could be read.",
+                        "Check that the files are real JPEG/PNG/WebP images (open one in an image viewer).")
+    encode_text = lambda captions: family.encode_text(comps, captions)  # noqa: E731
+    text_cache = None
+    if training.cache_text_embeddings and not network.train_text_encoder and not dataset.shuffle_tags:
+        captions = [s.caption for s in samples] + ([""] if dataset.caption_dropout > 0 else [])
+        text_cache = cache_text(captions, encode_text, progress("caching", "Caching text embeddings"))
+    if not network.train_text_encoder:
+        encode_text = no_grad(encode_text)
+    return samples, BatchSource(samples, dataset, training.seed, encode_image, encode_text, latents, text_cache,
+                                device)
+
+
+def reindex(samples, found):
+    """Drop unreadable samples; `found` is {old index: value} or a set of old indices."""
+    keep = sorted(found)
+    values = {new: found[old] for new, old in enumerate(keep)} if isinstance(found, dict) else None
+    return [samples[i] for i in keep], values
+
+
+def no_grad(fn):
+    def wrapped(*args):
+        with torch.no_grad():
+            return fn(*args)
+    return wrapped

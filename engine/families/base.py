@@ -1,0 +1,49 @@
+"""The family record and the loaded components it works on.
+
+A family is data plus a few functions; nothing subclasses anything. The trainer only ever calls:
+    load(model_cfg, dtype, device) -> Components
+    encode_text(comps, captions: list[str]) -> cond: dict[str, Tensor]   (every tensor has the batch dim first)
+    encode_image(comps, pixels [B,3,H,W] in [-1,1]) -> latents [B,C,H/8,W/8] (scaled for the denoiser)
+    predict(comps, x_t, t [B] in [0,1], cond, size_cond [B,6]) -> prediction shaped like x_t
+    pipeline(comps) -> the diffusers pipeline (sharing the trained modules) for samples and the LoRA self-check
+`size_cond` is (original_h, original_w, crop_top, crop_left, target_h, target_w) per image: SDXL conditions on it,
+the others ignore it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass
+class Components:
+    """The loaded model. `denoiser` is the UNet (or a transformer); text_encoders/tokenizers in the pipeline's order."""
+
+    pipe: Any
+    denoiser: Any
+    vae: Any
+    text_encoders: tuple
+    tokenizers: tuple
+    prediction_type: str                 # epsilon | v_prediction | flow, after model.prediction_type
+    alphas_cumprod: Any = None           # [N] tensor for DDPM models, None for flow models
+    vae_dtype: Any = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    pipeline_class: str                  # diffusers class name, e.g. StableDiffusionPipeline
+    default_resolution_px: int
+    lora_targets: tuple                  # denoiser module names that get LoRA layers by default
+    te_lora_targets: tuple               # text-encoder module names
+    text_encoder_names: tuple            # the pipeline's text-encoder attribute names, in order
+    kohya_base_model: str                # ss_base_model_version as sd-scripts writes it
+    modelspec_architecture: str          # modelspec.architecture of the LoRA file
+    vae_fp32: bool                       # the family's VAE overflows in fp16 (SDXL): keep it in fp32
+    load: Callable
+    encode_text: Callable
+    encode_image: Callable
+    predict: Callable
+    pipeline: Callable
+    metadata: dict = field(default_factory=dict)  # extra ss_* / modelspec.* strings (e.g. ss_v2)

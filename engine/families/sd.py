@@ -1,0 +1,104 @@
+"""Stable Diffusion 1.x and 2.x: one CLIP text encoder, a UNet on 4-channel latents, a DDPM noise schedule.
+
+SD2 is SD1 with other data: 768 px, v-prediction (read from the scheduler config; model.prediction_type overrides).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from engine.families.base import Components, Family
+from engine.families.loading import load_pipeline, load_vae
+
+UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
+CLIP_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def resolve_prediction_type(scheduler_config, requested: str) -> str:
+    """model.prediction_type, or (auto) what the model's scheduler config says; SD models default to epsilon."""
+    if requested and requested != "auto":
+        return requested
+    return scheduler_config.get("prediction_type", "epsilon") or "epsilon"
+
+
+def alphas_cumprod_of(scheduler) -> torch.Tensor:
+    """The model's training noise schedule [N], whatever inference scheduler the folder ships."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(scheduler.config).alphas_cumprod.clone()
+
+
+def components_from_pipe(pipe, model_cfg, text_encoders, tokenizers, vae_fp32: bool) -> Components:
+    """Components of a loaded SD/SDXL pipeline; the scheduler is told the resolved prediction type so samples match."""
+    prediction_type = resolve_prediction_type(pipe.scheduler.config, model_cfg.prediction_type)
+    if pipe.scheduler.config.get("prediction_type") != prediction_type:
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=prediction_type)
+    vae = load_vae(model_cfg, pipe.vae.dtype)
+    if vae is not None:
+        pipe.vae = vae
+    if vae_fp32 and pipe.vae.dtype != torch.float32:
+        pipe.vae.to(torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return Components(pipe=pipe, denoiser=pipe.unet, vae=pipe.vae, text_encoders=text_encoders, tokenizers=tokenizers,
+                      prediction_type=prediction_type, alphas_cumprod=alphas_cumprod_of(pipe.scheduler),
+                      vae_dtype=pipe.vae.dtype)
+
+
+def load(model_cfg, dtype, device) -> Components:
+    from diffusers import StableDiffusionPipeline
+
+    pipe = load_pipeline(StableDiffusionPipeline, model_cfg, dtype, safety_checker=None,
+                         requires_safety_checker=False, feature_extractor=None)
+    pipe.to(device)
+    return components_from_pipe(pipe, model_cfg, (pipe.text_encoder,), (pipe.tokenizer,), vae_fp32=False)
+
+
+def tokenize(tokenizer, captions: list[str], device) -> torch.Tensor:
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids.to(device)
+
+
+def encode_text(comps: Components, captions: list[str]) -> dict:
+    """{"prompt_embeds": [B, 77, C]}: the last hidden state of CLIP, as the SD pipelines use it."""
+    encoder = comps.text_encoders[0]
+    ids = tokenize(comps.tokenizers[0], captions, encoder.device)
+    return {"prompt_embeds": encoder(ids)[0]}
+
+
+def encode_image(comps: Components, pixels: torch.Tensor) -> torch.Tensor:
+    """pixels [B, 3, H, W] in [-1, 1] -> scaled latents [B, 4, H/8, W/8]. The distribution's mode, so a cached
+    latent is the same every run (and a resumed run sees the same data)."""
+    vae = comps.vae
+    latents = vae.encode(pixels.to(vae.device, comps.vae_dtype)).latent_dist.mode()
+    shift = vae.config.get("shift_factor") or 0.0
+    return (latents - shift) * vae.config.scaling_factor
+
+
+def unet_timestep(comps: Components, t: torch.Tensor) -> torch.Tensor:
+    """t in [0, 1] -> the UNet's integer timestep (the objectives' grid: t = k / (N - 1))."""
+    n = len(comps.alphas_cumprod)
+    return torch.round(t * (n - 1)).long()
+
+
+def predict(comps: Components, x_t, t, cond: dict, size_cond) -> torch.Tensor:
+    unet = comps.denoiser
+    return unet(x_t, unet_timestep(comps, t), cond["prompt_embeds"], return_dict=False)[0]
+
+
+def pipeline(comps: Components):
+    return comps.pipe
+
+
+SD15 = Family(
+    name="sd15", pipeline_class="StableDiffusionPipeline", default_resolution_px=512,
+    lora_targets=UNET_ATTENTION, te_lora_targets=CLIP_ATTENTION, text_encoder_names=("text_encoder",),
+    kohya_base_model="sd_v1", modelspec_architecture="stable-diffusion-v1/lora", vae_fp32=False,
+    load=load, encode_text=encode_text, encode_image=encode_image, predict=predict, pipeline=pipeline,
+    metadata={"ss_v2": "False"},
+)
+
+SD2 = dataclasses.replace(
+    SD15, name="sd2", default_resolution_px=768, kohya_base_model="sd_v2_768_v",
+    modelspec_architecture="stable-diffusion-v2-768-v/lora", metadata={"ss_v2": "True"},
+)

@@ -1,0 +1,46 @@
+"""SDXL: two CLIP text encoders (penultimate hidden states concatenated; pooled output of the second), a UNet that
+also conditions on the image's original size, crop and target size (the `size_cond` of each sample), and a VAE
+that overflows in fp16 (kept in fp32)."""
+from __future__ import annotations
+
+import torch
+
+from engine.families.base import Components, Family
+from engine.families.sd import CLIP_ATTENTION, UNET_ATTENTION, components_from_pipe, encode_image, pipeline, \
+    tokenize, unet_timestep
+
+
+def load(model_cfg, dtype, device) -> Components:
+    from diffusers import StableDiffusionXLPipeline
+
+    from engine.families.loading import load_pipeline
+
+    pipe = load_pipeline(StableDiffusionXLPipeline, model_cfg, dtype)
+    pipe.to(device)
+    return components_from_pipe(pipe, model_cfg, (pipe.text_encoder, pipe.text_encoder_2),
+                                (pipe.tokenizer, pipe.tokenizer_2), vae_fp32=True)
+
+
+def encode_text(comps: Components, captions: list[str]) -> dict:
+    """{"prompt_embeds": [B, 77, C1 + C2], "pooled": [B, P]} as StableDiffusionXLPipeline.encode_prompt builds them."""
+    hidden, pooled = [], None
+    for tokenizer, encoder in zip(comps.tokenizers, comps.text_encoders):
+        out = encoder(tokenize(tokenizer, captions, encoder.device), output_hidden_states=True)
+        pooled = out[0]  # the last encoder's projected pooled output (text_embeds)
+        hidden.append(out.hidden_states[-2])
+    return {"prompt_embeds": torch.cat(hidden, dim=-1), "pooled": pooled}
+
+
+def predict(comps: Components, x_t, t, cond: dict, size_cond) -> torch.Tensor:
+    unet = comps.denoiser
+    added = {"text_embeds": cond["pooled"], "time_ids": size_cond.to(x_t.device, cond["pooled"].dtype)}
+    return unet(x_t, unet_timestep(comps, t), cond["prompt_embeds"], added_cond_kwargs=added, return_dict=False)[0]
+
+
+SDXL = Family(
+    name="sdxl", pipeline_class="StableDiffusionXLPipeline", default_resolution_px=1024,
+    lora_targets=UNET_ATTENTION, te_lora_targets=CLIP_ATTENTION, text_encoder_names=("text_encoder", "text_encoder_2"),
+    kohya_base_model="sdxl_base_v1-0", modelspec_architecture="stable-diffusion-xl-v1-base/lora", vae_fp32=True,
+    load=load, encode_text=encode_text, encode_image=encode_image, predict=predict, pipeline=pipeline,
+    metadata={"ss_v2": "False"},
+)

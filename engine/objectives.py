@@ -1,0 +1,149 @@
+"""Training objectives: how noise is added, what the model must predict, how noise levels are drawn.
+
+One time convention everywhere: t in [0, 1] is the noise level (0 = the clean image, 1 = pure noise).
+Each objective gives
+    add_noise(x0, noise, t) -> x_t          the noisy input
+    target(x0, noise, t)    -> y            what the model is trained to output at x_t
+    sample_t(n, generator)  -> t [n]        the noise levels of one batch
+    snr(t)                  -> [n]          signal-to-noise ratio alpha^2 / sigma^2 (for min-SNR weighting)
+    min_snr_weight(t, gamma) -> [n]         the per-sample loss weight of Min-SNR-gamma (Hang et al. 2023)
+Shapes: x0 and noise are [B, C, H, W]; t is [B]. Everything runs on x0's device.
+
+The discrete-time (DDPM) objectives keep the model's 1000-step grid: sample_t returns t = k / (N - 1) for integer
+k, and a family turns t back into the UNet's timestep k with `round(t * (N - 1))`, so the two never disagree.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from engine.registry import choose
+
+
+def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[B] -> [B, 1, 1, ...] so it broadcasts against `like`."""
+    return v.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def uniform_t(n: int, generator: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(n, generator=generator, device=device)
+
+
+def logit_normal_t(n: int, generator: torch.Generator, device) -> torch.Tensor:
+    """sigmoid(N(0, 1)): favours the middle noise levels (Esser et al. 2024, SD3)."""
+    return torch.sigmoid(torch.randn(n, generator=generator, device=device))
+
+
+TIMESTEP_SAMPLING = {"uniform": uniform_t, "logit_normal": logit_normal_t}
+
+
+class Epsilon:
+    """DDPM epsilon prediction (SD1.x, SDXL): x_t = a_t x0 + s_t noise, target = noise.
+
+    a_t = sqrt(alphas_cumprod[k]), s_t = sqrt(1 - alphas_cumprod[k]), k = round(t (N - 1)).
+    """
+
+    name = "epsilon"
+
+    def __init__(self, alphas_cumprod: torch.Tensor, timestep_sampling: str = "uniform"):
+        self.alphas_cumprod = alphas_cumprod.double()
+        self.num_steps = len(alphas_cumprod)
+        self._draw = choose(TIMESTEP_SAMPLING, timestep_sampling, "training.timestep_sampling")
+
+    def index(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.round(t.double() * (self.num_steps - 1)).long().clamp(0, self.num_steps - 1)
+
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        acp = self.alphas_cumprod[self.index(t).cpu()].to(t.device)
+        return acp.sqrt().float(), (1 - acp).sqrt().float()
+
+    def sample_t(self, n: int, generator: torch.Generator, device="cpu") -> torch.Tensor:
+        k = self.index(self._draw(n, generator, device))
+        return k.float() / (self.num_steps - 1)
+
+    def add_noise(self, x0, noise, t):
+        a, s = self.alpha_sigma(t)
+        return _expand(a, x0) * x0 + _expand(s, x0) * noise
+
+    def target(self, x0, noise, t):
+        return noise
+
+    def snr(self, t):
+        a, s = self.alpha_sigma(t)
+        return (a / s) ** 2
+
+    def min_snr_weight(self, t, gamma: float):
+        snr = self.snr(t)
+        return torch.clamp(snr, max=gamma) / snr
+
+
+class VPrediction(Epsilon):
+    """v-prediction (SD2-768-v; Salimans & Ho 2022): target v = a_t noise - s_t x0. Same noising as Epsilon."""
+
+    name = "v_prediction"
+
+    def target(self, x0, noise, t):
+        a, s = self.alpha_sigma(t)
+        return _expand(a, x0) * noise - _expand(s, x0) * x0
+
+    def min_snr_weight(self, t, gamma: float):
+        # The v loss is (snr + 1) times the epsilon loss, so divide by snr + 1 (Hang et al. 2023, eq. for v).
+        snr = self.snr(t)
+        return torch.clamp(snr, max=gamma) / (snr + 1)
+
+
+class Flow:
+    """Rectified flow / flow matching (FLUX; Liu et al. 2022, Lipman et al. 2023):
+    x_t = (1 - t) x0 + t noise, target = noise - x0 (the velocity of the straight path)."""
+
+    name = "flow"
+
+    def __init__(self, timestep_sampling: str = "uniform"):
+        self._draw = choose(TIMESTEP_SAMPLING, timestep_sampling, "training.timestep_sampling")
+
+    def sample_t(self, n: int, generator: torch.Generator, device="cpu") -> torch.Tensor:
+        # keep away from the exact ends, where snr is 0 or infinite
+        return self._draw(n, generator, device).clamp(1e-4, 1 - 1e-4)
+
+    def add_noise(self, x0, noise, t):
+        t = _expand(t, x0)
+        return (1 - t) * x0 + t * noise
+
+    def target(self, x0, noise, t):
+        return noise - x0
+
+    def snr(self, t):
+        return ((1 - t) / t) ** 2
+
+    def min_snr_weight(self, t, gamma: float):
+        snr = self.snr(t)
+        return torch.clamp(snr, max=gamma) / snr
+
+
+OBJECTIVES = {"epsilon": Epsilon, "v_prediction": VPrediction, "flow": Flow}
+
+
+def make_objective(name: str, alphas_cumprod: torch.Tensor | None, timestep_sampling: str = "uniform"):
+    """The objective `name`; the DDPM ones need the model's alphas_cumprod [N]."""
+    cls = choose(OBJECTIVES, name, "training.objective")
+    if cls is Flow:
+        return Flow(timestep_sampling)
+    if alphas_cumprod is None:
+        raise ValueError(f"training.objective: {name!r} needs a model with a DDPM noise schedule")
+    return cls(alphas_cumprod, timestep_sampling)
+
+
+def offset_noise(noise: torch.Tensor, offset: float, generator: torch.Generator) -> torch.Tensor:
+    """Noise offset (Guttenberg 2023): a per-image, per-channel constant added to the noise, so the model can learn
+    images much darker or brighter than average. noise [B, C, H, W]."""
+    if offset <= 0:
+        return noise
+    shift = torch.randn(noise.shape[0], noise.shape[1], 1, 1, generator=generator, device=noise.device)
+    return noise + offset * shift.to(noise.dtype)
+
+
+def scaled_linear_alphas_cumprod(beta_start: float, beta_end: float, num_steps: int) -> torch.Tensor:
+    """alphas_cumprod of SD's 'scaled_linear' schedule (betas linear in sqrt space)."""
+    betas = torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), num_steps, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, dim=0)

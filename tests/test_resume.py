@@ -1,0 +1,105 @@
+"""A run stopped at step k (through control/stop) and resumed ends exactly where an uninterrupted run ends."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+from engine import train
+from engine.config import load_preset
+from engine.demo import prepare
+from engine.events import read_all
+from engine.runs import create_run_dir
+
+# Everything that draws randomness or carries state across steps is on: caption dropout, noise offset, min-SNR,
+# LoRA dropout, gradient accumulation, a warmup + cosine schedule, an epoch boundary inside the run.
+SETTINGS = ["sampling.prompts=[]", "training.max_steps=6", "training.batch_size=4", "training.grad_accum=2",
+            "dataset.repeats=1", "dataset.caption_dropout=0.3", "training.noise_offset=0.05",
+            "training.min_snr_gamma=5", "network.dropout=0.1", "schedules.unet.type=cosine",
+            "schedules.unet.warmup_steps=2", "output.save_every_n_steps=0", "output.formats=[kohya]",
+            "training.ema.enabled=true", "training.ema.decay=0.9"]
+STOP_AT = 3  # 16 images / batch 4 / accum 2 = 2 steps per epoch: step 3 is in the middle of epoch 2
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _state(run_dir):
+    return torch.load(run_dir / "state" / "state.pt", weights_only=False)
+
+
+def test_stop_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    preset_path = prepare(tmp_path / "demo")
+    preset = load_preset(preset_path, SETTINGS)
+
+    straight = create_run_dir(preset, root=tmp_path / "a")
+    assert train.run(straight) == 0
+
+    interrupted = create_run_dir(preset, root=tmp_path / "b")
+    real_report = train.report_step
+
+    def press_stop_at_k(r, loss, seconds):  # the GUI's Stop button, pressed during step k
+        real_report(r, loss, seconds)
+        if r.step == STOP_AT:
+            (r.run_dir / "control" / "stop").touch()
+
+    monkeypatch.setattr(train, "report_step", press_stop_at_k)
+    assert train.run(interrupted) == 0
+    monkeypatch.setattr(train, "report_step", real_report)
+    events = read_all(interrupted / "events.jsonl")
+    assert events[-1] == {**events[-1], "kind": "stopped", "step": STOP_AT}
+
+    assert train.run(interrupted, resume=True) == 0
+    events = read_all(interrupted / "events.jsonl")
+    resumed_steps = [e["step"] for e in events if e["kind"] == "step"]
+    assert resumed_steps == [1, 2, 3, 4, 5, 6] and events[-1]["kind"] == "done"
+
+    losses = lambda run: {e["step"]: e["loss"] for e in read_all(run / "events.jsonl") if e["kind"] == "step"}  # noqa
+    assert losses(interrupted) == pytest.approx(losses(straight), rel=1e-5)
+    lrs = lambda run: [e["lr"]["unet"] for e in read_all(run / "events.jsonl") if e["kind"] == "step"]  # noqa
+    assert lrs(interrupted) == pytest.approx(lrs(straight))
+    a, b = _state(straight), _state(interrupted)
+    for comp in a["weights"]:
+        for name in a["weights"][comp]:
+            assert torch.allclose(a["weights"][comp][name], b["weights"][comp][name], atol=1e-6), name
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a["ema"], b["ema"]))
+
+
+def test_ema_follows_the_weights_and_is_swapped_in_only_while_saving():
+    from engine.checkpoints import Ema
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    ema = Ema([p], decay=0.5)
+    with torch.no_grad():
+        p.fill_(1.0)
+    ema.update()
+    ema.update()
+    assert torch.allclose(ema.shadow[0], torch.full((3,), 0.75))  # 0 -> 0.5 -> 0.75
+    with ema.applied():
+        assert torch.allclose(p, torch.full((3,), 0.75))
+    assert torch.equal(p.detach(), torch.ones(3))
+
+
+def test_resume_without_state_says_so(tmp_path):
+    preset = load_preset(prepare(tmp_path / "demo"), SETTINGS)
+    run_dir = create_run_dir(preset, root=tmp_path / "runs")
+    assert train.run(run_dir, resume=True) == 1
+    error = read_all(run_dir / "events.jsonl")[-1]
+    assert error["kind"] == "error" and "Nothing to resume" in error["message"]
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path):
+    preset = load_preset(prepare(tmp_path / "demo"), [*SETTINGS, "training.max_steps=2"])
+    run_dir = create_run_dir(preset, root=tmp_path / "runs")
+    assert train.run(run_dir) == 0
+    before = (run_dir / "demo.safetensors").stat().st_mtime_ns
+    assert train.run(run_dir, resume=True) == 0
+    events = read_all(run_dir / "events.jsonl")
+    assert events[-1]["kind"] == "done" and "already finished" in events[-2]["text"]
+    assert (run_dir / "demo.safetensors").stat().st_mtime_ns == before
