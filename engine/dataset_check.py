@@ -453,11 +453,12 @@ def _rows(scan: Scan, findings: list[Finding]) -> list[ImageRow]:
 def format_report(report: Report) -> str:
     """The report as plain text for the console."""
     marks = {"error": "ERROR  ", "warning": "WARNING", "info": "info   "}
+    root = f'"{report.root}"' if " " in str(report.root) else str(report.root)  # copy-pasteable command
     lines = [f"Dataset {report.root} ({report.layout.replace('_', ' ')} layout, {len(report.images)} images, "
              f"checked in {report.seconds:.2f} s)"]
     for f in report.findings:
         lines.append(f"{marks[f.severity]} {f.message}")
-        lines.append(f"        -> {f.hint}" + (f"  [fix: python -m engine fix DATASET {f.fix}]" if f.fix else ""))
+        lines.append(f"        -> {f.hint}" + (f"  [fix: python -m engine fix {root} {f.fix}]" if f.fix else ""))
     lines.append(f"{len(report.errors)} errors, {len(report.warnings)} warnings.")
     return "\n".join(lines)
 
