@@ -1,25 +1,24 @@
 """The training loop: `run(run_dir)` trains the preset in run_dir/preset.yaml and streams events (DESIGN.md).
 
-Reads top to bottom: run() -> setup() -> loop() -> finish(). The loop fits on a screen; each step is
-`optimizer_step` (micro-batches, backward, clip, step) then `at_boundary` (control files, checkpoints, samples).
-Exit codes: 0 done or stopped on request, 1 failed, 2 the preset is wrong.
+Reads top to bottom: run() -> setup() (engine/train_setup.py) -> loop() -> finish(). The loop fits on a screen;
+each step is `optimizer_step` (micro-batches, backward, clip, step) then `at_boundary` (control files, checkpoints,
+samples). Exit codes: 0 done or stopped on request, 1 failed, 2 the preset is wrong.
 """
 from __future__ import annotations
 
 import contextlib
-import platform
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from engine import checkpoints as ckpt
-from engine.config import ConfigError, load_preset, preset_to_dict
+from engine.config import ConfigError, load_preset
 from engine.events import EventWriter
-from engine.failures import NonFiniteLoss, UserError, error_fields
+from engine.failures import NonFiniteLoss, error_fields
+from engine.train_setup import Run, freeze_finished_components, idle_modules, named_trainables, park_idle, setup
 
 CONTROL_REQUESTS = ("stop", "save_now", "sample_now")
 
@@ -71,50 +70,6 @@ def console_line(event: dict) -> None:
         print(text, flush=True)
     except UnicodeEncodeError:  # Windows writes a redirected stdout in the ANSI code page; a path may not fit
         print(text.encode("ascii", "backslashreplace").decode("ascii"), flush=True)
-
-
-# --------------------------------------------------------------------------------------------------- the run state
-
-@dataclass
-class Run:
-    run_dir: Path
-    preset: object
-    events: EventWriter
-    family: object
-    comps: object
-    objective: object
-    trainables: dict          # optimizer component -> the modules whose parameters train
-    params: list              # every trainable parameter (for clipping)
-    optim: object             # engine.optim.OptimizerSet
-    accelerator: object
-    batches: object           # engine.cache.BatchSource
-    samples: list
-    noise_gen: torch.Generator
-    total_steps: int
-    steps_per_epoch: int
-    device: str
-    weight_dtype: torch.dtype
-    step: int = 0
-    epoch: int = 0            # epochs completed
-    cursor: int = 0           # batches of the current epoch already trained
-    s_per_it: float = 0.0
-    cadence: object = None
-    ema: object = None        # checkpoints.Ema when training.ema.enabled
-    _epoch_cache: dict = field(default_factory=dict)
-
-    def emit(self, kind, **fields):
-        return self.events.emit(kind, **fields)
-
-    def status(self, phase, text, **progress):
-        self.emit("status", phase=phase, text=text, **progress)
-
-    def epoch_batches(self) -> list[list[int]]:
-        from engine.data import epoch_batches
-
-        if self.epoch not in self._epoch_cache:
-            self._epoch_cache = {self.epoch: epoch_batches(self.samples, self.preset.training.batch_size,
-                                                           self.preset.training.seed, self.epoch)}
-        return self._epoch_cache[self.epoch]
 
 
 # --------------------------------------------------------------------------------------------------- the loop
@@ -184,15 +139,6 @@ def batch_loss(r: Run, batch: dict) -> torch.Tensor:
     if training.min_snr_gamma > 0:
         weight = weight * r.objective.min_snr_weight(t, training.min_snr_gamma).float()
     return (per_sample * weight).mean()
-
-
-def freeze_finished_components(r: Run) -> None:
-    """Two-phase text-encoder training: once its phase is over, its adapter stops training."""
-    for comp, modules in r.trainables.items():
-        if comp in r.optim.optimizers and not r.optim.trainable(comp):
-            for module in modules:
-                for p in module.parameters():
-                    p.requires_grad_(False)
 
 
 def report_step(r: Run, loss: float, seconds: float) -> None:
@@ -287,10 +233,6 @@ def resume_state(r: Run) -> dict:
             "ema": r.ema.state_dict() if r.ema else None}
 
 
-def named_trainables(r: Run) -> dict:
-    return {f"{comp}.{i}": m for comp, modules in r.trainables.items() for i, m in enumerate(modules)}
-
-
 def render_samples(r: Run) -> None:
     """Sample images with the current weights (engine.sampling renders them); a sample event per image."""
     sampling = r.preset.sampling
@@ -325,21 +267,6 @@ def vae_in_pipeline_dtype(r: Run):
         vae.to(r.comps.vae_dtype)
 
 
-def idle_modules(r: Run) -> list:
-    """On a GPU, the VAE and frozen text encoders are idle once their caches are built: they wait in CPU RAM."""
-    if r.device != "cuda":
-        return []
-    idle = [] if r.batches.latents is None else [r.comps.vae]
-    return idle + (list(r.comps.text_encoders) if r.batches.text_cache is not None else [])
-
-
-def park_idle(r: Run) -> None:
-    if idle_modules(r):
-        for module in idle_modules(r):
-            module.to("cpu")
-        torch.cuda.empty_cache()
-
-
 @contextlib.contextmanager
 def whole_model_on_device(r: Run):
     """Sampling and the LoRA self-check need every module on the device for a moment."""
@@ -349,209 +276,6 @@ def whole_model_on_device(r: Run):
         yield
     finally:
         park_idle(r)
-
-
-# --------------------------------------------------------------------------------------------------- setup
-
-def setup(run_dir: Path, preset, events: EventWriter, resume: bool) -> Run:
-    from engine.families import get_family
-
-    quiet_libraries()
-    training = preset.training
-    device, mixed, weight_dtype = choose_precision(training, preset.network, events)
-    events.emit("started", preset=preset_to_dict(preset), versions=versions(), device=device_name(device),
-                resume=resume)
-    warn_unsupported(preset, events)
-    torch.manual_seed(training.seed)  # adapter init and dropout: the same seed gives the same run
-    family = get_family(preset.model.family)
-    events.emit("status", phase="loading", text=f"Loading the {family.name} model from {preset.model.path}",
-                n=0, total=1)
-    comps = family.load(preset.model, weight_dtype, device)
-    events.emit("status", phase="loading", text="Model loaded", n=1, total=1)
-    trainables = add_network(family, comps, preset.network, training.gradient_checkpointing)
-    r = build_run(run_dir, preset, events, family, comps, trainables, device, mixed, weight_dtype)
-    if resume:
-        restore(r)
-    return r
-
-
-def quiet_libraries() -> None:
-    """No download/loading progress bars in engine.log: progress goes to events as n/total."""
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
-
-
-def choose_precision(training, network, events) -> tuple[str, str, torch.dtype]:
-    """(device, accelerate mixed_precision, dtype of the frozen weights). CPU trains in fp32."""
-    if not torch.cuda.is_available():
-        if training.precision != "fp32":
-            events.emit("warning", message=f"No CUDA GPU found: training on the CPU in fp32 (training.precision "
-                                           f"{training.precision} needs a GPU). This is slow except for tiny models.")
-        return "cpu", "no", torch.float32
-    if training.precision == "bf16" and not torch.cuda.is_bf16_supported():
-        raise UserError("training.precision: bf16 is not supported by this GPU.",
-                        "Use training.precision: fp16 (cards older than RTX 30xx).")
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    mixed = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[training.precision]
-    # a full fine-tune keeps fp32 master weights; a LoRA keeps the frozen base in the half type (half the VRAM)
-    weight_dtype = torch.float32 if network.type == "full" else dtypes[training.precision]
-    return "cuda", mixed, weight_dtype
-
-
-def versions() -> dict:
-    import accelerate
-    import diffusers
-    import peft
-    import transformers
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__, "accelerate": accelerate.__version__}
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        props = torch.cuda.get_device_properties(0)
-        return f"cuda:0 {props.name} ({props.total_memory / 2**30:.0f} GB)"
-    return f"cpu ({platform.processor() or platform.machine()})"
-
-
-def warn_unsupported(preset, events) -> None:
-    """Settings this engine does not act on yet: said plainly instead of silently ignored."""
-    notes = []
-    if preset.output.tensorboard:
-        notes.append("output.tensorboard: TensorBoard logs are not written yet; the loss is in events.jsonl.")
-    if preset.model.quantize_base != "none":
-        notes.append(f"model.quantize_base: {preset.model.quantize_base} is only used for FLUX; ignored here.")
-    for message in notes:
-        events.emit("warning", message=message)
-
-
-def add_network(family, comps, network, gradient_checkpointing: bool) -> dict:
-    """Freeze the base, add LoRA adapters (or unfreeze the UNet for a full fine-tune); {component: [modules]}."""
-    from engine.lora import add_lora
-
-    for module in (comps.denoiser, comps.vae, *comps.text_encoders):
-        module.requires_grad_(False)
-    comps.vae.eval()
-    if network.type == "full":
-        comps.denoiser.requires_grad_(True)
-        trainables = {"unet": [comps.denoiser]}
-    else:
-        targets = list(network.targets) or list(family.lora_targets)
-        add_lora(comps.denoiser, network.rank, network.alpha, network.dropout, targets)
-        trainables = {"unet": [comps.denoiser]}
-        if network.train_text_encoder:
-            for te in comps.text_encoders:
-                add_lora(te, network.rank, network.alpha, network.dropout, list(family.te_lora_targets))
-            trainables["text_encoder"] = list(comps.text_encoders)
-        if network.init_from:
-            load_initial_lora(family, comps, network)
-    for modules in trainables.values():
-        for module in modules:
-            for p in module.parameters():
-                if p.requires_grad:
-                    p.data = p.data.float()  # fp32 trained weights: the optimizer's updates are too small for bf16
-            module.train()
-    if gradient_checkpointing:
-        comps.denoiser.enable_gradient_checkpointing()
-        if network.train_text_encoder:
-            for te in comps.text_encoders:  # transformers 5 renamed it; keep working on both names
-                if hasattr(te, "activation_checkpointing_enable"):
-                    te.activation_checkpointing_enable({"use_reentrant": False})
-                else:
-                    te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return trainables
-
-
-def load_initial_lora(family, comps, network) -> None:
-    from engine.lora import load_lora_into, lora_file_info
-
-    path = Path(network.init_from).expanduser()
-    if not path.is_file():
-        raise UserError(f"network.init_from: no such LoRA file: {path}", "Fix the path or leave it empty.")
-    info = lora_file_info(path)
-    if info.rank != network.rank:
-        raise UserError(f"network.init_from: {path.name} has rank {info.rank} but network.rank is {network.rank}.",
-                        f"Set network.rank: {info.rank} to continue training that LoRA.")
-    tes = dict(zip(family.text_encoder_names, comps.text_encoders)) if network.train_text_encoder else {}
-    load_lora_into(comps.denoiser, tes, path, text_encoder_names=family.text_encoder_names)
-
-
-def build_run(run_dir, preset, events, family, comps, trainables, device, mixed, weight_dtype) -> Run:
-    from engine.objectives import make_objective
-    from engine.plan import batches_per_epoch, steps_per_epoch, total_steps
-
-    training = preset.training
-    from engine.cache import prepare_batches
-
-    samples, batches = prepare_batches(preset.dataset, training, preset.network, family, comps, device,
-                                       warn=lambda message: events.emit("warning", message=message),
-                                       progress=lambda phase, text: lambda n, total: events.emit(
-                                           "status", phase=phase, text=text, n=n, total=total))
-    per_epoch = steps_per_epoch(batches_per_epoch(bucket_counts_of(samples), training.batch_size),
-                                training.grad_accum)
-    total = total_steps(training.max_steps, training.max_epochs, per_epoch)
-    objective_name = training.objective if training.objective != "auto" else comps.prediction_type
-    objective = make_objective(objective_name, comps.alphas_cumprod, training.timestep_sampling)
-    accelerator = make_accelerator(mixed, device)
-    optim = make_optimizer_set(preset, trainables, total, accelerator)
-    params = [p for modules in trainables.values() for m in modules for p in m.parameters() if p.requires_grad]
-    r = Run(run_dir=run_dir, preset=preset, events=events, family=family, comps=comps, objective=objective,
-            trainables=trainables, params=params, optim=optim, accelerator=accelerator, batches=batches,
-            samples=samples, noise_gen=torch.Generator(device=device).manual_seed(training.seed),
-            total_steps=total, steps_per_epoch=per_epoch, device=device, weight_dtype=weight_dtype)
-    r.cadence = ckpt.Cadence(preset.output)
-    if training.ema.enabled:
-        r.ema = ckpt.Ema(params, training.ema.decay)
-    park_idle(r)
-    return r
-
-
-def bucket_counts_of(samples):
-    from engine.data import bucket_counts
-
-    return bucket_counts(samples)
-
-
-def make_accelerator(mixed: str, device: str):
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)  # several runs in one process (tests, the GUI's demo) each get their own
-    return Accelerator(mixed_precision=mixed, cpu=device == "cpu")
-
-
-def make_optimizer_set(preset, trainables: dict, total: int, accelerator):
-    from engine.optim import build_optimizers
-    from engine.schedules import two_phase_cutoff
-
-    params = {comp: [p for m in modules for p in m.parameters() if p.requires_grad]
-              for comp, modules in trainables.items()}
-    optim = build_optimizers(preset.optimizers, preset.schedules, params, total_steps=total,
-                             te_lr_ratio=preset.network.te_lr_ratio,
-                             te_train_steps=two_phase_cutoff(preset.network, total))
-    # accelerate handles the fp16 loss scale through its wrapped optimizers
-    optim.optimizers = {c: accelerator.prepare_optimizer(o) for c, o in optim.optimizers.items()}
-    return optim
-
-
-def restore(r: Run) -> None:
-    """Continue at the saved step: weights, optimizer + schedule, RNG and data position."""
-    state = ckpt.load_state(r.run_dir / "state")
-    if state["samples"] != len(r.samples):
-        r.emit("warning", message=f"The dataset changed since the run stopped ({state['samples']} -> "
-                                  f"{len(r.samples)} images): the data order after resuming differs.")
-    ckpt.restore_weights(named_trainables(r), state["weights"])
-    r.optim.load_state_dict(state["optim"])
-    ckpt.restore_rng(state["rng"], r.noise_gen)
-    if r.ema is not None and state.get("ema") is not None:
-        r.ema.load_state_dict(state["ema"])
-    r.step, r.epoch, r.cursor = state["step"], state["epoch"], state["cursor"]
-    freeze_finished_components(r)
-    r.status("resuming", f"Resuming at step {r.step} of {r.total_steps} (epoch {r.epoch + 1})")
 
 
 def main(argv=None) -> int:

@@ -12,7 +12,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from engine.lora import (LoraExportInfo, LoraLoadError, add_lora, atomic_save_file, load_lora_into, lora_file_info,
-                         lora_layers, save_lora, self_check)
+                         lora_layers, save_lora)
+from engine.lora_check import self_check
 from engine.tiny_models import build_tiny
 
 RANK, ALPHA = 4, 8  # alpha != rank: a file that loses alpha loads at half strength
