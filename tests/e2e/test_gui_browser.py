@@ -1,0 +1,143 @@
+"""End to end in headless Chromium: the demo preset loads, an edit is saved as a new preset and reloaded, the demo
+run streams log lines and a sample image, and Stop ends it gracefully. Real engine, real browser, nothing mocked.
+
+Needs Debian's /usr/bin/chromium (apt-get install chromium) and the playwright Python package; never downloads a
+browser. Takes a few minutes on 2 CPU cores (the engine trains a tiny model on the CPU).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+
+from tests.e2e.browser import CHROMIUM, chromium_page, open_tab, running_gui, textarea_js
+
+pytestmark = [
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing: apt-get install chromium "
+                                                     "(the CI script installs it)"),
+]
+pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed (requirements-dev)")
+
+ENGINE_S = 420_000  # ms; the first sample needs the engine's imports, model load, caching and a few steps
+
+
+def status_has(page, text: str, timeout_ms: int = 60_000) -> None:
+    page.wait_for_function(f"() => (document.querySelector('#preset-status')?.innerText || '').includes({text!r})",
+                           timeout=timeout_ms)
+
+
+def input_value(page, elem_id: str) -> str:
+    return page.locator(f"#{elem_id} input, #{elem_id} textarea").first.input_value()
+
+
+@pytest.fixture
+def tmp(tmp_path):
+    """A folder with a space and a non-ASCII letter; any engine still running there is ended afterwards (a run
+    outlives the GUI by design)."""
+    folder = tmp_path / "easel e2e ü"
+    folder.mkdir()
+    yield folder
+    from ui import runner
+    for run_dir in (folder / "runs").glob("*"):
+        runner.kill(run_dir)
+
+
+def test_demo_preset_edit_save_reload_run_and_stop(tmp):
+    with running_gui(tmp) as (url, _gui_log), chromium_page() as page:
+        page.goto(url)
+        page.get_by_role("button", name="Demo", exact=True).click()
+        status_has(page, "demo loaded", timeout_ms=240_000)
+        # the Demo button ends on the Run tab, where its run is going
+        page.wait_for_function("() => [...document.querySelectorAll('button[role=tab]')].some(b => "
+                               "b.getAttribute('aria-selected') === 'true' && b.innerText.trim() === 'Run')",
+                               timeout=60_000)
+        assert "demo" in input_value(page, "f-dataset-path")
+        assert input_value(page, "f-dataset-trigger") == "easeldemo"
+
+        # edit a field: the preset is marked unsaved; save it under a new name. 5000 steps: the run started from
+        # it below cannot finish before the test stops it, however fast the machine
+        open_tab(page, "Training")
+        set_number(page, "f-training-max-steps", "120", "5000")
+        status_has(page, "unsaved changes")
+        page.locator("#preset-name textarea, #preset-name input").first.fill("my démo preset")
+        page.locator("#preset-save-as").click()
+        status_has(page, "saved to")
+        saved = tmp / "my_presets" / "my démo preset.yaml"
+        assert saved.is_file() and "max_steps: 5000" in saved.read_text(encoding="utf-8")
+
+        # a reload reopens the preset this browser saved last; loading it from the list works too
+        page.reload()
+        status_has(page, "my démo preset.yaml")
+        status_has(page, "reopened")
+        open_tab(page, "Training")
+        set_number(page, "f-training-max-steps", "5000", "4999")
+        status_has(page, "unsaved changes")
+        page.locator("#preset-choice input").click()
+        page.get_by_role("option", name="my démo preset (mine)").click()
+        page.locator("#preset-load").click()
+        status_has(page, "· loaded")
+        assert page.locator("#f-training-max-steps input").input_value() == "5000"
+
+        # the demo run is re-attached after the reload: its log is replayed (it may have finished by now)
+        open_tab(page, "Run")
+        page.wait_for_function(textarea_js("run-log", "started on"), timeout=ENGINE_S)
+        demo_run = next((tmp / "runs").glob("demo-*"))
+        page.locator("#run-stop").click()  # one run at a time: end the demo run if it still trains
+        wait_for(lambda: event_kinds(demo_run)[-1] in ("stopped", "done"), ENGINE_S / 1000)
+
+        # a normal run from the saved preset: log lines, a sample on request, a graceful stop
+        page.locator("#run-start").click()
+        page.wait_for_function(textarea_js("run-log", " step "), timeout=ENGINE_S)
+        run_dir = next(r for r in (tmp / "runs").glob("demo-*") if r != demo_run)
+        page.locator("#run-sample-now").click()
+        page.wait_for_selector("#run-samples img", timeout=ENGINE_S)
+        src = page.locator("#run-samples img").first.get_attribute("src")
+        assert src and (run_dir / "samples" / unquote(src).rsplit("/", 1)[-1]).is_file(), src  # this run's sample
+        stop_and_wait(page)
+        kinds = event_kinds(run_dir)
+        assert kinds[0] == "started" and "sample" in kinds and kinds[-1] == "stopped", kinds[-5:]
+        stopped_at = read_events(run_dir)[-1]["step"]
+
+        # Resume continues the same run folder at the saved step (stopped again at once: one more step)
+        page.locator("#run-resume").click()
+        stop_and_wait(page)
+        events = read_events(run_dir)[len(kinds):]
+        assert [e["kind"] for e in events][0] == "started" and events[-1]["kind"] == "stopped"
+        resumed_steps = [e["step"] for e in events if e["kind"] == "step"]
+        assert resumed_steps == [stopped_at + 1], (stopped_at, resumed_steps)
+
+
+def set_number(page, elem_id: str, expected_before: str, value: str) -> None:
+    box = page.locator(f"#{elem_id} input")
+    assert box.input_value() == expected_before
+    box.fill(value)
+    box.press("Tab")
+
+
+def stop_and_wait(page) -> None:
+    page.locator("#run-stop").click()
+    try:
+        page.wait_for_function("() => (document.querySelector('#run-progress')?.innerText || '')"
+                               ".includes('Stopped')", timeout=180_000)
+    except Exception as exc:  # say what the page showed instead
+        shown = {k: page.locator(f"#{k}").inner_text() for k in ("run-progress", "run-message", "run-error")}
+        log = page.locator("#run-log textarea").input_value()[-1500:]
+        raise AssertionError(f"the run did not show 'Stopped': {shown}\nlog:\n{log}") from exc
+
+
+def read_events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text("utf-8").splitlines() if line.strip()]
+
+
+def event_kinds(run_dir: Path) -> list[str]:
+    return [e["kind"] for e in read_events(run_dir)]
+
+
+def wait_for(condition, timeout_s: float) -> None:
+    deadline = time.time() + timeout_s
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.5)

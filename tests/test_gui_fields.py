@@ -1,0 +1,165 @@
+"""ui/fields.py: every preset key has exactly one widget, and form -> preset -> YAML -> preset -> form is lossless."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+gr = pytest.importorskip("gradio")
+
+from engine.config import ConfigError, dump_preset, get_value, iter_fields, preset_from_dict, preset_to_dict
+from engine.optim_specs import OPTIMIZER_PARAMS, SCHEDULE_PARAMS
+from engine.schema import Preset
+from ui.fields import Form, UNBOUND, to_widget
+
+
+@pytest.fixture(scope="module")
+def form():
+    with gr.Blocks():
+        f = Form()
+        for section in ("model", "dataset", "network", "training", "optimizers", "schedules", "sampling", "output"):
+            f.section(section)
+    return f
+
+
+def wire(component, value):
+    """What the browser sends back for a value the server showed: Gradio's own postprocess + preprocess."""
+    shown = component.postprocess(value)
+    if hasattr(shown, "model_dump"):
+        shown = shown.model_dump()
+    return component.preprocess(shown)
+
+
+def form_values(form: Form, preset: Preset, key=None, widget_value=None) -> dict:
+    values = {w: wire(w, v) for w, v in form.updates_from_preset(preset).items()}
+    if key is not None:
+        values[form.widgets[key]] = wire(form.widgets[key], widget_value)
+    return values
+
+
+def _numbers(spec):
+    lo, hi, d = spec.meta.get("min"), spec.meta.get("max"), spec.default
+    base = d if d is not None else 0.0
+    raw = [base * 2, base + 64, base + 1, base - 1, 0.37, 2e-5, lo, hi] if spec.kind != "int" else \
+        [base * 2, base + 64, base + 1, base - 1, lo, hi]
+    for v in raw:
+        if v is None or v == d or (lo is not None and v < lo) or (hi is not None and v > hi):
+            continue
+        yield int(v) if spec.kind == "int" else float(v)
+
+
+def candidates(spec):
+    """Non-default values for one key, most ordinary first; the test takes the first that validates alone."""
+    if spec.kind == "bool":
+        yield not spec.default
+    elif spec.kind == "choice":
+        yield from (c for c in spec.meta["choices"] if c != spec.default)
+    elif spec.kind == "multi_choice":
+        yield from (v for v in (["diffusers"], ["kohya", "diffusers"]) if v != spec.default)
+    elif spec.kind in ("int", "float", "optional_float"):
+        yield from _numbers(spec)
+    elif spec.kind == "lines":
+        yield ["ohwx, a photo of a café in Zürich", "日本語 prompt with  two spaces"]
+    elif spec.kind == "numbers":
+        yield [0.5, 1.25]
+    elif spec.kind == "str":
+        yield "C:/Users/Zoë/My Datasets/ohwx ä 日本" if "path" in spec.key else "ohwx ä"
+
+
+# Keys whose non-default value needs another key set too (the preset's cross-field rules).
+COMPANIONS = {"dataset.use_reg": {"dataset.reg_path": "reg images"},
+              "network.te_two_phase": {"network.train_text_encoder": True}}
+
+
+def mapping_case(key: str):
+    """params need a type that has them: (changes to apply first, non-default params)."""
+    section, comp, _ = key.split(".")
+    if section == "optimizers":
+        kind, table = "sgd", OPTIMIZER_PARAMS
+        params = {"momentum": 0.9, "nesterov": True, "weight_decay": 0.001, "dampening": 0.0}
+    else:
+        kind, table = "cosine", SCHEDULE_PARAMS
+        params = {"num_cycles": 1.5}
+    assert set(params) == set(table[kind])
+    return {f"{section}.{comp}.type": kind}, params
+
+
+def _set(data: dict, changes: dict) -> dict:
+    for key, value in changes.items():
+        *parents, last = key.split(".")
+        node = data
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return data
+
+
+def test_every_key_is_bound_once(form):
+    keys = [k for k, _ in iter_fields() if k not in UNBOUND]
+    assert sorted(form.widgets) == sorted(keys)
+    assert len(set(map(id, form.widgets.values()))) == len(keys)
+    with pytest.raises(ValueError, match="already bound"):
+        form.widget("training.max_steps")
+
+
+def test_widgets_carry_the_schema_metadata(form):
+    steps = form.widgets["training.max_steps"]
+    assert steps.precision == 0 and steps.label == "Max steps"
+    assert "Range 1–1000." in form.widgets["dataset.repeats"].info
+    assert "Optimizer steps to train" in steps.info and "training.max_steps" in steps.info
+    assert form.specs["dataset.resolution_px"].label == "Resolution (px)"
+    assert form.specs["optimizers.unet.lr"].label == "Learning rate"
+    family = form.widgets["model.family"]
+    assert isinstance(family, gr.Dropdown) and [c[0] for c in family.choices] == ["sd15", "sd2", "sdxl", "flux"]
+    assert isinstance(form.widgets["training.ema.enabled"], gr.Checkbox)
+    assert form.widgets["output.formats"].multiselect
+    assert "dataset.flip" in form.accordion_of and "dataset.resolution_px" not in form.accordion_of
+
+
+@pytest.mark.parametrize("key", [k for k, _ in iter_fields() if k not in UNBOUND])
+def test_form_yaml_form_round_trip_per_field(form, key):
+    spec = form.specs[key]
+    base = Preset()
+    if spec.kind == "mapping":
+        changes, value = mapping_case(key)
+        data = preset_to_dict(base)
+        section, comp, _ = key.split(".")
+        data[section][comp] = {"type": changes[f"{section}.{comp}.type"], **({"lr": 1e-4} if section ==
+                                                                             "optimizers" else {})}
+        base = preset_from_dict(data)
+        value = {**get_value(base, key), **value}
+        tried = [value]
+    else:
+        tried = list(candidates(spec))
+        if key in COMPANIONS:
+            base = preset_from_dict(_set(preset_to_dict(base), COMPANIONS[key]))
+    for value in tried:
+        values = form_values(form, base, key, to_widget(spec, value))
+        try:
+            preset = form.to_preset(values)
+        except ConfigError:
+            continue
+        break
+    else:
+        pytest.fail(f"no non-default value of {key} validates on its own: tried {tried}")
+    assert get_value(preset, key) == value and value != get_value(Preset(), key)
+    text = dump_preset(preset)
+    again = preset_from_dict(yaml.safe_load(text))
+    assert again == preset
+    back = form_values(form, again)
+    assert back == values, f"{key}: form differs after the YAML round trip"
+
+
+def test_bad_form_values_name_their_key(form):
+    values = form_values(form, Preset(), "dataset.resolution_px", 50)
+    values[form.widgets["sampling.strengths"]] = "0.5, lots"
+    values[form.widgets["optimizers.unet.params"]] = "betas: [0.9, 0.99]\nbetaz: 1"
+    with pytest.raises(ConfigError) as err:
+        form.to_preset(values)
+    keys = {k for k, _ in err.value.problems}
+    assert {"dataset.resolution_px", "sampling.strengths[1]", "optimizers.unet.betaz"} <= keys
+    assert {form.key_of_problem(k) for k in keys} == {"dataset.resolution_px", "sampling.strengths",
+                                                      "optimizers.unet.params"}
+    updates = form.problem_updates(err.value.problems)
+    assert updates[form.widgets["dataset.resolution_px"]]["info"].startswith("⚠ dataset.resolution_px: 50 is out of range")
+    assert "has-problem" in updates[form.widgets["optimizers.unet.params"]]["elem_classes"]
+    assert updates[form.accordion_of["optimizers.unet.params"]] == gr.update(open=True)

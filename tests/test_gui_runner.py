@@ -1,0 +1,137 @@
+"""ui/runner.py and ui/run_state.py: one run at a time, re-attach after a restart, stop then kill, the event fold.
+
+The processes here are stand-ins that only sleep: these tests check the process bookkeeping (pids, lock, control
+files, kill). The real engine is driven end to end by tests/e2e/test_gui_browser.py.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.config import preset_from_dict
+from engine.events import EventWriter
+from engine.runs import create_run_dir
+from ui import runner
+from ui.run_state import RunView, format_seconds
+
+
+def make_run(root: Path, name: str = "r") -> Path:
+    return create_run_dir(preset_from_dict({"output": {"run_name": name}}), root)
+
+
+def sleeper(run_dir: Path, runs_root: Path, seconds: int = 60) -> subprocess.Popen:
+    """A process that stands where the engine would, recorded the way start_run records the engine."""
+    proc = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"],
+                            start_new_session=True)
+    record = json.dumps({"pid": proc.pid, "run_dir": str(run_dir), "started": time.time()})
+    (run_dir / runner.PID_NAME).write_text(record, encoding="utf-8")
+    (runs_root / runner.LOCK_NAME).write_text(record, encoding="utf-8")
+    runner._children[proc.pid] = proc
+    return proc
+
+
+def test_active_run_is_found_from_the_lock_and_by_scanning(tmp_path):
+    runs = tmp_path / "runs ü"
+    old, live = make_run(runs, "old"), make_run(runs, "live")
+    EventWriter(old / "events.jsonl").emit("done")
+    proc = sleeper(live, runs)
+    try:
+        assert runner.active_run(runs) == live
+        (runs / runner.LOCK_NAME).unlink()  # a GUI restart after the lock was lost: the scan still finds it
+        assert runner.active_run(runs) == live
+        with pytest.raises(runner.RunBusy, match="live"):
+            runner.start_run(old, runs, resume=True)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert runner.active_run(runs) is None
+
+
+def test_a_finished_run_is_not_active_even_if_its_pid_lives(tmp_path):
+    runs = tmp_path / "runs"
+    run = make_run(runs)
+    proc = sleeper(run, runs)
+    try:
+        EventWriter(run / "events.jsonl").emit("stopped", step=3)
+        assert runner.active_run(runs) is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_resumed_run_is_active_although_its_folder_holds_the_earlier_stop(tmp_path):
+    runs = tmp_path / "runs"
+    run = make_run(runs)
+    with open(run / "events.jsonl", "w", encoding="utf-8") as f:  # the first process stopped a minute ago
+        f.write(json.dumps({"t": time.time() - 60, "kind": "stopped", "step": 7}) + "\n")
+    proc = sleeper(run, runs)  # the resumed process, not yet at its first event
+    try:
+        assert runner.is_running(run) and runner.active_run(runs) == run
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_requests_and_kill(tmp_path):
+    runs = tmp_path / "runs"
+    run = make_run(runs)
+    proc = sleeper(run, runs)
+    runner.request(run, "stop")
+    runner.request(run, "sample_now")
+    assert (run / "control" / "stop").exists() and (run / "control" / "sample_now").exists()
+    with pytest.raises(ValueError, match="one of stop, sample_now, save_now"):
+        runner.request(run, "explode")
+    assert runner.kill(run) is True
+    assert proc.wait(timeout=10) != 0
+    assert not runner.pid_alive(proc.pid) and runner.kill(run) is False
+    assert runner.stop_deadline_passed(time.time() - 61, 60) and not runner.stop_deadline_passed(None, 60)
+
+
+def test_start_run_spawns_the_engine_with_a_log_file(tmp_path):
+    """The real `python -m engine train RUN_DIR` on a preset without a dataset: it fails fast, in words, and the
+    GUI sees the error event (and the log file holds the engine's output)."""
+    runs = tmp_path / "runs"
+    run = make_run(runs)
+    proc = runner.start_run(run, runs)
+    assert proc.wait(timeout=180) != 0
+    assert json.loads((run / runner.PID_NAME).read_text("utf-8"))["pid"] == proc.pid
+    assert (run / runner.LOG_NAME).stat().st_size > 0
+    view = RunView(run)
+    view.poll()
+    assert view.finished == "error" and view.error["message"]
+    assert runner.active_run(runs) is None
+
+
+def test_run_view_folds_events(tmp_path):
+    run = tmp_path / "run"
+    (run / "samples").mkdir(parents=True)
+    png = run / "samples" / "s.png"
+    png.write_bytes(b"\x89PNG fake")
+    w = EventWriter(run / "events.jsonl")
+    w.emit("started", preset={}, versions={}, device="cpu")
+    for n in range(1, 4):
+        w.emit("status", phase="caching", text="Caching latents", n=n, total=3)
+    view = RunView(run)
+    view.poll()
+    assert [line.split(" ", 1)[1] for line in view.log] == ["started on cpu", "caching: Caching latents (3/3)"]
+    w.emit("step", step=10, total_steps=40, epoch=1, loss=0.25, lr={"unet": 1e-4}, s_per_it=0.5, eta_s=15,
+           vram_gb=None)
+    w.emit("sample", path=str(png), prompt="ohwx", strength=1.0, step=10)
+    w.emit("sample", path=str(run / "gone.png"), prompt="x", strength=1.0, step=10)
+    with open(run / "events.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"t": 1, "kind": "sav')  # half a line: left for the next poll
+    assert view.poll() == 3
+    assert view.progress_text() == "Step 10/40 · 0.50 s/it · ETA 15s" and view.fraction() == 0.25
+    assert view.loss_points == [(10, 0.25)] and view.gallery() == [(str(png), "step 10 · strength 1.0 · ohwx")]
+    with open(run / "events.jsonl", "a", encoding="utf-8") as f:
+        f.write('ed", "path": "x", "format": "kohya", "step": 10}\n')
+    w.emit("error", message="CUDA out of memory", hint="Lower the batch size", traceback="...")
+    view.poll()
+    assert view.finished == "error" and view.error["hint"] == "Lower the batch size"
+    assert len(view.saved) == 1 and view.output_files() == []  # the file does not exist
+    assert format_seconds(3725) == "1h 02m" and format_seconds(75) == "1m 15s"

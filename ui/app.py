@@ -1,0 +1,239 @@
+"""The Easel window: the preset bar on top, one tab per concern, all widgets bound once through ui/fields.py."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr
+
+from engine.config import ConfigError
+from engine.schema import Preset
+from ui import demo, tab_caption, tab_dataset, tab_run, tab_samples, tab_schedule, tab_training
+from ui.fields import Form, format_problems, problems_of
+from ui.presets import PROJECT_ROOT, PresetLibrary, yaml_text
+
+CSS = Path(__file__).with_name("style.css").read_text(encoding="utf-8")
+
+
+@dataclass
+class AppContext:
+    """Where things live; tests point every folder at a temporary one."""
+
+    project_root: Path = PROJECT_ROOT
+    runs_root: Path = PROJECT_ROOT / "runs"
+    demo_dir: Path = PROJECT_ROOT / "demo"
+    library: PresetLibrary = field(default_factory=PresetLibrary)
+    use_preset_output_dir: bool = True     # False (tests): every run folder goes under runs_root
+    allowed_paths: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.runs_root = Path(self.runs_root)
+        self.allow(self.runs_root)
+
+    def runs_root_for(self, preset: Preset) -> Path:
+        from engine.runs import runs_root
+        return runs_root(preset.output.dir) if self.use_preset_output_dir else self.runs_root
+
+    def allow(self, folder) -> None:
+        """Let the browser load files under folder (samples, LoRAs, dataset thumbnails). Gradio reads this list on
+        every request, so folders chosen while the app runs are served too; nothing else on the disk is."""
+        folder = str(Path(folder).resolve())
+        if folder not in self.allowed_paths:
+            self.allowed_paths.append(folder)
+
+
+def build_app(ctx: AppContext | None = None) -> gr.Blocks:
+    ctx = ctx or AppContext()
+    form = Form()
+    with gr.Blocks(title="Easel — LoRA training") as app:
+        bar = _preset_bar(ctx)
+        with gr.Tabs(elem_id="tabs"):
+            with gr.Tab("Dataset", id="dataset"):
+                ds = tab_dataset.build(form)
+            with gr.Tab("Captions", id="captions"):
+                cap = tab_caption.build(form)
+            with gr.Tab("Training", id="training"):
+                tr = tab_training.build(form)
+            with gr.Tab("Optimizer & LR", id="schedule"):
+                sch = tab_schedule.build(form)
+            with gr.Tab("Samples", id="samples"):
+                tab_samples.build(form)
+            with gr.Tab("Run", id="run"):
+                run = tab_run.build()
+            with gr.Tab("YAML", id="yaml"):
+                gr.Markdown("The preset exactly as it will be saved (and as the engine reads it).")
+                yaml_view = gr.Code(language="yaml", interactive=False, elem_id="yaml-view", show_label=False,
+                                    lines=30, max_lines=45)
+        missing = form.unbound()
+        if missing:
+            raise RuntimeError(f"preset keys without a widget: {', '.join(missing)}")
+        problem_outputs = [*form.components(), *dict.fromkeys(form.accordion_of.values())]
+        wiring = _Wiring(ctx, form, bar, yaml_view, sch, problem_outputs)
+        wiring.live_checks()  # first: defines the LR redraw that loads chain to
+        wiring.presets()
+        tab_schedule.wire(form, sch)
+        for name, button in tr["profile_buttons"].items():
+            wiring.after_load(button.click(lambda name=name: tab_training.profile_updates(form, name),
+                                           outputs=form.components())).then(
+                wiring.on_edit, inputs={*form.inputs(), bar["baseline"], bar["path"]}, outputs=wiring.edit_outputs)
+        tab_run.wire(ctx, form, run, problem_outputs)
+        tab_dataset.wire(ctx, form, ds)
+        tab_caption.wire(ctx, form, cap)
+        demo.wire(ctx, form, bar, run, wiring)
+        app.load(lambda: {run["view"]: tab_run.attach(ctx.runs_root)}, outputs=[run["view"]]) \
+            .then(lambda v: tab_run.render(v, run, force=True), inputs=run["view"],
+                  outputs=[run[k] for k in ("progress", "folder", "log", "loss", "samples", "files", "error",
+                                       "engine_log")])
+        # one load chain (not parallel loads that could overwrite each other): reopen, then draw the LR curve
+        wiring.after_load(app.load(wiring.restore, inputs=bar["remember"], outputs=wiring.load_outputs))
+    app.easel_ctx, app.easel_form = ctx, form  # for tests and gui.py
+    return app
+
+
+def _preset_bar(ctx: AppContext) -> dict:
+    with gr.Row(elem_id="preset-bar", equal_height=True):
+        gr.HTML('<div class="easel-title">Easel</div>', elem_id="easel-title")
+        choices = ctx.library.choices()
+        dropdown = gr.Dropdown(choices=choices, value=None, label="Preset", scale=3, elem_id="preset-choice",
+                               allow_custom_value=False)
+        load = gr.Button("Load", scale=0, min_width=70, elem_id="preset-load")
+        save = gr.Button("Save", scale=0, min_width=70, elem_id="preset-save")
+        name = gr.Textbox(label="Save as (name)", scale=2, elem_id="preset-name", placeholder="my-lora")
+        save_as = gr.Button("Save as", scale=0, min_width=100, elem_id="preset-save-as")
+        reset = gr.Button("Reset", scale=0, min_width=70, elem_id="preset-reset")
+        demo_button = gr.Button("Demo", variant="secondary", scale=0, min_width=70, elem_id="demo")
+    status = gr.Markdown(elem_id="preset-status")
+    problems = gr.Markdown(elem_id="preset-problems")
+    return {"dropdown": dropdown, "load": load, "save": save, "name": name, "save_as": save_as, "reset": reset,
+            "demo": demo_button, "status": status, "problems": problems,
+            "baseline": gr.State(yaml_text(Preset())), "path": gr.State(None),
+            # the last loaded or saved preset file, kept by the browser: a reload or a GUI restart shows it again
+            "remember": gr.BrowserState(None, storage_key="easel-last-preset", secret="easel-local")}
+
+
+class _Wiring:
+    """The preset bar's handlers and the live checks (unsaved marker, problems next to fields, YAML, LR plot)."""
+
+    def __init__(self, ctx, form: Form, bar: dict, yaml_view, sch: dict, problem_outputs: list):
+        self.ctx, self.form, self.bar, self.yaml_view, self.sch = ctx, form, bar, yaml_view, sch
+        self.problem_outputs = problem_outputs
+        self.edit_outputs = [bar["status"], bar["problems"], yaml_view, *problem_outputs]
+        self.load_outputs = [*form.components(), bar["baseline"], bar["path"], bar["remember"], bar["status"],
+                             bar["problems"],
+                             yaml_view, bar["dropdown"], *sch["helps"].values(), *problem_outputs]
+
+    # --- state of the form ---
+    def status_text(self, path, dirty: bool, problems=()) -> str:
+        name = Path(path).name if path else "new preset (not saved yet)"
+        mark = '<span class="dirty">● unsaved changes</span>' if dirty else '<span class="clean">saved</span>'
+        extra = f" · {len(problems)} problem(s) to fix" if problems else ""
+        return f"**{name}** — {mark}{extra}"
+
+    def on_edit(self, values):
+        """After any edit: validate like the engine, mark the preset dirty, refresh the YAML view."""
+        baseline, path = values.pop(self.bar["baseline"]), values.pop(self.bar["path"], None)
+        try:
+            preset = self.form.to_preset(values)
+        except ConfigError as exc:
+            problems = problems_of(exc)
+            return {self.bar["status"]: self.status_text(path, True, problems),
+                    self.bar["problems"]: format_problems(problems), **self.form.problem_updates(problems)}
+        text = yaml_text(preset)
+        return {self.bar["status"]: self.status_text(path, text != baseline),
+                self.bar["problems"]: "", self.yaml_view: text, **self.form.problem_updates([])}
+
+    def loaded(self, preset: Preset, path, message: str = "") -> dict:
+        """Updates that put `preset` into the form and make it the new 'saved' baseline."""
+        text = yaml_text(preset)
+        helps = tab_schedule.help_updates(preset)
+        return {**self.form.problem_updates([], values=self.form.updates_from_preset(preset)),
+                self.bar["baseline"]: text, self.bar["path"]: path, self.bar["remember"]: path,
+                self.bar["status"]: self.status_text(path, False) + (f" · {message}" if message else ""),
+                self.bar["problems"]: "", self.yaml_view: text,
+                self.bar["dropdown"]: gr.update(choices=self._choices_with(path), value=path),
+                **{self.sch["helps"][k]: v for k, v in helps.items()}}
+
+    def restore(self, path):
+        """At page load: the preset file this browser worked on last, if it still loads; else a fresh form."""
+        fresh = {self.bar["dropdown"]: gr.update(choices=self.ctx.library.choices()),  # presets saved since
+                 self.bar["status"]: self.status_text(None, False)}
+        if not path or not Path(path).is_file():
+            return fresh
+        try:
+            return self.loaded(self.ctx.library.load(path), path, "reopened")
+        except ConfigError:
+            return fresh
+
+    def _choices_with(self, path) -> list:
+        """The library's presets, plus `path` when it lives elsewhere (the demo's preset)."""
+        choices = self.ctx.library.choices()
+        if path and str(path) not in [value for _, value in choices]:
+            choices.append((f"{Path(path).stem} (other folder)", str(path)))
+        return choices
+
+    # --- the preset bar ---
+    def presets(self) -> None:
+        bar, form = self.bar, self.form
+
+        def on_load(path):
+            if not path:
+                return {bar["problems"]: "Choose a preset in the list first."}
+            try:
+                return self.loaded(self.ctx.library.load(path), path, "loaded")
+            except ConfigError as exc:
+                return {bar["problems"]: f"**{Path(path).name} has problems; the form is unchanged:**\n"
+                                         + format_problems(exc.problems)}
+
+        self.after_load(bar["load"].click(on_load, inputs=bar["dropdown"], outputs=self.load_outputs,
+                                          api_name="load_preset"))
+
+        def on_save(values, as_name=None):
+            path = values.pop(bar["path"])
+            name = values.pop(bar["name"], None)
+            try:
+                preset = form.to_preset(values)
+            except ConfigError as exc:
+                problems = problems_of(exc)
+                return {bar["problems"]: "**Not saved — fix these first:**\n" + format_problems(problems),
+                        **form.problem_updates(problems)}
+            try:
+                saved = self.ctx.library.save_as(preset, name) if as_name else self.ctx.library.save(preset, path)
+            except (ValueError, OSError) as exc:
+                return {bar["problems"]: f"**Not saved:** {exc}"}
+            return self.loaded(preset, str(saved), f"saved to {saved}")
+
+        self.after_load(bar["save"].click(on_save, inputs={*form.inputs(), bar["path"]},
+                                          outputs=self.load_outputs, api_name="save_preset"))
+        bar["save_as"].click(lambda values: on_save(values, as_name=True),
+                             inputs={*form.inputs(), bar["path"], bar["name"]}, outputs=self.load_outputs,
+                             api_name="save_preset_as")
+        bar["name"].submit(lambda values: on_save(values, as_name=True),
+                           inputs={*form.inputs(), bar["path"], bar["name"]}, outputs=self.load_outputs)
+
+        def on_reset(path):
+            """Back to the loaded file (or to the defaults for a new preset)."""
+            if path:
+                try:
+                    return self.loaded(self.ctx.library.load(path), path, "changes discarded")
+                except ConfigError:
+                    pass
+            return self.loaded(Preset(), None, "defaults")
+
+        self.after_load(bar["reset"].click(on_reset, inputs=bar["path"], outputs=self.load_outputs,
+                                           api_name="reset_preset"))
+
+    def after_load(self, event):
+        """Once a handler has filled the form: redraw the LR plot and refresh the checks from the whole form."""
+        return event.then(self.sch["redraw"], inputs=self.form.inputs(),
+                          outputs=[self.sch["plot"], self.sch["plot_note"]], show_progress="hidden")
+
+    def live_checks(self) -> None:
+        form = self.form
+        gr.on(triggers=[w.input for w in form.components()], fn=self.on_edit,
+              inputs={*form.inputs(), self.bar["baseline"], self.bar["path"]}, outputs=self.edit_outputs,
+              show_progress="hidden", trigger_mode="always_last", api_name="form_edited")
+        lr_keys = [k for k in form.specs if k.split(".")[0] in ("optimizers", "schedules", "training")]
+        tab_schedule.wire_plot(form, self.sch, [form.widgets[k] for k in lr_keys])

@@ -1,0 +1,154 @@
+"""What the Run tab shows, folded from events.jsonl (plain data; no Gradio, no torch).
+
+    view = RunView(run_dir)
+    view.poll()          # reads the events written since the last poll (from a byte offset)
+    view.progress_text(), view.log_text(), view.loss_points, view.samples, view.saved, view.error
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.events import read_new
+
+MAX_LOG_LINES = 400
+
+
+def format_seconds(seconds) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(float(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h {minutes:02d}m" if hours else (f"{minutes}m {secs:02d}s" if minutes else f"{secs}s")
+
+
+def _lr_text(lr) -> str:
+    if isinstance(lr, dict):
+        return " ".join(f"{k} {v:.2e}" for k, v in lr.items() if isinstance(v, (int, float)))
+    return f"{lr:.2e}" if isinstance(lr, (int, float)) else ""
+
+
+def event_line(e: dict) -> str | None:
+    """One log line for an event (None: not worth a line)."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(e.get("t", 0)))
+    kind = e.get("kind")
+    if kind == "started":
+        return f"{stamp} started on {e.get('device', '?')}"
+    if kind == "status":
+        n, total = e.get("n"), e.get("total")
+        count = f" ({n}/{total})" if n is not None and total else ""
+        return f"{stamp} {e.get('phase', '')}: {e.get('text', '')}{count}"
+    if kind == "step":
+        loss = e.get("loss")
+        return (f"{stamp} step {e.get('step')}/{e.get('total_steps', '?')}  loss {loss:.4f}  lr {_lr_text(e.get('lr'))}"
+                f"  {e.get('s_per_it', 0):.2f} s/it" if isinstance(loss, (int, float)) else None)
+    if kind == "sample":
+        return f"{stamp} sample (step {e.get('step')}, strength {e.get('strength')}): {Path(str(e.get('path'))).name}"
+    if kind == "saved":
+        return f"{stamp} saved {e.get('format', '')} {e.get('path')}"
+    if kind == "warning":
+        return f"{stamp} WARNING {e.get('message', '')}"
+    if kind == "error":
+        return f"{stamp} ERROR {e.get('message', '')}" + (f"\n          hint: {e['hint']}" if e.get("hint") else "")
+    if kind == "stopped":
+        return f"{stamp} stopped at step {e.get('step')} (state saved; Resume continues here)"
+    if kind == "done":
+        return f"{stamp} done"
+    return None
+
+
+@dataclass
+class RunView:
+    run_dir: Path
+    offset: int = 0
+    log: list[str] = field(default_factory=list)
+    loss_points: list[tuple[int, float]] = field(default_factory=list)
+    last_step: dict | None = None
+    phase: str = ""
+    samples: list[dict] = field(default_factory=list)
+    saved: list[dict] = field(default_factory=list)
+    error: dict | None = None
+    finished: str | None = None          # done | stopped | error
+    stop_requested_at: float | None = None
+    _last_phase: str | None = None
+    phase_progress: tuple = (None, None)  # (n, total) of the latest long phase (caching, captioning)
+    sent: dict = field(default_factory=dict)  # what the page shows already (tab_run.render skips unchanged parts)
+
+    def poll(self) -> int:
+        """Fold the new events in; returns how many there were."""
+        events, self.offset = read_new(Path(self.run_dir) / "events.jsonl", self.offset)
+        for e in events:
+            self._fold(e)
+        if len(self.log) > MAX_LOG_LINES:
+            del self.log[:-MAX_LOG_LINES]
+        return len(events)
+
+    def _fold(self, e: dict) -> None:
+        kind = e.get("kind")
+        line = event_line(e)
+        if kind == "status" and self.log and self._last_phase == e.get("phase") and e.get("n") is not None:
+            self.log[-1] = line  # "Caching latents 7/16" replaces 6/16: one line per phase, not hundreds
+        elif line and (kind != "step" or e.get("step", 0) % 10 == 0 or e.get("step") == e.get("total_steps")):
+            self.log.append(line)
+        self._last_phase = e.get("phase") if kind == "status" else None
+        if kind == "started":  # a resumed run starts over: its terminal state is the new process's
+            self.finished, self.error = None, None
+        elif kind == "status":
+            self.phase = f"{e.get('phase', '')}: {e.get('text', '')}"
+            self.phase_progress = (e.get("n"), e.get("total"))
+        elif kind == "step":
+            self.last_step, self.phase = e, "training"
+            if isinstance(e.get("loss"), (int, float)):
+                self.loss_points.append((int(e["step"]), float(e["loss"])))
+        elif kind == "sample":
+            self.samples.append(e)
+        elif kind == "saved":
+            self.saved.append(e)
+        elif kind in ("done", "stopped", "error"):
+            self.finished = kind
+            if kind == "error":
+                self.error = e
+
+    def progress(self) -> tuple[int, int]:
+        s = self.last_step or {}
+        return int(s.get("step", 0) or 0), int(s.get("total_steps", 0) or 0)
+
+    def progress_text(self) -> str:
+        if self.finished == "done":
+            return "Finished."
+        if self.finished == "stopped":
+            return f"Stopped at step {self.progress()[0]}. Resume continues from there."
+        if self.finished == "error":
+            return "Failed (see the message below)."
+        step, total = self.progress()
+        if not self.last_step:
+            return self.phase or "Starting the engine…"
+        s = self.last_step
+        return (f"Step {step}/{total or '?'} · {s.get('s_per_it', 0):.2f} s/it · ETA {format_seconds(s.get('eta_s'))}"
+                + (f" · VRAM {s['vram_gb']:.1f} GB" if isinstance(s.get("vram_gb"), (int, float)) else ""))
+
+    def fraction(self) -> float:
+        if self.finished == "done":
+            return 1.0
+        step, total = self.progress()
+        if not total and not self.last_step:
+            step, total = self.phase_progress
+        return min(1.0, (step or 0) / total) if total else 0.0
+
+    def gallery(self) -> list[tuple[str, str]]:
+        """(image path, caption) per sample, newest step first; missing files are skipped."""
+        rows = [e for e in self.samples if Path(str(e.get("path", ""))).is_file()]
+        rows.sort(key=lambda e: (-int(e.get("step") or 0), str(e.get("path"))))
+        return [(str(e["path"]), f"step {e.get('step')} · strength {e.get('strength')} · {e.get('prompt', '')}")
+                for e in rows]
+
+    def output_files(self) -> list[str]:
+        """The saved LoRA files that still exist (older checkpoints may have been pruned by keep_last)."""
+        seen: dict[str, None] = {}
+        for e in self.saved:
+            path = Path(str(e.get("path", "")))
+            if path.is_file():
+                seen[str(path)] = None
+        return list(seen)

@@ -1,0 +1,257 @@
+"""Run tab: start, stop, resume, sample now, save now; live log, progress, loss plot, samples, output files, errors.
+
+The engine is a separate process (ui/runner.py); this tab tails its events.jsonl on a gr.Timer. The tail state
+(a RunView) is per browser session, so a reload replays the run folder from the start and re-attaches.
+"""
+from __future__ import annotations
+
+import html
+import re
+import time
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from engine.config import ConfigError
+from ui import runner
+from ui.fields import format_problems, problems_of
+from ui.run_state import RunView
+
+STOP_TIMEOUT_S = 60.0   # graceful stop saves state first; a big model on a slow disk can take a while
+TICK_S = 1.0
+
+
+def build() -> dict:
+    with gr.Row():
+        start = gr.Button("Start training", variant="primary", elem_id="run-start")
+        stop = gr.Button("Stop", variant="stop", elem_id="run-stop")
+        resume = gr.Button("Resume", elem_id="run-resume")
+        sample_now = gr.Button("Sample now", elem_id="run-sample-now")
+        save_now = gr.Button("Save now", elem_id="run-save-now")
+    message = gr.Markdown(elem_id="run-message")
+    folder = gr.Markdown(elem_id="run-folder")
+    progress = gr.HTML(progress_html(None), elem_id="run-progress")
+    error = gr.Markdown(elem_id="run-error")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            log = gr.Textbox(label="Log", lines=14, max_lines=14, autoscroll=True, interactive=False,
+                             elem_id="run-log")
+        with gr.Column(scale=2):
+            loss = gr.LinePlot(x="step", y="loss", height=280, elem_id="run-loss", x_title="step",
+                               y_title="loss", label="Loss")
+    samples = gr.Gallery(label="Samples (newest step first; each prompt at each LoRA strength)", columns=8,
+                         height="auto", elem_id="run-samples", object_fit="contain", preview=False)
+    files = gr.File(label="Output files (LoRA .safetensors)", file_count="multiple", interactive=False,
+                    elem_id="run-files", visible=False)
+    with gr.Accordion("Engine output (engine.log)", open=False):
+        engine_log = gr.Textbox(lines=12, max_lines=12, autoscroll=True, interactive=False, show_label=False,
+                                elem_id="run-engine-log")
+    view = gr.State(None)
+    timer = gr.Timer(TICK_S)
+    return {"start": start, "stop": stop, "resume": resume, "sample_now": sample_now, "save_now": save_now,
+            "message": message, "folder": folder, "progress": progress, "error": error, "log": log, "loss": loss,
+            "samples": samples, "files": files, "engine_log": engine_log, "view": view, "timer": timer}
+
+
+def progress_html(view: RunView | None) -> str:
+    if view is None:
+        text, fraction, state = "No run yet. Load a preset (or press Demo) and start training.", 0.0, "idle"
+    else:
+        text, fraction = view.progress_text(), view.fraction()
+        state = view.finished or "running"
+    return (f'<div class="easel-progress" data-state="{state}"><div class="easel-progress-bar" '
+            f'style="width:{fraction * 100:.1f}%"></div><div class="easel-progress-text">{html.escape(text)}'
+            f'</div></div>')
+
+
+def engine_log_tail(run_dir: Path, max_bytes: int = 20_000) -> str:
+    path = Path(run_dir) / runner.LOG_NAME
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - max_bytes))
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def error_markdown(view: RunView) -> str:
+    e = view.error or {}
+    text = f"### The run failed\n**{e.get('message', 'unknown error')}**"
+    if e.get("hint"):
+        text += f"\n\nWhat to do: {e['hint']}"
+    return text + f"\n\nThe full log is in `{Path(view.run_dir) / runner.LOG_NAME}`."
+
+
+def check_process(view: RunView) -> None:
+    """A run whose engine died without a last event (killed, crashed before it could write) ends as an error."""
+    if view.finished or runner.pid_alive(runner.read_pid(view.run_dir)):
+        return
+    view.poll()  # its last words may have landed since the previous poll
+    if view.finished:
+        return
+    if view.stop_requested_at is not None:
+        view.finished = "stopped"
+        view.log.append(f"{time.strftime('%H:%M:%S')} the engine was stopped")
+        return
+    tail = engine_log_tail(view.run_dir, 2000).strip().splitlines()[-3:]
+    view.finished = "error"
+    view.error = {"message": "The engine exited without finishing. " + (" ".join(tail) if tail else ""),
+                  "hint": "Read the engine output below; press Resume to continue from the last saved state."}
+
+
+def _files_update(view: RunView):
+    files = view.output_files()
+    return gr.update(value=files or None, visible=bool(files))
+
+
+def _loss_frame(view: RunView) -> pd.DataFrame:
+    return pd.DataFrame(view.loss_points, columns=["step", "loss"])
+
+
+def render(view: RunView | None, parts: dict, force: bool = False) -> dict:
+    """Updates for the tab's outputs; unchanged ones are skipped so the page does not flicker."""
+    if view is None:
+        return {parts["progress"]: progress_html(None)}
+    sent = view.sent
+    values = {
+        "progress": (progress_html(view), lambda: progress_html(view)),
+        "log": (len(view.log), lambda: "\n".join(view.log)),
+        "loss": (len(view.loss_points), lambda: _loss_frame(view)),
+        "samples": (len(view.samples), view.gallery),
+        "files": ((len(view.saved), view.finished), lambda: _files_update(view)),
+        "folder": (str(view.run_dir), lambda: f"Run folder: `{view.run_dir}`"),
+        "error": (view.finished, lambda: error_markdown(view) if view.finished == "error" else ""),
+        "engine_log": (view.offset, lambda: engine_log_tail(view.run_dir)),
+    }
+    out = {}
+    for name, (signature, make) in values.items():
+        if force or sent.get(name) != signature:
+            sent[name] = signature
+            out[parts[name]] = make()
+    return out
+
+
+def tick(view: RunView | None, parts: dict) -> dict:
+    if view is None:
+        return {}
+    if not view.finished:
+        view.poll()
+        check_process(view)
+        if runner.stop_deadline_passed(view.stop_requested_at, STOP_TIMEOUT_S) and not view.finished:
+            runner.kill(view.run_dir)
+            view.log.append(f"{time.strftime('%H:%M:%S')} the engine did not stop within {STOP_TIMEOUT_S:.0f} s; "
+                            "it was ended (Resume continues from the last saved state)")
+            view.finished = "stopped"
+    return {parts["view"]: view, **render(view, parts)}
+
+
+def attach(runs_root: Path) -> RunView | None:
+    """The run to show after a page load: the one training now, else the newest run folder (its results)."""
+    from engine.runs import list_runs
+    run_dir = runner.active_run(runs_root) or next(iter(list_runs(runs_root)), None)
+    if run_dir is None:
+        return None
+    view = RunView(run_dir)
+    view.poll()
+    if not view.finished and not runner.is_running(run_dir):
+        check_process(view)
+    return view
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name: a model the engine looks up in the Hub cache
+
+
+def preflight(preset) -> list[tuple[str, str]]:
+    """Problems a valid preset can still have on this PC (missing folders), found before a run folder is made."""
+    problems = []
+    d, m = preset.dataset, preset.model
+    if not d.path.strip():
+        problems.append(("dataset.path", "choose your dataset folder (Dataset tab)"))
+    elif not Path(d.path).is_dir():
+        problems.append(("dataset.path", f"folder not found: {d.path}"))
+    if d.use_reg and d.reg_path and not Path(d.reg_path).is_dir():
+        problems.append(("dataset.reg_path", f"folder not found: {d.reg_path}"))
+    if not m.path.strip():
+        problems.append(("model.path", "set the base model: a diffusers folder, a .safetensors file or a Hub id"))
+    elif not Path(m.path).exists() and not HUB_ID.match(m.path.strip()):
+        problems.append(("model.path", f"not found: {m.path} (neither a file, a folder nor a Hub id like "
+                                       "org/model-name)"))
+    return problems
+
+
+def start_new(preset, ctx) -> RunView:
+    """A new run folder from the validated preset, and the engine started in it."""
+    from engine.runs import create_run_dir
+    busy = runner.active_run(ctx.runs_root)
+    if busy is not None:
+        raise runner.RunBusy(f"A run is still training: {busy.name}. Stop it first (one run at a time per GPU).")
+    run_dir = create_run_dir(preset, ctx.runs_root_for(preset))
+    ctx.allow(run_dir)
+    runner.start_run(run_dir, ctx.runs_root)
+    return RunView(run_dir)
+
+
+def resume_view(view: RunView | None, ctx) -> RunView:
+    if view is None or not view.finished:
+        raise ValueError("Nothing to resume: resume continues a run that was stopped or failed.")
+    runner.start_run(view.run_dir, ctx.runs_root, resume=True)
+    view.finished, view.error, view.stop_requested_at = None, None, None
+    view.sent.clear()
+    return view
+
+
+def wire(ctx, form, parts: dict, problem_outputs: list) -> None:
+    outs = [parts[k] for k in ("view", "message", "folder", "progress", "log", "loss", "samples", "files", "error",
+                               "engine_log")]
+
+    def on_start(values):
+        try:
+            preset = form.to_preset(values)
+            problems = preflight(preset)
+        except ConfigError as exc:
+            problems = problems_of(exc)
+        if problems:
+            return {**form.problem_updates(problems),
+                    parts["message"]: "**Fix these before starting:**\n" + format_problems(problems)}
+        try:
+            view = start_new(preset, ctx)
+        except (runner.RunBusy, OSError) as exc:
+            return {parts["message"]: f"**Could not start:** {exc}"}
+        view.poll()
+        return {**form.problem_updates([]), parts["view"]: view,
+                parts["message"]: "Started: the engine is loading the model.", **render(view, parts, force=True)}
+
+    parts["start"].click(on_start, inputs=form.inputs(), outputs=[*outs, *problem_outputs], api_name="start_run")
+
+    def on_stop(view):
+        if view is None or view.finished or not runner.is_running(view.run_dir):
+            return {parts["message"]: "No run is training."}
+        runner.request(view.run_dir, "stop")
+        view.stop_requested_at = time.time()
+        return {parts["view"]: view, parts["message"]: "Stopping: the engine saves its state at the end of this "
+                f"step, then exits (forced after {STOP_TIMEOUT_S:.0f} s)."}
+
+    parts["stop"].click(on_stop, inputs=parts["view"], outputs=outs)
+
+    def on_resume(view):
+        try:
+            view = resume_view(view, ctx)
+        except (ValueError, runner.RunBusy, OSError) as exc:
+            return {parts["message"]: f"**Could not resume:** {exc}"}
+        return {parts["view"]: view, parts["message"]: f"Resuming `{view.run_dir.name}`…",
+                **render(view, parts, force=True)}
+
+    parts["resume"].click(on_resume, inputs=parts["view"], outputs=outs)
+
+    for what in ("sample_now", "save_now"):
+        def on_request(view, what=what):
+            if view is None or view.finished or not runner.is_running(view.run_dir):
+                return {parts["message"]: "No run is training."}
+            runner.request(view.run_dir, what)
+            return {parts["message"]: f"Asked the engine to {what.replace('_now', '')} at the next step."}
+
+        parts[what].click(on_request, inputs=parts["view"], outputs=outs)
+
+    parts["timer"].tick(lambda view: tick(view, parts), inputs=parts["view"], outputs=outs,
+                        show_progress="hidden", queue=False)
