@@ -26,6 +26,7 @@ MIN_IMAGES, MAX_IDENTITY_IMAGES = 15, 30          # the FLUX identity guide: 15 
 EXTREME_ASPECT = 2.5                               # wider or taller than 2.5:1
 UPSCALE_WARN = 1.1                                 # enlarged by more than 10 % to fill its bucket
 NEAR_DUPLICATE_BITS = 4                            # perceptual hashes (64 bits) this close look the same
+NEAR_DUPLICATE_COLOUR = 24                         # ... if their average colours differ by at most this (0-255)
 
 
 @dataclass
@@ -286,13 +287,20 @@ def _near_duplicates(scan: Scan, distinct: list[ImageInfo]) -> list[Finding]:
     for k in range(len(infos) - 1):
         close = np.nonzero(np.bitwise_count(hashes[k + 1:] ^ hashes[k]) <= NEAR_DUPLICATE_BITS)[0]
         for j in close + k + 1:
-            parent[root(int(j))] = root(k)
+            if _similar_colour(infos[k], infos[int(j)]):
+                parent[root(int(j))] = root(k)
     groups: dict[int, list[str]] = {}
     for k, info in enumerate(infos):
         groups.setdefault(root(k), []).append(scan.rel(info.path))
     return [Finding("near_duplicate", "warning", f"{names(files)} look almost the same.",
                     "Near-identical shots make the LoRA copy that picture; keep the best one and set the others "
                     "aside.", files, "set_aside", files[1:]) for files in groups.values() if len(files) > 1]
+
+
+def _similar_colour(a: ImageInfo, b: ImageInfo) -> bool:
+    if a.mean_rgb is None or b.mean_rgb is None:
+        return True
+    return max(abs(x - y) for x, y in zip(a.mean_rgb, b.mean_rgb)) <= NEAR_DUPLICATE_COLOUR
 
 
 def check_sizes(scan: Scan) -> list[Finding]:

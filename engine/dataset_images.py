@@ -37,6 +37,7 @@ class ImageInfo:
     has_alpha: bool = False
     bit_depth: int = 8
     phash: int | None = None
+    mean_rgb: tuple | None = None  # average colour: the greyscale hash alone calls a red and a blue circle the same
 
 
 def _png_bit_depth(data: bytes) -> int:
@@ -114,6 +115,8 @@ def _decode_and_hash(im, info: ImageInfo) -> None:
     grey = _grey_8bit(im)
     small = grey.reduce(max(1, min(grey.size) // 128))  # the hash looks at 32×32 anyway; shrink cheaply first
     info.phash = int(str(imagehash.phash(small)), 16)
+    if not im.mode.startswith("I"):
+        info.mean_rgb = im.convert("RGB").reduce(max(1, min(im.size) // 16)).resize((1, 1)).getpixel((0, 0))
 
 
 def _grey_8bit(im):

@@ -129,3 +129,16 @@ def test_gui_facing_modules_import_no_torch():
     code = ("import sys; import engine.dataset_check, engine.dataset_fix, engine.caption_edit, engine.caption; "
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_same_shape_in_other_colours_is_not_a_near_duplicate(tmp_path):
+    from PIL import Image, ImageDraw
+
+    for name, colour in (("red", (220, 30, 30)), ("blue", (30, 60, 220)), ("red again", (222, 32, 30))):
+        im = Image.new("RGB", (256, 256), (245, 240, 230))
+        ImageDraw.Draw(im).ellipse((40, 40, 216, 216), fill=colour)
+        im.save(tmp_path / f"{name}.png")
+        (tmp_path / f"{name}.txt").write_text("ohwx, a circle", encoding="utf-8")
+    near = [f for f in check_dataset(tmp_path, trigger="ohwx", resolution_px=256).findings
+            if f.code == "near_duplicate"]
+    assert len(near) == 1 and sorted(near[0].files) == ["red again.png", "red.png"]
