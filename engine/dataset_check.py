@@ -151,7 +151,7 @@ def check_image_count(scan: Scan) -> list[Finding]:
                         "subfolder with the captions in a 'captions' subfolder.", nested)]
     if n < MIN_IMAGES:
         return [Finding("too_few_images", "warning", f"Only {_plural(n, 'image')}; at least {MIN_IMAGES} are "
-                        "recommended.", f"Add more photos (15–30 for a person or character) with varied angles, "
+                        "recommended.", "Add more photos (15–30 for a person or character) with varied angles, "
                         "lighting and framing; with few images the LoRA tends to copy them.")]
     if n > MAX_IDENTITY_IMAGES:
         return [Finding("many_images", "info", f"{n} images. For a person or character, 15–30 good ones are "
@@ -266,7 +266,7 @@ def check_duplicates(scan: Scan) -> list[Finding]:
         group.sort(key=lambda i: (len(i.path.name), i.path.name))  # keep 'photo.jpg' rather than 'photo copy.jpg'
         files = [scan.rel(i.path) for i in group]
         found.append(Finding("exact_duplicate", "warning", f"{names(files)} are the same image ({len(files)} "
-                             "copies).", f"Keep one: set the other copies aside (they are moved to _set_aside/, "
+                             "copies).", "Keep one: set the other copies aside (they are moved to _set_aside/, "
                              "not deleted).", files, "set_aside", files[1:]))
     return found + _near_duplicates(scan, [g[0] for g in by_hash.values()])
 

@@ -6,5 +6,10 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tiny models gain nothing from threads, and on CI's 2 shared cores thread contention made tests 4x slower.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MKL_NUM_THREADS", "1")
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    if not os.environ.get(_var):
+        os.environ[_var] = "1"
+
+
+def pytest_report_header(config):
+    return f"threads per test process: OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"

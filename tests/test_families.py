@@ -21,15 +21,6 @@ def tiny(tmp_path_factory):
     return {name: build_tiny(name, root / name) for name in ("sd15", "sd2", "sdxl")}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """2 shared CI cores: one thread per tiny model beats two fighting over them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _load(family, path, **model):
     return get_family(family).load(ModelConfig(family=family, path=str(path), **model), torch.float32, "cpu")
 

@@ -105,7 +105,7 @@ def test_save_refuses_shipped_presets_and_save_as_round_trips(app):
     saved = lib.user_dir / "Zoë's sdxl.yaml"
     assert saved.is_file() and load_preset(saved) == edited
     assert "**Zoë's sdxl.yaml**" in _status(out) and 'class="clean">saved' in _status(out)
-    assert (f"Zoë's sdxl (mine)", str(saved)) in lib.choices()
+    assert ("Zoë's sdxl (mine)", str(saved)) in lib.choices()
     reloaded = handler(app, "load_preset")(str(saved))
     assert widget_value(reloaded[form.widgets["training.max_steps"]]) == 321
     assert widget_value(reloaded[form.widgets["sampling.prompts"]]) == "ohwx, portrait of Zoë\nohwx 日本"

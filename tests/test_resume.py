@@ -22,14 +22,6 @@ SETTINGS = ["sampling.prompts=[]", "training.max_steps=6", "training.batch_size=
 STOP_AT = 3  # 16 images / batch 4 / accum 2 = 2 steps per epoch: step 3 is in the middle of epoch 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _state(run_dir):
     return torch.load(run_dir / "state" / "state.pt", weights_only=False)
 

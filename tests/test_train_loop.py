@@ -23,15 +23,6 @@ def demo_preset(tmp_path_factory):
     return prepare(tmp_path_factory.mktemp("demo folder ü"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CI box has 2 cores shared with other jobs; one thread per tiny model is faster than two fighting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def start(preset_path, tmp_path, *overrides, before=None):
     run_dir = create_run_dir(load_preset(preset_path, [*FAST, *overrides]), root=tmp_path / "runs")
     if before:

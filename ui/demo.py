@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import gradio as gr
 
 from engine.config import ConfigError
 from ui import runner, tab_run
