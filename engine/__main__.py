@@ -6,6 +6,7 @@ The table maps a command to "module:function"; the module is imported only when 
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 COMMANDS = {
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         from engine.registry import suggest
         print(f"error: unknown command {name!r}{suggest(name, COMMANDS)}; run `python -m engine --help`", file=sys.stderr)
         return 2
+    # bitsandbytes (imported by peft) logs a harmless kernel-hub message on CPU at import; it alarms users.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     module_name, func_name = COMMANDS[name][0].split(":")
     return int(getattr(importlib.import_module(module_name), func_name)(rest) or 0)
 

@@ -136,7 +136,8 @@ def warn_unsupported(preset, events) -> None:
     if preset.output.tensorboard:
         notes.append("output.tensorboard: TensorBoard logs are not written yet; the loss is in events.jsonl.")
     if preset.model.quantize_base != "none":
-        notes.append(f"model.quantize_base: {preset.model.quantize_base} is only used for FLUX; ignored here.")
+        notes.append(f"model.quantize_base: {preset.model.quantize_base} base weights are not implemented yet; "
+                     f"the base model loads unquantized.")
     for message in notes:
         events.emit("warning", message=message)
 

@@ -112,3 +112,13 @@ def test_missing_paths_and_offline_hub_ids_are_explained(tmp_path):
 def test_unknown_family_suggests_the_closest():
     with pytest.raises(ValueError, match="did you mean 'sdxl'"):
         get_family("sdx")
+
+
+def test_a_family_in_the_schema_but_not_trainable_yet_says_so():
+    from engine.failures import UserError
+
+    with pytest.raises(UserError, match="cannot be trained by this version of Easel yet") as info:
+        get_family("flux")
+    assert "sd15, sd2 or sdxl" in info.value.hint
+    with pytest.raises(ValueError, match="did you mean 'sdxl'"):
+        get_family("sdx")
