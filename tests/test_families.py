@@ -115,8 +115,6 @@ def test_unknown_family_suggests_the_closest():
 
 
 def test_a_family_in_the_schema_but_not_trainable_yet_says_so():
-    from engine.failures import UserError
-
     with pytest.raises(UserError, match="cannot be trained by this version of Easel yet") as info:
         get_family("flux")
     assert "sd15, sd2 or sdxl" in info.value.hint
