@@ -90,7 +90,8 @@ def test_demo_preset_edit_save_reload_run_and_stop(tmp):
 
         # a normal run from the saved preset: log lines, a sample on request, a graceful stop
         page.locator("#run-start").click()
-        page.wait_for_function(textarea_js("run-log", " step "), timeout=ENGINE_S)
+        # "/5000": a step line of this run; the demo run's own step lines (".../120") may still be on screen
+        page.wait_for_function(textarea_js("run-log", "/5000"), timeout=ENGINE_S)
         run_dir = next(r for r in (tmp / "runs").glob("demo-*") if r != demo_run)
         page.locator("#run-sample-now").click()
         page.wait_for_selector("#run-samples img", timeout=ENGINE_S)

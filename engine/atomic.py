@@ -1,0 +1,33 @@
+"""Atomic file writes (torch-free): write `name.tmp`, fsync, `os.replace`. A crash or power loss mid-write leaves
+the previous file intact, never a half-written or empty one. Every file Easel overwrites goes through here:
+presets, captions, the undo journal's targets, caches, training state and LoRA files."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call write(tmp_path) to produce the file, make it durable, then move it over `path` in one step."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:  # fsync the finished file, whoever wrote it
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()  # only left over when write() or the replace failed
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """UTF-8 with the newlines exactly as given (no Windows CRLF translation)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
