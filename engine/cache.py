@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from engine.data import Sample, caption_for_step, crop_box, load_pixels, step_generator
+from engine.lora import atomic_save_file
 
 CACHE_FORMAT = "1"  # bump when what is stored changes, so old files are not reused
 
@@ -47,7 +48,7 @@ def cache_dir_for(dataset_path: str) -> Path:
 
 
 def _load_or_encode(sample: Sample, path: Path, encode_image, writable: bool = True):
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     if path.is_file():
         try:
@@ -61,10 +62,7 @@ def _load_or_encode(sample: Sample, path: Path, encode_image, writable: bool = T
     if not writable:
         return latents, size_cond
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({"latents": latents.contiguous(), "size_cond": size_cond}, str(tmp))
-        tmp.replace(path)
+        atomic_save_file({"latents": latents.contiguous(), "size_cond": size_cond}, path)
     except OSError as e:  # a read-only dataset folder or a full disk: train from memory, cache nothing
         raise CacheNotWritable(str(e)) from e
     return latents, size_cond

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from engine.atomic import atomic_write
 from engine.failures import UserError
 
 STATE_FILE = "state.pt"
@@ -111,15 +112,7 @@ def restore_weights(modules: dict, saved: dict) -> None:
 
 def save_state(state_dir: Path, state: dict) -> Path:
     """Write the state atomically (tmp file, fsync, replace): a crash mid-save keeps the previous state."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / STATE_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write(state_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
 
 def load_state(state_dir: Path) -> dict:

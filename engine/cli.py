@@ -59,6 +59,10 @@ def train(argv: list[str]) -> int:
         else:
             overrides.append(f"network.init_from={resume_from}")
     if resume:
+        if args.target is not None or args.overrides:
+            print(f"error: resuming continues {resume} with its own preset.yaml; do not also give a preset or "
+                  f"--set (edit that preset.yaml, or start a new run)", file=sys.stderr)
+            return 2
         return _resume(resume, dry_run)
     if args.target is None:
         print("error: name a preset file or a run folder (or --resume RUN_DIR)", file=sys.stderr)

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from engine import schema
+from engine.atomic import atomic_write_text
 from engine.optim_specs import OPTIMIZER_PARAMS, PAIR, SCHEDULE_PARAMS
 from engine.registry import suggest
 from engine.schema import CURRENT_VERSION, OptimizerConfig, Preset, ScheduleConfig
@@ -372,16 +373,9 @@ def dump_preset(p: Preset) -> str:
 def save_preset(p: Preset, path: str | os.PathLike) -> Path:
     """Write YAML (or JSON for a .json path) atomically: a crash never leaves half a preset."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = (json.dumps(preset_to_dict(p), indent=2, ensure_ascii=False) + "\n"
             if path.suffix.lower() == ".json" else dump_preset(p))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, text)
 
 
 # --- the schema as data, for the GUI and docs ------------------------------------------------------------------------

@@ -34,9 +34,9 @@ def write_single_file(diffusers_dir: Path, out_file: Path) -> Path:
     from safetensors.torch import save_file
 
     diffusers_dir = Path(diffusers_dir)
-    pipeline_class = json.loads((diffusers_dir / "model_index.json").read_text())["_class_name"]
-    unet_config = json.loads((diffusers_dir / "unet" / "config.json").read_text())
-    vae_config = json.loads((diffusers_dir / "vae" / "config.json").read_text())
+    pipeline_class = json.loads((diffusers_dir / "model_index.json").read_text(encoding="utf-8"))["_class_name"]
+    unet_config = json.loads((diffusers_dir / "unet" / "config.json").read_text(encoding="utf-8"))
+    vae_config = json.loads((diffusers_dir / "vae" / "config.json").read_text(encoding="utf-8"))
 
     checkpoint = {}
     unet = _load_component(diffusers_dir / "unet")

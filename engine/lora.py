@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from engine.atomic import atomic_write
 
 LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # the header key diffusers reads the peft config from
 
@@ -214,17 +215,10 @@ def atomic_save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dic
     """
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     bad = [k for k, v in (metadata or {}).items() if not isinstance(v, str)]
     if bad:
         raise TypeError(f"safetensors metadata values must be str; not: {', '.join(bad)}")
-    save_file(tensors, str(tmp), metadata=metadata)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # atomic on POSIX and Windows (same volume)
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 # ---------------------------------------------------------------------------------------------- load back

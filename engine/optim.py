@@ -196,7 +196,7 @@ class OptimizerSet:
 
     def state_dict(self) -> dict:
         return {"global_step": self.global_step, "last_lrs": dict(self._last_lrs),
-                "components": {c: {"type": type(self.optimizers[c]).__name__,
+                "components": {c: {"type": _type_name(self.optimizers[c]),
                                    "optimizer": self.optimizers[c].state_dict(),
                                    "schedule": self.schedules[c].state_dict()} for c in self.optimizers}}
 
@@ -209,18 +209,24 @@ class OptimizerSet:
             if saved is None:
                 self.schedules[comp].step = min(self.global_step, self.train_steps[comp])
                 continue
-            if saved.get("type", type(self.optimizers[comp]).__name__) == type(self.optimizers[comp]).__name__:
+            if saved.get("type", _type_name(self.optimizers[comp])) == _type_name(self.optimizers[comp]):
                 self.optimizers[comp].load_state_dict(saved["optimizer"])
             else:  # a new optimizer type on resume is allowed; its moments start fresh
                 self.warnings.append(f"optimizers.{comp}: the saved run used {saved['type']}; "
-                                     f"{type(self.optimizers[comp]).__name__} starts with fresh state")
+                                     f"{_type_name(self.optimizers[comp])} starts with fresh state")
             self.schedules[comp].load_state_dict(saved["schedule"], preserve_lr=preserve_lr)
             self._apply_lr(comp)
         self._last_lrs = {c: sd.get("last_lrs", {}).get(c, self.schedules[c].lr) for c in self.optimizers}
 
 
+def _type_name(opt) -> str:
+    """The optimizer's own class name, also when accelerate has wrapped it (AcceleratedOptimizer.optimizer)."""
+    return type(getattr(opt, "optimizer", opt)).__name__
+
+
 def _adafactor_lr(opt) -> float:
     """The LR Adafactor (relative_step) used last, computed as Adafactor itself does; 0.0 before its first step."""
+    opt = getattr(opt, "optimizer", opt)  # accelerate's wrapper has no _get_lr
     for group in opt.param_groups:
         for p in group["params"]:
             state = opt.state.get(p)

@@ -100,7 +100,8 @@ def make_plan(dataset, training, sampling, output) -> Plan:
     total = total_steps(training.max_steps, training.max_epochs, per_epoch)
     epoch_ends = [e * per_epoch for e in cadence(output.save_every_n_epochs, math.ceil(total / per_epoch))] \
         if per_epoch else []
-    checkpoints = sorted(set(cadence(output.save_every_n_steps, total)) | {s for s in epoch_ends if s <= total})
+    # the last step writes the final LoRA into the run folder instead of a numbered checkpoint
+    checkpoints = sorted(s for s in set(cadence(output.save_every_n_steps, total)) | set(epoch_ends) if s < total)
     sample_steps = cadence(sampling.every_n_steps, total)
     if sampling.prompts and total and total not in sample_steps:
         sample_steps.append(total)  # samples are always rendered at the end

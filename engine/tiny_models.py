@@ -6,7 +6,7 @@ The shapes are the smallest that keep each family's real structure (two UNet lev
 a VAE with scale factor 8, two text encoders for SDXL, CLIP + T5 for FLUX); see notes/platform-facts.md §2, §4.
 
 Everything is deterministic for a seed, and the caller's global RNG is left untouched (fork_rng).
-`write_single_file` lives in engine/ldm_convert.py and is re-exported here for the tests and the demo.
+`write_single_file` lives in engine/ldm_convert.py and is re-exported here for the tests.
 """
 from __future__ import annotations
 

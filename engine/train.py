@@ -7,7 +7,6 @@ samples). Exit codes: 0 done or stopped on request, 1 failed, 2 the preset is wr
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from pathlib import Path
 
@@ -153,12 +152,14 @@ def at_boundary(r: Run, epoch_ended: bool) -> str:
     """Control files first (stop, save_now, sample_now: acted on, then deleted), then the save and sample cadence."""
     control = r.run_dir / "control"
     asked = {name for name in CONTROL_REQUESTS if (control / name).exists()}
+    last = r.step >= r.total_steps  # the final save and samples come in finish()
     if "stop" in asked:
-        save_checkpoint(r)
         (control / "stop").unlink(missing_ok=True)
+        if last:  # a stop that arrives with the last step: finish normally, so the final LoRA is written
+            return "continue"
+        save_checkpoint(r)
         r.emit("stopped", step=r.step)
         return "stop"
-    last = r.step >= r.total_steps  # the final save and samples come in finish()
     if "save_now" in asked or (not last and r.cadence.due(r.step, epoch_ended, r.epoch)):
         save_checkpoint(r)
         (control / "save_now").unlink(missing_ok=True)
@@ -276,13 +277,3 @@ def whole_model_on_device(r: Run):
         yield
     finally:
         park_idle(r)
-
-
-def main(argv=None) -> int:
-    """`python -m engine.train RUN_DIR [--resume]` (the GUI and tests use engine.cli; this is for debugging)."""
-    argv = sys.argv[1:] if argv is None else argv
-    return run(Path(argv[0]), resume="--resume" in argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -37,7 +37,6 @@ class Run:
     samples: list
     noise_gen: torch.Generator
     total_steps: int
-    steps_per_epoch: int
     device: str
     weight_dtype: torch.dtype
     step: int = 0
@@ -195,6 +194,7 @@ def load_initial_lora(family, comps, network) -> None:
 
 def build_run(run_dir, preset, events, family, comps, trainables, device, mixed, weight_dtype) -> Run:
     from engine.cache import prepare_batches
+    from engine.data import bucket_counts
     from engine.objectives import make_objective
     from engine.plan import batches_per_epoch, steps_per_epoch, total_steps
 
@@ -203,7 +203,7 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
                                        warn=lambda message: events.emit("warning", message=message),
                                        progress=lambda phase, text: lambda n, total: events.emit(
                                            "status", phase=phase, text=text, n=n, total=total))
-    per_epoch = steps_per_epoch(batches_per_epoch(bucket_counts_of(samples), training.batch_size),
+    per_epoch = steps_per_epoch(batches_per_epoch(bucket_counts(samples), training.batch_size),
                                 training.grad_accum)
     total = total_steps(training.max_steps, training.max_epochs, per_epoch)
     objective_name = training.objective if training.objective != "auto" else comps.prediction_type
@@ -214,18 +214,12 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
     r = Run(run_dir=run_dir, preset=preset, events=events, family=family, comps=comps, objective=objective,
             trainables=trainables, params=params, optim=optim, accelerator=accelerator, batches=batches,
             samples=samples, noise_gen=torch.Generator(device=device).manual_seed(training.seed),
-            total_steps=total, steps_per_epoch=per_epoch, device=device, weight_dtype=weight_dtype)
+            total_steps=total, device=device, weight_dtype=weight_dtype)
     r.cadence = ckpt.Cadence(preset.output)
     if training.ema.enabled:
         r.ema = ckpt.Ema(params, training.ema.decay)
     park_idle(r)
     return r
-
-
-def bucket_counts_of(samples):
-    from engine.data import bucket_counts
-
-    return bucket_counts(samples)
 
 
 def make_accelerator(mixed: str, device: str):
@@ -257,7 +251,9 @@ def restore(r: Run) -> None:
         r.emit("warning", message=f"The dataset changed since the run stopped ({state['samples']} -> "
                                   f"{len(r.samples)} images): the data order after resuming differs.")
     ckpt.restore_weights(named_trainables(r), state["weights"])
-    r.optim.load_state_dict(state["optim"])
+    r.optim.load_state_dict(state["optim"], preserve_lr=r.preset.training.preserve_lr)
+    for message in r.optim.warnings:  # e.g. a new optimizer type in the edited preset starts with fresh state
+        r.emit("warning", message=message)
     ckpt.restore_rng(state["rng"], r.noise_gen)
     if r.ema is not None and state.get("ema") is not None:
         r.ema.load_state_dict(state["ema"])

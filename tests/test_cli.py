@@ -71,7 +71,7 @@ def test_dry_run_prints_preset_and_plan_without_loading_torch(tmp_path):
     # 5 images x 2 repeats = 10 samples, batch 4 -> 3 batches per epoch, 3 epochs -> 9 steps
     assert "batches per epoch: 3; optimizer steps per epoch: 3" in result.stdout
     assert "total steps: 9 (= 3.0 epochs)" in result.stdout
-    assert "checkpoints at steps: 3, 6, 9" in result.stdout
+    assert "checkpoints at steps: 3, 6; the final LoRA is always saved" in result.stdout
 
 
 def test_dry_run_with_a_missing_dataset_says_which_path(tmp_path):
@@ -99,7 +99,7 @@ def test_plan_arithmetic_with_buckets_repeats_accumulation_and_regularization(tm
     assert counts["512x512"] == 5 * 3 + 4 and sum(counts.values()) == 9 * 3 + 4 == plan.samples_per_epoch
     # square 19 -> 10 batches, wide 9 -> 5, tall 3 -> 2: 17 batches, 9 optimizer steps per epoch, 4 epochs
     assert plan.batches_per_epoch == 17 and plan.steps_per_epoch == 9 and plan.total_steps == 36
-    assert plan.checkpoint_steps == [4, 8, 12, 16, 18, 20, 24, 28, 32, 36]
+    assert plan.checkpoint_steps == [4, 8, 12, 16, 18, 20, 24, 28, 32]  # step 36 writes the final LoRA
     assert plan.sample_steps == [5, 10, 15, 20, 25, 30, 35, 36]
 
 
@@ -112,3 +112,10 @@ def test_batches_per_epoch(counts, batch, expected):
 def test_steps_per_epoch_and_cadence():
     assert steps_per_epoch(17, 2) == 9 and steps_per_epoch(16, 2) == 8
     assert cadence(0, 100) == [] and cadence(40, 120) == [40, 80, 120]
+
+
+def test_resume_refuses_overrides_it_would_ignore(tmp_path):
+    result = engine_cli("train", "--resume", tmp_path, "--set", "training.max_steps=999", "--dry-run")
+    assert result.returncode == 2 and "do not also give a preset or --set" in result.stderr
+    result = engine_cli("train", "presets/demo.yaml", env={"RESUME_FROM": str(tmp_path), "DRY_RUN": "1"})
+    assert result.returncode == 2 and "do not also give a preset" in result.stderr

@@ -95,3 +95,49 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path):
     events = read_all(run_dir / "events.jsonl")
     assert events[-1]["kind"] == "done" and "already finished" in events[-2]["text"]
     assert (run_dir / "demo.safetensors").stat().st_mtime_ns == before
+
+
+def _stopped_run(tmp_path, monkeypatch, overrides):
+    preset = load_preset(prepare(tmp_path / "demo"), [*SETTINGS, *overrides])
+    run_dir = create_run_dir(preset, root=tmp_path / "runs")
+    real_report = train.report_step
+
+    def press_stop_at_k(r, loss, seconds):
+        real_report(r, loss, seconds)
+        if r.step == STOP_AT:
+            (r.run_dir / "control" / "stop").touch()
+
+    monkeypatch.setattr(train, "report_step", press_stop_at_k)
+    assert train.run(run_dir) == 0
+    monkeypatch.setattr(train, "report_step", real_report)
+    return run_dir
+
+
+def _edit_run_preset(run_dir, **sections):
+    from engine.config import preset_from_dict, preset_to_dict, save_preset
+
+    data = preset_to_dict(load_preset(run_dir / "preset.yaml"))
+    for section, values in sections.items():
+        node = data
+        *parents, last = section.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = values
+    save_preset(preset_from_dict(data), run_dir / "preset.yaml")
+
+
+def test_resume_with_another_optimizer_type_warns_and_starts_it_fresh(tmp_path, monkeypatch):
+    run_dir = _stopped_run(tmp_path, monkeypatch, [])
+    _edit_run_preset(run_dir, **{"optimizers.unet": {"type": "sgd", "lr": 1e-3, "momentum": 0.9}})
+    assert train.run(run_dir, resume=True) == 0
+    warnings = [e["message"] for e in read_all(run_dir / "events.jsonl") if e["kind"] == "warning"]
+    assert any("the saved run used AdamW" in w and "SGD starts with fresh state" in w for w in warnings), warnings
+
+
+def test_preserve_lr_keeps_the_saved_learning_rate_when_the_schedule_changed(tmp_path, monkeypatch):
+    run_dir = _stopped_run(tmp_path, monkeypatch, ["schedules.unet.type=constant", "schedules.unet.warmup_steps=0",
+                                                   "optimizers.unet.lr=1e-3"])
+    _edit_run_preset(run_dir, **{"optimizers.unet.lr": 5e-4, "training.preserve_lr": True})
+    assert train.run(run_dir, resume=True) == 0
+    lrs = [e["lr"]["unet"] for e in read_all(run_dir / "events.jsonl") if e["kind"] == "step"]
+    assert lrs[STOP_AT:] == pytest.approx([1e-3] * (6 - STOP_AT))

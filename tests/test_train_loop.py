@@ -70,6 +70,13 @@ def test_control_files_are_acted_on_at_the_next_step_and_deleted(demo_preset, tm
     assert "done" not in kinds(events)
 
 
+def test_a_stop_that_arrives_with_the_last_step_still_writes_the_final_lora(demo_preset, tmp_path):
+    run_dir, code, events = start(demo_preset, tmp_path, "training.max_steps=1",
+                                  before=lambda d: (d / "control" / "stop").touch())
+    assert code == 0 and kinds(events)[-1] == "done" and "stopped" not in kinds(events)
+    assert (run_dir / "demo.safetensors").is_file() and not (run_dir / "control" / "stop").exists()
+
+
 def test_nan_loss_stops_naming_the_files_and_keeps_the_last_checkpoint(demo_preset, tmp_path, monkeypatch):
     real = train.batch_loss
 
