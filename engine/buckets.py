@@ -45,9 +45,3 @@ def assign_bucket(width_px: int, height_px: int, buckets: list[Bucket]) -> Bucke
 def upscale_factor(width_px: int, height_px: int, bucket: Bucket) -> float:
     """How much the image is enlarged to cover its bucket (> 1: it is upscaled and will look soft)."""
     return max(bucket[0] / width_px, bucket[1] / height_px)
-
-
-def crop_fraction(width_px: int, height_px: int, bucket: Bucket) -> float:
-    """The share of the image cut off when it is scaled to cover the bucket and centre-cropped (0 = none)."""
-    scale = upscale_factor(width_px, height_px, bucket)
-    return 1.0 - (bucket[0] * bucket[1]) / (width_px * scale * height_px * scale)

@@ -5,7 +5,9 @@
 
 Each check is one function `(scan) -> list[Finding]` in CHECKS, in the order the user should deal with them.
 Reading the image files themselves (headers, decoding, truncation, hashes) is engine.dataset_images.
-CLI: python -m engine check DATASET [--trigger T] [--resolution R] [--batch-size B] [--json] [--quick]
+CLI: python -m engine check DATASET [--trigger T] [--resolution R] [--min-bucket PX] [--max-bucket PX]
+     [--bucket-step PX] [--no-bucketing] [--batch-size B] [--json] [--quick]
+Buckets are assigned by engine.plan.bucket_of under the preset's dataset settings, exactly as the trainer does.
 """
 from __future__ import annotations
 
@@ -14,12 +16,16 @@ import json
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from engine import buckets as bucketing
 from engine import dataset_layout as layout
+from engine.buckets import upscale_factor
 from engine.dataset_images import ImageInfo, probe_all
+from engine.plan import bucket_of
+from engine.schema import DatasetConfig
+
+_DATASET = DatasetConfig()  # the bucket settings' defaults are the trainer's
 
 SEVERITIES = ("error", "warning", "info")
 MIN_IMAGES, MAX_IDENTITY_IMAGES = 15, 30          # the FLUX identity guide: 15 minimum, 15–30 recommended
@@ -101,7 +107,6 @@ class Scan:
     items: list[layout.Item]
     infos: list[ImageInfo]
     captions: dict[Path, str]       # image path -> caption text (only images that have a caption file)
-    buckets: list[tuple[int, int]]
     assigned: dict[Path, tuple[int, int]]
     trigger: str | None
     resolution_px: int
@@ -307,7 +312,7 @@ def check_sizes(scan: Scan) -> list[Finding]:
     small, extreme = [], []
     for info in scan.good():
         bucket = scan.assigned[info.path]
-        if bucketing.upscale_factor(info.width, info.height, bucket) > UPSCALE_WARN:
+        if upscale_factor(info.width, info.height, bucket) > UPSCALE_WARN:
             small.append(scan.rel(info.path))
         if max(info.width / info.height, info.height / info.width) > EXTREME_ASPECT:
             extreme.append(scan.rel(info.path))
@@ -420,11 +425,16 @@ CHECKS = [check_image_count, check_nested_images, check_unsupported, check_broke
 
 # ---------------------------------------------------------------------------------------------- entry points
 def check_dataset(root: Path, trigger: str | None = None, resolution_px: int = 1024, batch_size: int = 1,
-                  token_limit: int = 77, deep: bool = True, caption_ext: str = ".txt") -> Report:
+                  token_limit: int = 77, deep: bool = True, caption_ext: str = ".txt", *,
+                  bucketing: bool = _DATASET.bucketing, min_bucket_px: int = _DATASET.min_bucket_px,
+                  max_bucket_px: int = _DATASET.max_bucket_px,
+                  bucket_step_px: int = _DATASET.bucket_step_px) -> Report:
     """Check the dataset folder `root` (either layout) and return a Report of findings and per-image rows.
 
     trigger: the trigger word every caption should contain (None: not checked).
     resolution_px / batch_size: the training settings that decide buckets, small images and small buckets.
+    bucketing / min_bucket_px / max_bucket_px / bucket_step_px: the preset's dataset section (defaults: the
+    schema's), so the buckets are the ones the trainer will use.
     token_limit: the text encoder's limit including start/end markers (77 for CLIP; 512 for FLUX's T5).
     deep: decode every image (finds truncated files and near duplicates); False reads headers only (faster).
     """
@@ -432,16 +442,22 @@ def check_dataset(root: Path, trigger: str | None = None, resolution_px: int = 1
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"The dataset folder {root} does not exist.")
+    dataset = replace(_DATASET, resolution_px=resolution_px, bucketing=bucketing, min_bucket_px=min_bucket_px,
+                      max_bucket_px=max_bucket_px, bucket_step_px=bucket_step_px)
+    if bucketing and not min_bucket_px <= resolution_px <= max_bucket_px:  # as engine.config refuses to train
+        raise ValueError(f"The resolution {resolution_px} px must lie between the smallest bucket side "
+                         f"({min_bucket_px} px) and the largest ({max_bucket_px} px).")
     items = layout.find_items(root, caption_ext)
     infos = probe_all([i.image for i in items], deep=deep)
-    bucket_list = bucketing.make_buckets(resolution_px)
-    assigned = {i.path: bucketing.assign_bucket(i.width, i.height, bucket_list) for i in infos if i.problem is None}
+    assigned = {i.path: bucket_of((i.width, i.height), dataset) for i in infos if i.problem is None}
     captions = {item.image: layout.read_caption(item.caption) for item in items if item.caption is not None}
-    scan = Scan(root, items, infos, captions, bucket_list, assigned, trigger, resolution_px, batch_size, token_limit)
+    scan = Scan(root, items, infos, captions, assigned, trigger, resolution_px, batch_size, token_limit)
     findings = [finding for check in CHECKS for finding in check(scan)]
     return Report(root=str(root), layout=layout.layout(root), findings=findings, images=_rows(scan, findings),
                   settings={"trigger": trigger, "resolution_px": resolution_px, "batch_size": batch_size,
-                            "token_limit": token_limit, "deep": deep},
+                            "token_limit": token_limit, "deep": deep, "bucketing": bucketing,
+                            "min_bucket_px": min_bucket_px, "max_bucket_px": max_bucket_px,
+                            "bucket_step_px": bucket_step_px},
                   buckets=_bucket_counts(scan), seconds=round(time.perf_counter() - started, 3))
 
 
@@ -477,6 +493,13 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("dataset", type=Path)
     parser.add_argument("--trigger", help="the trigger word every caption should contain")
     parser.add_argument("--resolution", type=int, default=1024, help="training resolution in px (default 1024)")
+    parser.add_argument("--min-bucket", type=int, default=_DATASET.min_bucket_px,
+                        help=f"smallest bucket side in px (default {_DATASET.min_bucket_px})")
+    parser.add_argument("--max-bucket", type=int, default=_DATASET.max_bucket_px,
+                        help=f"largest bucket side in px (default {_DATASET.max_bucket_px})")
+    parser.add_argument("--bucket-step", type=int, default=_DATASET.bucket_step_px,
+                        help=f"bucket sides are multiples of this (default {_DATASET.bucket_step_px})")
+    parser.add_argument("--no-bucketing", action="store_true", help="train every image square at the resolution")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--token-limit", type=int, default=77, help="text encoder token limit (77 CLIP, 512 T5)")
     parser.add_argument("--quick", action="store_true", help="read headers only (no truncation/near-duplicates)")
@@ -485,8 +508,9 @@ def cli(argv: list[str]) -> int:
     sys.stdout.reconfigure(errors="replace")  # a Windows log file is cp1252: odd file names must not crash us
     try:
         report = check_dataset(args.dataset, args.trigger, args.resolution, args.batch_size, args.token_limit,
-                               deep=not args.quick)
-    except FileNotFoundError as exc:
+                               deep=not args.quick, bucketing=not args.no_bucketing, min_bucket_px=args.min_bucket,
+                               max_bucket_px=args.max_bucket, bucket_step_px=args.bucket_step)
+    except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:

@@ -5,7 +5,10 @@
     undo(root)                                               # the latest entry not yet undone, exactly reversed
 
 Rules: a file is never deleted. A changed file's original is copied to `_easel/backups/<entry id>/` first; every
-action is one line of `_easel/journal.jsonl`. Undo puts originals back byte for byte; anything found changed since
+action is recorded in `_easel/journal.jsonl` before its first file changes (a header line with id, action and
+label), and each file change is appended (and fsynced) as its own {"add": id, ...} line before the file is touched,
+so an action killed half-way is still undoable exactly. All writes go through engine.atomic (fsync, then replace).
+Undo puts originals back byte for byte; anything found changed since
 (edited by the user) is moved into the backup folder rather than overwritten. Fixes (engine.dataset_fix), caption
 edits (engine.caption_edit) and captioning (engine.caption) all write here, so one undo stack covers the dataset.
 """
@@ -18,6 +21,8 @@ import shutil
 import time
 from pathlib import Path
 
+from engine.atomic import atomic_write, atomic_write_bytes
+
 STATE_DIR = "_easel"
 
 
@@ -25,15 +30,9 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 class JournalEntry:
-    """One undoable action. Use as a context manager: the entry is written to the journal even if the action fails
-    half-way, so whatever was done can still be undone."""
+    """One undoable action. Use as a context manager (or not: nothing is left to do at exit). Every change is in
+    the journal before the file changes, so whatever was done can be undone even if the process dies half-way."""
 
     def __init__(self, root: Path, action: str, label: str):
         self.root = Path(root)
@@ -44,6 +43,7 @@ class JournalEntry:
         self.id = f"{stamp}-{n}"
         self.record = {"id": self.id, "t": round(time.time(), 3), "action": action, "label": label,
                        "replaced": [], "moved": [], "created": []}
+        self._begun = False
 
     def _id_used(self, entry_id: str) -> bool:
         return any(e.get("id") == entry_id for e in read_journal(self.root))
@@ -59,25 +59,30 @@ class JournalEntry:
         """Write `data` to the existing file `path`, keeping a byte-exact copy of the original."""
         rel = self.rel(path)
         backup = self.backup_dir / rel
-        backup.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, backup)
-        _write_atomic(Path(path), data)
-        self.record["replaced"].append({"path": rel, "backup": self.rel(backup),
-                                        "sha256": hashlib.sha256(data).hexdigest()})
+        atomic_write(backup, lambda tmp: shutil.copy2(path, tmp))  # the original, durable before anything changes
+        self._add("replaced", {"path": rel, "backup": self.rel(backup), "sha256": hashlib.sha256(data).hexdigest()})
+        atomic_write_bytes(path, data)
 
     def create(self, path: Path, data: bytes) -> None:
         if Path(path).exists():
             raise FileExistsError(f"{path} already exists")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(Path(path), data)
-        self.record["created"].append({"path": self.rel(path), "sha256": hashlib.sha256(data).hexdigest()})
+        self._add("created", {"path": self.rel(path), "sha256": hashlib.sha256(data).hexdigest()})
+        atomic_write_bytes(path, data)
 
     def move(self, path: Path, destination: Path) -> Path:
         destination = _free_name(Path(destination))
         destination.parent.mkdir(parents=True, exist_ok=True)
+        self._add("moved", {"from": self.rel(path), "to": self.rel(destination)})
         os.replace(path, destination)
-        self.record["moved"].append({"from": self.rel(path), "to": self.rel(destination)})
         return destination
+
+    def _add(self, kind: str, item: dict) -> None:
+        """Journal one change before it is made: the header line on the first change, then the item's own line."""
+        if not self._begun:
+            _append_journal(self.root, self.record)
+            self._begun = True
+        _append_journal(self.root, {"add": self.id, "kind": kind, "item": item})
+        self.record[kind].append(item)
 
     def changed(self) -> bool:
         return any(self.record[k] for k in ("replaced", "moved", "created"))
@@ -86,8 +91,7 @@ class JournalEntry:
         return self
 
     def __exit__(self, *exc):
-        if self.changed():
-            _append_journal(self.root, self.record)
+        pass  # everything is in the journal already
 
 
 def _free_name(path: Path) -> Path:
@@ -108,14 +112,30 @@ def _append_journal(root: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8", newline="\n") as f:
         f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the file it describes changes
 
 
 def read_journal(root: Path) -> list[dict]:
-    """Every journal line, oldest first: action entries and {"undo": id} markers."""
+    """Every entry and {"undo": id} marker, oldest first; an entry's {"add": id} lines are folded into it."""
     path = _journal_path(root)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines, entries = [], {}
+    for text in path.read_text(encoding="utf-8").splitlines():
+        try:
+            line = json.loads(text)
+        except ValueError:  # a line cut short by a crash: its change never happened
+            continue
+        if "add" in line:
+            if line["add"] in entries:
+                entries[line["add"]][line["kind"]].append(line["item"])
+            continue
+        if "id" in line:
+            line = entries[line["id"]] = {**line, **{k: list(line.get(k, [])) for k in ("replaced", "moved",
+                                                                                        "created")}}
+        lines.append(line)
+    return lines
 
 
 def history(root: Path, actions: tuple[str, ...] | None = None) -> list[dict]:
@@ -154,16 +174,17 @@ def undo(root: Path, actions: tuple[str, ...] | None = None) -> dict | None:
             path.unlink()  # exactly the file we created, unchanged: removing it loses nothing
     missing = []
     for item in reversed(entry["moved"]):
-        if not (root / item["to"]).exists():  # the user moved it out of _set_aside/ themselves
-            missing.append(item["to"])
-            continue
+        if not (root / item["to"]).exists():
+            if not (root / item["from"]).exists():  # the user moved it out of _set_aside/ themselves
+                missing.append(item["to"])
+            continue  # (else the move never happened: the process died first)
         set_aside_if_edited(root / item["from"], None)  # something new took the old place
         os.replace(root / item["to"], root / item["from"])
     for item in reversed(entry["replaced"]):
-        path = root / item["path"]
-        set_aside_if_edited(path, item["sha256"])
-        if path.exists():
-            path.unlink()  # our own output, unchanged; the original comes back from the backup next
-        shutil.copy2(root / item["backup"], path)
+        path, backup = root / item["path"], root / item["backup"]
+        if path.exists() and path.read_bytes() == backup.read_bytes():
+            continue  # never replaced (the process died first), or already back
+        set_aside_if_edited(path, item["sha256"])  # else it is our own output, unchanged: overwriting loses nothing
+        atomic_write(path, lambda tmp, backup=backup: shutil.copy2(backup, tmp))
     _append_journal(root, {"undo": entry["id"], "t": round(time.time(), 3)})
     return {**entry, "kept": kept, "missing": missing}

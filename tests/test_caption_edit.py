@@ -83,3 +83,52 @@ def test_cli_previews_then_applies(tmp_path, capsys):
     assert ce.cli([str(tmp_path), "prefix", "--text", "best, ", "--apply"]) == 0
     assert all(p.read_text(encoding="utf-8").startswith("best, ") for p in tmp_path.glob("*.txt"))
     assert ce.cli([str(tmp_path), "undo"]) == 0 and {p: p.read_bytes() for p in tmp_path.glob("*.txt")} == before
+
+
+KILL_MID_EDIT = """
+import os, sys
+from pathlib import Path
+real_replace, n = os.replace, [0]
+def replace(src, dst):  # the process dies just before it would replace its 3rd caption
+    if Path(dst).suffix == ".txt" and "_easel" not in Path(dst).parts:
+        n[0] += 1
+        if n[0] == 3:
+            os._exit(9)  # like SIGKILL: no __exit__, no finally
+    real_replace(src, dst)
+os.replace = replace
+from engine import caption_edit
+caption_edit.apply(Path(sys.argv[1]), "suffix", text_to_add=", edited")
+"""
+
+
+def test_edit_killed_half_way_is_still_undone_byte_for_byte(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    make_clean_dataset(tmp_path, n=5)
+    (tmp_path / "photo 01.txt").write_bytes("\ufeffohwx, Ünïcode\r\n".encode("utf-8"))
+    before = {p: p.read_bytes() for p in tmp_path.glob("*.txt")}
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", KILL_MID_EDIT, str(tmp_path)], cwd=repo, check=False)
+    assert result.returncode == 9
+    changed = [p for p in before if p.read_bytes() != before[p]]
+    assert len(changed) == 2  # killed in the middle of the edit
+    entry = ce.undo(tmp_path)
+    assert entry is not None and entry["kept"] == []
+    assert {p: p.read_bytes() for p in tmp_path.glob("*.txt")} == before
+    assert ce.undo(tmp_path) is None
+
+
+def test_captions_are_fsynced_before_they_replace_the_old_ones(tmp_path, monkeypatch):
+    import os
+    from pathlib import Path
+
+    make_clean_dataset(tmp_path, n=3)
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda src, dst: (events.append(Path(dst)), real_replace(src, dst))[1])
+    ce.apply(tmp_path, "suffix", text_to_add=", x")
+    replaced = [i for i, e in enumerate(events) if isinstance(e, Path) and e.suffix == ".txt"
+                and "_easel" not in e.parts]
+    assert len(replaced) == 3 and all(events[i - 1] == "fsync" for i in replaced)

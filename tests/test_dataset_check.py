@@ -11,6 +11,9 @@ from dataset_factory import (PLANTED_BATCH_SIZE, PLANTED_RESOLUTION_PX, TRIGGER,
 from engine import buckets, dataset_layout
 from engine.dataset_check import SEVERITIES, check_dataset, cli, estimate_clip_tokens
 
+# the trainer's bucket settings for the planted dataset (kohya's usual half to double the resolution)
+PLANTED_BUCKETS = {"min_bucket_px": PLANTED_RESOLUTION_PX // 2, "max_bucket_px": PLANTED_RESOLUTION_PX * 2}
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -18,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 def planted(tmp_path_factory):
     root = tmp_path_factory.mktemp("planted")
     expected = make_planted_dataset(root)
-    return root, expected, check_dataset(root, TRIGGER, PLANTED_RESOLUTION_PX, PLANTED_BATCH_SIZE)
+    return root, expected, check_dataset(root, TRIGGER, PLANTED_RESOLUTION_PX, PLANTED_BATCH_SIZE, **PLANTED_BUCKETS)
 
 
 PLANTED_CODES = ["small_image", "extreme_aspect", "small_bucket", "alpha_channel", "cmyk_image", "palette_image",
@@ -65,7 +68,7 @@ def test_gallery_rows_have_size_bucket_and_caption(planted):
 @pytest.mark.parametrize("layout", ["side_by_side", "separate"])
 def test_clean_dataset_has_no_errors_or_warnings(tmp_path, layout):
     paths = make_clean_dataset(tmp_path, n=20, layout=layout)
-    report = check_dataset(tmp_path, TRIGGER, resolution_px=256, batch_size=2)
+    report = check_dataset(tmp_path, TRIGGER, resolution_px=256, **PLANTED_BUCKETS, batch_size=2)
     assert [(f.code, f.message) for f in report.findings if f.severity != "info"] == []
     assert len(report.images) == 20 and all(r.caption and r.bucket for r in report.images)
     assert any("写真" in r.path for r in report.images)  # non-ASCII names and spaces just work
@@ -80,9 +83,9 @@ def test_empty_folder_says_where_the_images_should_go(tmp_path):
 
 def test_few_images_warn_and_many_inform(tmp_path):
     make_clean_dataset(tmp_path / "few", n=5)
-    assert "too_few_images" in check_dataset(tmp_path / "few", resolution_px=256).codes()
+    assert "too_few_images" in check_dataset(tmp_path / "few", resolution_px=256, **PLANTED_BUCKETS).codes()
     make_clean_dataset(tmp_path / "many", n=31, sizes=((96, 96), (64, 96)))
-    report = check_dataset(tmp_path / "many", resolution_px=64)
+    report = check_dataset(tmp_path / "many", resolution_px=64, min_bucket_px=64, max_bucket_px=128)
     assert "many_images" in report.codes() and not report.errors
 
 
@@ -90,7 +93,7 @@ def test_quick_mode_still_catches_truncated_files(tmp_path):
     make_clean_dataset(tmp_path, n=15)
     data = (tmp_path / "photo 01.jpg").read_bytes()
     (tmp_path / "photo 01.jpg").write_bytes(data[: len(data) // 2])
-    report = check_dataset(tmp_path, resolution_px=256, deep=False)
+    report = check_dataset(tmp_path, resolution_px=256, **PLANTED_BUCKETS, deep=False)
     assert [f.files for f in report.findings if f.code == "truncated_image"] == [["photo 01.jpg"]]
 
 
@@ -139,6 +142,49 @@ def test_same_shape_in_other_colours_is_not_a_near_duplicate(tmp_path):
         ImageDraw.Draw(im).ellipse((40, 40, 216, 216), fill=colour)
         im.save(tmp_path / f"{name}.png")
         (tmp_path / f"{name}.txt").write_text("ohwx, a circle", encoding="utf-8")
-    near = [f for f in check_dataset(tmp_path, trigger="ohwx", resolution_px=256).findings
+    near = [f for f in check_dataset(tmp_path, trigger="ohwx", resolution_px=256, **PLANTED_BUCKETS).findings
             if f.code == "near_duplicate"]
     assert len(near) == 1 and sorted(near[0].files) == ["red again.png", "red.png"]
+
+
+BUCKET_SIZES = ((320, 320), (256, 384), (384, 256), (900, 300), (200, 700), (1000, 560))
+
+
+def _buckets_by_size(report):
+    return {(r.width, r.height): tuple(r.bucket) for r in report.images}
+
+
+def test_bucketing_off_trains_every_image_square(tmp_path, capsys):
+    make_clean_dataset(tmp_path, n=12, sizes=BUCKET_SIZES)
+    report = check_dataset(tmp_path, resolution_px=512, deep=False, bucketing=False)
+    assert set(_buckets_by_size(report).values()) == {(512, 512)} and report.buckets == {"512x512": 12}
+    cli([str(tmp_path), "--json", "--quick", "--resolution", "512", "--no-bucketing"])
+    assert json.loads(capsys.readouterr().out)["buckets"] == {"512x512": 12}
+
+
+@pytest.mark.parametrize("resolution, settings", [
+    (1024, {}),  # the schema's defaults (256-1024 px), not make_buckets' own (512-2048 px)
+    (512, {"min_bucket_px": 384, "max_bucket_px": 640}),
+    (512, {"min_bucket_px": 256, "max_bucket_px": 768, "bucket_step_px": 32}),
+])
+def test_doctor_buckets_exactly_as_the_trainer(tmp_path, resolution, settings):
+    from engine.plan import bucket_of
+    from engine.schema import DatasetConfig
+
+    make_clean_dataset(tmp_path, n=12, sizes=BUCKET_SIZES)
+    dataset = DatasetConfig(resolution_px=resolution, **settings)
+    report = check_dataset(tmp_path, resolution_px=resolution, deep=False, **settings)
+    found = _buckets_by_size(report)
+    assert len(found) == len(BUCKET_SIZES)
+    assert all(bucket == bucket_of(size, dataset) for size, bucket in found.items())
+    assert all(dataset.min_bucket_px <= side <= dataset.max_bucket_px for b in found.values() for side in b)
+
+
+def test_cli_passes_the_bucket_settings(tmp_path, capsys):
+    make_clean_dataset(tmp_path, n=12, sizes=BUCKET_SIZES)
+    args = [str(tmp_path), "--json", "--quick", "--resolution", "512", "--min-bucket", "384", "--max-bucket", "640"]
+    cli(args)
+    report = json.loads(capsys.readouterr().out)
+    expected = check_dataset(tmp_path, resolution_px=512, deep=False, min_bucket_px=384, max_bucket_px=640)
+    assert report["buckets"] == expected.buckets != check_dataset(tmp_path, resolution_px=512, deep=False).buckets
+    assert cli([str(tmp_path), "--resolution", "512", "--min-bucket", "640"]) == 2  # as the trainer refuses it

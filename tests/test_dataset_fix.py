@@ -9,6 +9,9 @@ from dataset_factory import PLANTED_BATCH_SIZE, PLANTED_RESOLUTION_PX, TRIGGER, 
 from engine import dataset_fix
 from engine.dataset_check import check_dataset
 
+# the trainer's bucket settings for the planted dataset (kohya's usual half to double the resolution)
+PLANTED_BUCKETS = {"min_bucket_px": PLANTED_RESOLUTION_PX // 2, "max_bucket_px": PLANTED_RESOLUTION_PX * 2}
+
 
 def snapshot(root: Path) -> dict[str, bytes]:
     """Every dataset file (not Easel's own state) -> its bytes."""
@@ -21,7 +24,7 @@ def all_blobs(root: Path) -> set[str]:
 
 
 def check(root):
-    return check_dataset(root, TRIGGER, PLANTED_RESOLUTION_PX, PLANTED_BATCH_SIZE)
+    return check_dataset(root, TRIGGER, PLANTED_RESOLUTION_PX, PLANTED_BATCH_SIZE, **PLANTED_BUCKETS)
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,15 @@ import gradio as gr
 
 from engine import caption_edit, dataset_fix
 from engine.dataset_check import check_dataset
+from engine.schema import DatasetConfig
 from ui.fields import Form
 
 THUMB_PX = 256
 SEVERITY_ICONS = {"error": "⛔ error", "warning": "⚠️ warning", "info": "ℹ️ info"}
 CHECK_KEYS = ("dataset.path", "dataset.trigger", "dataset.resolution_px", "dataset.caption_ext",
-              "training.batch_size")
+              "training.batch_size", "dataset.bucketing", "dataset.min_bucket_px", "dataset.max_bucket_px",
+              "dataset.bucket_step_px")
+_DATASET = DatasetConfig()
 
 
 def build(form: Form) -> dict:
@@ -107,6 +110,8 @@ def gallery_items(rep: dict) -> list[tuple[str, str]]:
 
 def run_check(values: dict, form: Form) -> tuple[str, dict | None, list]:
     v = {k: values.get(form.widgets[k]) for k in CHECK_KEYS}
+    bucket = {k: getattr(_DATASET, k) if v[f"dataset.{k}"] is None else v[f"dataset.{k}"]
+              for k in ("bucketing", "min_bucket_px", "max_bucket_px", "bucket_step_px")}
     folder = (v["dataset.path"] or "").strip()
     if not folder:
         return "Type the path of your dataset folder first.", None, []
@@ -114,9 +119,13 @@ def run_check(values: dict, form: Form) -> tuple[str, dict | None, list]:
         report = check_dataset(Path(folder), trigger=(v["dataset.trigger"] or "").strip() or None,
                                resolution_px=int(v["dataset.resolution_px"] or 512),
                                batch_size=int(v["training.batch_size"] or 1),
-                               caption_ext=v["dataset.caption_ext"] or ".txt")
+                               caption_ext=v["dataset.caption_ext"] or ".txt", bucketing=bool(bucket["bucketing"]),
+                               min_bucket_px=int(bucket["min_bucket_px"]), max_bucket_px=int(bucket["max_bucket_px"]),
+                               bucket_step_px=int(bucket["bucket_step_px"]))
     except FileNotFoundError as exc:
         return f"**{exc}** Check the path (copy it from the address bar of your file manager).", None, []
+    except ValueError as exc:  # bucket settings the trainer would refuse too
+        return f"**{exc}** Change the dataset settings below.", None, []
     rep = report.to_dict()
     return summary_text(rep), rep, gallery_items(rep)
 
