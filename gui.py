@@ -1,6 +1,6 @@
 """Easel's window: `python gui.py` serves the app on 127.0.0.1 and opens it in the browser.
 
-    python gui.py [--port 7860] [--no-browser] [--runs-dir runs] [--listen]
+    python gui.py [--port 7860] [--no-browser] [--runs-dir FOLDER] [--listen]
 
 The GUI imports no torch (it starts in about two seconds); training, captioning and the demo run in engine
 subprocesses that keep going when the browser closes. --listen serves the app to the whole network and needs a
@@ -26,15 +26,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860; the next free one if "
                    "taken)")
     p.add_argument("--no-browser", action="store_true", help="do not open the browser")
-    p.add_argument("--runs-dir", type=Path, default=ROOT / "runs", help="folder of the run folders (default: runs)")
+    p.add_argument("--runs-dir", type=Path, default=None, help="put every run folder here (default: each preset's "
+                   "output.dir, runs/ unless the preset says otherwise)")
     p.add_argument("--listen", action="store_true", help="serve on all network interfaces (0.0.0.0) instead of "
                    "this computer only; prints a warning")
     return p.parse_args(argv)
 
 
-def make_app(runs_dir: Path):
-    from ui.app import AppContext, build_app
-    return build_app(AppContext(runs_root=runs_dir.resolve()))
+def make_context(runs_dir: Path | None = None):
+    """--runs-dir given: every run goes there, whatever the preset's output.dir says; else runs follow the preset."""
+    from ui.app import AppContext
+    if runs_dir is None:
+        return AppContext()
+    return AppContext(runs_root=Path(runs_dir).resolve(), use_preset_output_dir=False)
+
+
+def make_app(runs_dir: Path | None = None):
+    from ui.app import build_app
+    return build_app(make_context(runs_dir))
 
 
 def launch(app, args: argparse.Namespace, block: bool = True):

@@ -110,6 +110,16 @@ def test_save_refuses_shipped_presets_and_save_as_round_trips(app):
     assert widget_value(reloaded[form.widgets["training.max_steps"]]) == 321
     assert widget_value(reloaded[form.widgets["sampling.prompts"]]) == "ohwx, portrait of Zoë\nohwx 日本"
 
+    # Save as never replaces an existing file; Save (to the loaded user preset) does
+    data["training"]["max_steps"] = 654
+    again = preset_from_dict(data)
+    out = handler(app, "save_preset_as")(form_values(app, again, {path_state: str(saved), name_box: "Zoë's sdxl"}))
+    assert any("my presets/Zoë's sdxl.yaml exists: choose another name, or load it and press Save" in str(v)
+               for v in out.values())
+    assert load_preset(saved).training.max_steps == 321
+    handler(app, "save_preset")(form_values(app, again, {path_state: str(saved)}))
+    assert load_preset(saved).training.max_steps == 654
+
 
 def test_a_broken_preset_file_is_reported_and_the_form_kept(app, tmp_path):
     bad = tmp_path / "bad.yaml"

@@ -15,7 +15,7 @@ import pytest
 
 from engine.config import preset_from_dict
 from engine.events import EventWriter
-from engine.runs import create_run_dir
+from engine.runs import create_run_dir, list_runs
 from ui import runner
 from ui.run_state import RunView, format_seconds
 
@@ -90,6 +90,61 @@ def test_requests_and_kill(tmp_path):
     assert proc.wait(timeout=10) != 0
     assert not runner.pid_alive(proc.pid) and runner.kill(run) is False
     assert runner.stop_deadline_passed(time.time() - 61, 60) and not runner.stop_deadline_passed(None, 60)
+
+
+def test_stop_kills_a_late_engine_without_any_browser_tab(tmp_path):
+    """runner.stop's own thread ends the engine after the timeout (no Run tab timer is ticking here)."""
+    runs = tmp_path / "runs"
+    run = make_run(runs)
+    proc = sleeper(run, runs)
+    runner.stop(run, timeout_s=0.5).join(timeout=15)
+    assert (run / "control" / "stop").exists() and proc.wait(timeout=10) != 0
+
+
+def test_the_stop_thread_spares_a_process_started_later_in_the_folder(tmp_path):
+    runs = tmp_path / "runs"
+    run = make_run(runs)
+    first = sleeper(run, runs)
+    thread = runner.stop(run, timeout_s=1.5)
+    first.kill()
+    first.wait()
+    resumed = sleeper(run, runs)  # Resume wrote a new pid before the old stop's deadline
+    try:
+        thread.join(timeout=15)
+        assert resumed.poll() is None and runner.is_running(run)
+    finally:
+        resumed.kill()
+        resumed.wait()
+
+
+def gui_context(runs_root: Path):
+    pytest.importorskip("gradio")
+    from ui.app import AppContext
+    return AppContext(runs_root=runs_root)  # runs follow each preset's output.dir, as in `python gui.py`
+
+
+def test_runs_outside_runs_root_are_found_after_a_restart_and_block_a_second_start(tmp_path):
+    from engine.config import save_preset
+    from ui import tab_run
+    ctx = gui_context(tmp_path / "gui runs")
+    preset = preset_from_dict({"output": {"dir": str(tmp_path / "preset runs ü"), "run_name": "mine"}})
+    preset_file = save_preset(preset, tmp_path / "mine.yaml")
+    run = make_run(tmp_path / "preset runs ü", "mine")
+    assert tab_run.attach(ctx) is None  # nothing under ctx.runs_root
+    proc = sleeper(run, run.parent)  # its lock is beside it, not in ctx.runs_root
+    try:
+        view = tab_run.attach(ctx, preset_file)  # a reload: the browser remembers the preset
+        assert view is not None and view.run_dir.resolve() == run.resolve() and not view.finished
+        with pytest.raises(runner.RunBusy, match="mine"):
+            tab_run.start_new(preset, ctx)
+        assert list_runs(run.parent) == [run]  # no second run folder was made
+    finally:
+        proc.kill()
+        proc.wait()
+    EventWriter(run / "events.jsonl").emit("done")
+    view = tab_run.attach(ctx, preset_file)  # finished, lock gone: still the run shown after a GUI restart
+    assert view is not None and view.run_dir.resolve() == run.resolve() and view.finished == "done"
+    assert str(run.resolve()) in ctx.allowed_paths  # its samples and LoRA files can be served
 
 
 def test_start_run_spawns_the_engine_with_a_log_file(tmp_path):

@@ -9,11 +9,11 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr
 
-from engine.config import ConfigError
+from engine.config import ConfigError, dump_preset, load_preset
 from engine.schema import Preset
 from ui import demo, tab_caption, tab_dataset, tab_run, tab_samples, tab_schedule, tab_training
 from ui.fields import Form, format_problems, problems_of
-from ui.presets import PROJECT_ROOT, PresetLibrary, yaml_text
+from ui.presets import PROJECT_ROOT, PresetLibrary
 
 CSS = Path(__file__).with_name("style.css").read_text(encoding="utf-8")
 
@@ -26,7 +26,7 @@ class AppContext:
     runs_root: Path = PROJECT_ROOT / "runs"
     demo_dir: Path = PROJECT_ROOT / "demo"
     library: PresetLibrary = field(default_factory=PresetLibrary)
-    use_preset_output_dir: bool = True     # False (tests): every run folder goes under runs_root
+    use_preset_output_dir: bool = True     # False (gui.py --runs-dir, tests): every run folder goes under runs_root
     allowed_paths: list[str] = field(default_factory=list)
 
     def __post_init__(self):
@@ -83,7 +83,7 @@ def build_app(ctx: AppContext | None = None) -> gr.Blocks:
         tab_dataset.wire(ctx, form, ds)
         tab_caption.wire(ctx, form, cap)
         demo.wire(ctx, form, bar, run, wiring)
-        app.load(lambda: {run["view"]: tab_run.attach(ctx.runs_root)}, outputs=[run["view"]]) \
+        app.load(lambda path: {run["view"]: tab_run.attach(ctx, path)}, inputs=bar["remember"], outputs=[run["view"]]) \
             .then(lambda v: tab_run.render(v, run, force=True), inputs=run["view"],
                   outputs=[run[k] for k in ("progress", "folder", "log", "loss", "samples", "files", "error",
                                        "engine_log")])
@@ -109,7 +109,7 @@ def _preset_bar(ctx: AppContext) -> dict:
     problems = gr.Markdown(elem_id="preset-problems")
     return {"dropdown": dropdown, "load": load, "save": save, "name": name, "save_as": save_as, "reset": reset,
             "demo": demo_button, "status": status, "problems": problems,
-            "baseline": gr.State(yaml_text(Preset())), "path": gr.State(None),
+            "baseline": gr.State(dump_preset(Preset())), "path": gr.State(None),
             # the last loaded or saved preset file, kept by the browser: a reload or a GUI restart shows it again
             "remember": gr.BrowserState(None, storage_key="easel-last-preset", secret="easel-local")}
 
@@ -141,13 +141,13 @@ class _Wiring:
             problems = problems_of(exc)
             return {self.bar["status"]: self.status_text(path, True, problems),
                     self.bar["problems"]: format_problems(problems), **self.form.problem_updates(problems)}
-        text = yaml_text(preset)
+        text = dump_preset(preset)
         return {self.bar["status"]: self.status_text(path, text != baseline),
                 self.bar["problems"]: "", self.yaml_view: text, **self.form.problem_updates([])}
 
     def loaded(self, preset: Preset, path, message: str = "") -> dict:
         """Updates that put `preset` into the form and make it the new 'saved' baseline."""
-        text = yaml_text(preset)
+        text = dump_preset(preset)
         helps = tab_schedule.help_updates(preset)
         return {**self.form.problem_updates([], values=self.form.updates_from_preset(preset)),
                 self.bar["baseline"]: text, self.bar["path"]: path, self.bar["remember"]: path,
@@ -163,7 +163,7 @@ class _Wiring:
         if not path or not Path(path).is_file():
             return fresh
         try:
-            return self.loaded(self.ctx.library.load(path), path, "reopened")
+            return self.loaded(load_preset(path), path, "reopened")
         except ConfigError:
             return fresh
 
@@ -182,7 +182,7 @@ class _Wiring:
             if not path:
                 return {bar["problems"]: "Choose a preset in the list first."}
             try:
-                return self.loaded(self.ctx.library.load(path), path, "loaded")
+                return self.loaded(load_preset(path), path, "loaded")
             except ConfigError as exc:
                 return {bar["problems"]: f"**{Path(path).name} has problems; the form is unchanged:**\n"
                                          + format_problems(exc.problems)}
@@ -217,7 +217,7 @@ class _Wiring:
             """Back to the loaded file (or to the defaults for a new preset)."""
             if path:
                 try:
-                    return self.loaded(self.ctx.library.load(path), path, "changes discarded")
+                    return self.loaded(load_preset(path), path, "changes discarded")
                 except ConfigError:
                     pass
             return self.loaded(Preset(), None, "defaults")

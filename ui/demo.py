@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 
-from engine.config import ConfigError
+from engine.config import ConfigError, load_preset
 from ui import runner, tab_run
 from ui.fields import format_problems
 
@@ -43,7 +43,7 @@ def wire(ctx, form, bar: dict, run: dict, wiring) -> None:
             if runner.active_run(ctx.runs_root) is not None:
                 raise runner.RunBusy("A run is still training; stop it before starting the demo.")
             path = prepare(ctx.demo_dir, ctx.project_root)
-            preset = ctx.library.load(path)
+            preset = load_preset(path)
         except ConfigError as exc:
             yield {bar["problems"]: "**The demo preset has problems:**\n" + format_problems(exc.problems)}
             return

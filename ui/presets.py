@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from engine.config import dump_preset, load_preset, save_preset
+from engine.config import save_preset
 from engine.schema import Preset
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -35,10 +35,6 @@ class PresetLibrary:
         except ValueError:
             return False
 
-    def load(self, path) -> Preset:
-        """Raises engine.config.ConfigError naming the file and every problem."""
-        return load_preset(path)
-
     def save(self, preset: Preset, path) -> Path:
         if not path:
             raise ValueError("This preset has no file yet: use Save as and give it a name.")
@@ -47,10 +43,12 @@ class PresetLibrary:
                              f"changes in {self.user_dir.name}/.")
         return save_preset(preset, path)
 
-    def save_as(self, preset: Preset, name: str, overwrite: bool = True) -> Path:
+    def save_as(self, preset: Preset, name: str) -> Path:
+        """A new file in my_presets/; an existing one is never replaced (Save does that, for the loaded preset)."""
         path = self.user_dir / f"{clean_name(name)}.yaml"
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path.name} already exists in {self.user_dir.name}/")
+        if path.exists():
+            raise FileExistsError(f"{self.user_dir.name}/{path.name} exists: choose another name, or load it and "
+                                  "press Save")
         return save_preset(preset, path)
 
 
@@ -62,7 +60,3 @@ def clean_name(name: str) -> str:
     if not name:
         raise ValueError("Type a name for the preset first (e.g. my-character-lora).")
     return name
-
-
-def yaml_text(preset: Preset) -> str:
-    return dump_preset(preset)

@@ -2,7 +2,7 @@
 
     view = RunView(run_dir)
     view.poll()          # reads the events written since the last poll (from a byte offset)
-    view.progress_text(), view.log_text(), view.loss_points, view.samples, view.saved, view.error
+    view.progress_text(), view.log (lines), view.loss_points, view.gallery(), view.output_files(), view.error
 """
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -67,7 +68,7 @@ _children: dict[int, subprocess.Popen] = {}  # runs this GUI process started: re
 def _reap() -> None:
     for pid, proc in list(_children.items()):
         if proc.poll() is not None:
-            del _children[pid]
+            _children.pop(pid, None)  # the stop thread (runner.stop) reaps too
 
 
 def spawn_engine(args: list[str], log_path: Path, cwd: Path = PROJECT_ROOT) -> subprocess.Popen:
@@ -127,12 +128,19 @@ def active_run(runs_root: Path) -> Path | None:
     return next((r for r in list_runs(runs_root) if is_running(r)), None)
 
 
+def check_idle(*runs_roots: Path) -> None:
+    """Raise RunBusy if a run trains now under any of runs_roots (the GUI's lock folder, the run's own folder)."""
+    for root in dict.fromkeys(Path(r).resolve() for r in runs_roots):
+        busy = active_run(root)
+        if busy is not None:
+            raise RunBusy(f"A run is still training: {busy.name}. Stop it first (one run at a time per GPU).")
+
+
 def start_run(run_dir: Path, runs_root: Path, resume: bool = False) -> subprocess.Popen:
-    """Start training in run_dir (a new run folder, or a stopped one with resume=True)."""
-    busy = active_run(runs_root)
-    if busy is not None:
-        raise RunBusy(f"A run is still training: {busy.name}. Stop it first (one run at a time per GPU).")
+    """Start training in run_dir (a new run folder, or a stopped one with resume=True). The lock goes in runs_root
+    (the GUI's one lock, wherever the run folder is) and names run_dir."""
     run_dir = Path(run_dir)
+    check_idle(runs_root, run_dir.parent)
     if resume:  # the GUI tails from the end of the old events, so the new process's events are what it shows
         for name in CONTROL_FILES:
             (run_dir / "control" / name).unlink(missing_ok=True)
@@ -152,6 +160,24 @@ def request(run_dir: Path, what: str) -> None:
     control = Path(run_dir) / "control"
     control.mkdir(parents=True, exist_ok=True)
     (control / what).touch()
+
+
+def stop(run_dir: Path, timeout_s: float) -> threading.Thread:
+    """Ask the engine to stop; a daemon thread of this (GUI) process kills it if it has not exited after timeout_s,
+    whether or not a browser tab is open. A process started later in the folder (Resume) is left alone."""
+    request(run_dir, "stop")
+    pid, deadline = read_pid(run_dir), time.time() + timeout_s
+
+    def kill_when_late():
+        while read_pid(run_dir) == pid and is_running(run_dir):
+            if time.time() >= deadline:
+                kill(run_dir)
+                return
+            time.sleep(min(0.5, max(0.05, deadline - time.time())))
+
+    thread = threading.Thread(target=kill_when_late, name=f"easel-stop-{pid}", daemon=True)
+    thread.start()
+    return thread
 
 
 def kill(run_dir: Path) -> bool:

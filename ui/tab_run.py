@@ -13,7 +13,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from engine.config import ConfigError
+from engine.config import ConfigError, load_preset
 from ui import runner
 from ui.fields import format_problems, problems_of
 from ui.run_state import RunView
@@ -90,9 +90,11 @@ def check_process(view: RunView) -> None:
     view.poll()  # its last words may have landed since the previous poll
     if view.finished:
         return
-    if view.stop_requested_at is not None:
+    if view.stop_requested_at is not None:  # runner.stop's thread kills an engine still there after the timeout
         view.finished = "stopped"
-        view.log.append(f"{time.strftime('%H:%M:%S')} the engine was stopped")
+        how = (f"did not stop within {STOP_TIMEOUT_S:.0f} s; it was ended (Resume continues from the last saved "
+               "state)" if runner.stop_deadline_passed(view.stop_requested_at, STOP_TIMEOUT_S) else "was stopped")
+        view.log.append(f"{time.strftime('%H:%M:%S')} the engine {how}")
         return
     tail = engine_log_tail(view.run_dir, 2000).strip().splitlines()[-3:]
     view.finished = "error"
@@ -138,20 +140,33 @@ def tick(view: RunView | None, parts: dict) -> dict:
     if not view.finished:
         view.poll()
         check_process(view)
-        if runner.stop_deadline_passed(view.stop_requested_at, STOP_TIMEOUT_S) and not view.finished:
-            runner.kill(view.run_dir)
-            view.log.append(f"{time.strftime('%H:%M:%S')} the engine did not stop within {STOP_TIMEOUT_S:.0f} s; "
-                            "it was ended (Resume continues from the last saved state)")
-            view.finished = "stopped"
     return {parts["view"]: view, **render(view, parts)}
 
 
-def attach(runs_root: Path) -> RunView | None:
-    """The run to show after a page load: the one training now, else the newest run folder (its results)."""
+def run_roots(ctx, preset_path=None) -> list[Path]:
+    """The folders that can hold this GUI's runs: ctx.runs_root, and the output.dir of the preset at preset_path
+    (the one this browser worked on last) when runs follow the preset."""
+    roots = [Path(ctx.runs_root)]
+    if preset_path and Path(preset_path).is_file():
+        try:
+            roots.append(ctx.runs_root_for(load_preset(preset_path)))
+        except ConfigError:
+            pass
+    return list(dict.fromkeys(r.resolve() for r in roots))
+
+
+def attach(ctx, preset_path=None) -> RunView | None:
+    """The run to show after a page load: the one training now, else the newest run folder (its results), looked
+    for in run_roots(ctx, preset_path)."""
     from engine.runs import list_runs
-    run_dir = runner.active_run(runs_root) or next(iter(list_runs(runs_root)), None)
+    roots = run_roots(ctx, preset_path)
+    run_dir = next((r for r in map(runner.active_run, roots) if r is not None), None)
+    if run_dir is None:
+        every = [r for root in roots for r in list_runs(root)]
+        run_dir = max(every, key=lambda r: r.stat().st_mtime, default=None)
     if run_dir is None:
         return None
+    ctx.allow(run_dir)
     view = RunView(run_dir)
     view.poll()
     if not view.finished and not runner.is_running(run_dir):
@@ -183,10 +198,9 @@ def preflight(preset) -> list[tuple[str, str]]:
 def start_new(preset, ctx) -> RunView:
     """A new run folder from the validated preset, and the engine started in it."""
     from engine.runs import create_run_dir
-    busy = runner.active_run(ctx.runs_root)
-    if busy is not None:
-        raise runner.RunBusy(f"A run is still training: {busy.name}. Stop it first (one run at a time per GPU).")
-    run_dir = create_run_dir(preset, ctx.runs_root_for(preset))
+    root = ctx.runs_root_for(preset)
+    runner.check_idle(ctx.runs_root, root)  # before making a run folder
+    run_dir = create_run_dir(preset, root)
     ctx.allow(run_dir)
     runner.start_run(run_dir, ctx.runs_root)
     return RunView(run_dir)
@@ -227,8 +241,8 @@ def wire(ctx, form, parts: dict, problem_outputs: list) -> None:
     def on_stop(view):
         if view is None or view.finished or not runner.is_running(view.run_dir):
             return {parts["message"]: "No run is training."}
-        runner.request(view.run_dir, "stop")
         view.stop_requested_at = time.time()
+        runner.stop(view.run_dir, STOP_TIMEOUT_S)
         return {parts["view"]: view, parts["message"]: "Stopping: the engine saves its state at the end of this "
                 f"step, then exits (forced after {STOP_TIMEOUT_S:.0f} s)."}
 
