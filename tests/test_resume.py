@@ -26,6 +26,20 @@ def _state(run_dir):
     return torch.load(run_dir / "state" / "state.pt", weights_only=False)
 
 
+def run_until_stopped(run_dir, monkeypatch):
+    """Train run_dir, pressing the GUI's Stop button (the control file) during step STOP_AT."""
+    real_report = train.report_step
+
+    def press_stop_at_k(r, loss, seconds):
+        real_report(r, loss, seconds)
+        if r.step == STOP_AT:
+            (r.run_dir / "control" / "stop").touch()
+
+    monkeypatch.setattr(train, "report_step", press_stop_at_k)
+    assert train.run(run_dir) == 0
+    monkeypatch.setattr(train, "report_step", real_report)
+
+
 def test_stop_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     preset_path = prepare(tmp_path / "demo")
     preset = load_preset(preset_path, SETTINGS)
@@ -34,16 +48,7 @@ def test_stop_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     assert train.run(straight) == 0
 
     interrupted = create_run_dir(preset, root=tmp_path / "b")
-    real_report = train.report_step
-
-    def press_stop_at_k(r, loss, seconds):  # the GUI's Stop button, pressed during step k
-        real_report(r, loss, seconds)
-        if r.step == STOP_AT:
-            (r.run_dir / "control" / "stop").touch()
-
-    monkeypatch.setattr(train, "report_step", press_stop_at_k)
-    assert train.run(interrupted) == 0
-    monkeypatch.setattr(train, "report_step", real_report)
+    run_until_stopped(interrupted, monkeypatch)
     events = read_all(interrupted / "events.jsonl")
     assert events[-1] == {**events[-1], "kind": "stopped", "step": STOP_AT}
 
@@ -100,16 +105,7 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path):
 def _stopped_run(tmp_path, monkeypatch, overrides):
     preset = load_preset(prepare(tmp_path / "demo"), [*SETTINGS, *overrides])
     run_dir = create_run_dir(preset, root=tmp_path / "runs")
-    real_report = train.report_step
-
-    def press_stop_at_k(r, loss, seconds):
-        real_report(r, loss, seconds)
-        if r.step == STOP_AT:
-            (r.run_dir / "control" / "stop").touch()
-
-    monkeypatch.setattr(train, "report_step", press_stop_at_k)
-    assert train.run(run_dir) == 0
-    monkeypatch.setattr(train, "report_step", real_report)
+    run_until_stopped(run_dir, monkeypatch)
     return run_dir
 
 
