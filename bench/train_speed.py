@@ -37,10 +37,10 @@ def peak_memory_gb() -> float:
 
 
 def bench_easel(preset_path: str, overrides: list[str], steps: int) -> dict:
-    from engine import train
-    from engine.config import load_preset
+    from engine.config.load import load_preset
     from engine.events import read_all
     from engine.runs import create_run_dir
+    from engine.training import loop as train
 
     settings = [*overrides, f"training.max_steps={steps}", "sampling.prompts=[]", "output.save_every_n_steps=0",
                 "output.save_every_n_minutes=0", "output.save_every_n_epochs=0"]
@@ -68,8 +68,8 @@ def bench_plain(preset_path: str, overrides: list[str], steps: int) -> dict:
     from peft import LoraConfig
     from PIL import Image
 
-    from engine.config import load_preset
-    from engine.dataset_layout import find_items, read_caption
+    from engine.config.load import load_preset
+    from engine.data.layout import find_items, read_caption
 
     p = load_preset(preset_path, overrides)
     torch.manual_seed(p.training.seed)

@@ -13,10 +13,10 @@ COMMANDS = {
     "validate": ("engine.cli:validate", "check presets: python -m engine validate PRESET..."),
     "train": ("engine.cli:train", "train: python -m engine train PRESET|RUN_DIR [--dry-run] [--resume RUN_DIR] [--set k=v]"),
     "demo": ("engine.demo:cli", "build a tiny model + dataset and train it end to end: python -m engine demo [FOLDER]"),
-    "check": ("engine.dataset_check:cli", "dataset doctor: python -m engine check DATASET [--trigger T] [--json]"),
-    "fix": ("engine.dataset_fix:cli", "apply dataset fixes (journaled, undoable): python -m engine fix DATASET ..."),
-    "caption": ("engine.caption:cli", "caption images with a local model: python -m engine caption DATASET --model M"),
-    "captions": ("engine.caption_edit:cli", "bulk caption edits with preview, backup and undo"),
+    "check": ("engine.doctor.check_dataset:cli", "dataset doctor: python -m engine check DATASET [--trigger T] [--json]"),
+    "fix": ("engine.doctor.fixes:cli", "apply dataset fixes (journaled, undoable): python -m engine fix DATASET ..."),
+    "caption": ("engine.captions.captioning:cli", "caption images with a local model: python -m engine caption DATASET --model M"),
+    "captions": ("engine.captions.edit:cli", "bulk caption edits with preview, backup and undo"),
     "lr-preview": ("engine.lr_preview:cli", "plot the LR of every component: python -m engine lr-preview PRESET --out lr.png"),
 }
 

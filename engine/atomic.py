@@ -1,6 +1,7 @@
 """Atomic file writes (torch-free): write `name.tmp`, fsync, `os.replace`. A crash or power loss mid-write leaves
 the previous file intact, never a half-written or empty one. Every file Easel overwrites goes through here:
-presets, captions, the undo journal's targets, caches, training state and LoRA files."""
+presets, captions, the undo journal's targets, caches, training state and LoRA files.
+safetensors is imported inside atomic_save_file, so importing this module stays torch-free."""
 from __future__ import annotations
 
 import os
@@ -31,3 +32,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """UTF-8 with the newlines exactly as given (no Windows CRLF translation)."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_file(tensors: dict, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """safetensors save that never leaves a half-written file: write `name.tmp`, fsync, then os.replace.
+
+    A crash or a full disk mid-save leaves the previous good file in place (and at worst a stray .tmp).
+    """
+    from safetensors.torch import save_file
+
+    bad = [k for k, v in (metadata or {}).items() if not isinstance(v, str)]
+    if bad:
+        raise TypeError(f"safetensors metadata values must be str; not: {', '.join(bad)}")
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))

@@ -1,4 +1,4 @@
-"""`python -m engine validate` and `python -m engine train` (argument handling only; the loop is engine/train.py).
+"""`python -m engine validate` and `python -m engine train` (argument handling only; the loop is engine/training/loop.py).
 
 Exit codes: 0 done (or stopped on request), 1 the run failed, 2 the preset or the command line is wrong.
 Configuration problems print as one message listing every problem, never as a traceback.
@@ -10,7 +10,8 @@ import os
 import sys
 from pathlib import Path
 
-from engine.config import ConfigError, dump_preset, load_preset
+from engine.config.load import ConfigError, load_preset
+from engine.config.save import dump_preset
 from engine.runs import create_run_dir, is_run_dir
 
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -118,7 +119,7 @@ def _resume(run_dir: Path, dry_run: bool) -> int:
 
 
 def _print_dry_run(preset) -> int:
-    from engine.plan import describe, make_plan
+    from engine.data.plan import describe, make_plan
 
     print("# resolved preset")
     print(dump_preset(preset))
@@ -132,6 +133,6 @@ def _print_dry_run(preset) -> int:
 
 
 def _run(run_dir: Path, resume: bool) -> int:
-    from engine.train import run  # imports torch: only now that a run really starts
+    from engine.training.loop import run  # imports torch: only now that a run really starts
 
     return run(run_dir, resume=resume)

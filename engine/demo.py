@@ -1,6 +1,6 @@
 """`python -m engine demo [FOLDER]`: a whole training run on any PC in about a minute, nothing downloaded.
 
-Builds a tiny random SD1.5-style model (engine.tiny_models) and 16 captioned pictures of coloured shapes (drawn with
+Builds a tiny random SD1.5-style model (engine.models.tiny) and 16 captioned pictures of coloured shapes (drawn with
 PIL, the same bytes every time), writes FOLDER/demo-preset.yaml (presets/demo.yaml with the paths filled in) and
 trains it: samples, a LoRA in kohya and diffusers format, events. `--prepare-only` stops after writing the preset and
 prints its path as the last line of stdout (the GUI's Demo button uses this, then starts a normal run).
@@ -51,12 +51,13 @@ def make_dataset(folder: Path, trigger: str = "easeldemo") -> Path:
 
 def prepare(folder: Path) -> Path:
     """Model, dataset and FOLDER/demo-preset.yaml (reusing a model and dataset already there); returns the preset."""
-    from engine.config import preset_from_dict, read_preset_file, save_preset
+    from engine.config.load import preset_from_dict, read_preset_file
+    from engine.config.save import save_preset
 
     folder = Path(folder).expanduser().resolve()
     model_dir = folder / "model"
     if not (model_dir / "model_index.json").is_file():
-        from engine.tiny_models import build_tiny
+        from engine.models.tiny import build_tiny
 
         build_tiny("sd15", model_dir, seed=0)
     data = read_preset_file(DEMO_PRESET)
@@ -87,9 +88,9 @@ def cli(argv: list[str]) -> int:
     if args.prepare_only:
         _print(preset_path)
         return 0
-    from engine.config import load_preset
+    from engine.config.load import load_preset
     from engine.runs import create_run_dir
-    from engine.train import run
+    from engine.training.loop import run
 
     run_dir = create_run_dir(load_preset(preset_path, args.overrides))
     _print(f"run folder: {run_dir}")

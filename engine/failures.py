@@ -1,6 +1,7 @@
 """Turning what goes wrong into an `error` event in the user's words: what happened, what to do, then the traceback.
 
     UserError(message, hint)  raised anywhere a problem is the user's to fix (a path, a missing config, ...)
+    CaptionerUnavailable      a captioning model cannot be loaded (not downloaded, a missing package); .hint
     NonFiniteLoss             the loss became NaN/inf; names the batch's files
     describe(exc, ...)        -> (message, hint) for any exception, OOM included
 """
@@ -15,6 +16,14 @@ class UserError(Exception):
     def __init__(self, message: str, hint: str = ""):
         super().__init__(message)
         self.message = message
+        self.hint = hint
+
+
+class CaptionerUnavailable(RuntimeError):
+    """The model cannot be loaded (not downloaded, offline, a missing package); .hint says what to do."""
+
+    def __init__(self, message: str, hint: str):
+        super().__init__(message)
         self.hint = hint
 
 
@@ -84,3 +93,4 @@ def error_fields(exc: BaseException, **sections) -> dict:
     message, hint = describe(exc, **sections)
     return {"message": message, "hint": hint,
             "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))}
+

@@ -3,7 +3,7 @@
     python -m engine lr-preview presets/flux-final.yaml --out lr.png [--csv lr.csv] [--steps N] [--set k=v ...]
 
 The GUI imports this module directly (no torch): `lr_curves(preset)` gives the numbers and `lr_figure(curves, marks)`
-a matplotlib Figure for gr.Plot. The numbers come from engine/schedules.py, the code the trainer steps, so the
+a matplotlib Figure for gr.Plot. The numbers come from engine/training/schedules.py, the code the trainer steps, so the
 preview is the run's LR exactly (tests/test_schedules.py checks it against torch's and diffusers' schedulers).
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ import csv
 import sys
 from pathlib import Path
 
-from engine.config import ConfigError, load_preset
-from engine.schedules import Schedule, component_base_lrs, picks_own_lr, train_steps_of, two_phase_cutoff
+from engine.config.load import ConfigError, load_preset
+from engine.training.schedules import Schedule, component_base_lrs, picks_own_lr, train_steps_of, two_phase_cutoff
 
 COLORS = {"unet": "#1f77b4", "text_encoder": "#d62728"}
 MARK_STYLES = {"checkpoint": ("#2ca02c", "--"), "sample": ("#9467bd", ":")}
@@ -31,7 +31,7 @@ def run_steps(preset) -> int:
     """The run's optimizer steps: training.max_steps, or max_epochs x the dataset's steps per epoch."""
     if preset.training.max_steps > 0:
         return preset.training.max_steps
-    from engine.plan import make_plan  # reads the dataset's image headers: only when epochs decide the length
+    from engine.data.plan import make_plan  # reads the dataset's image headers: only when epochs decide the length
 
     total = make_plan(preset.dataset, preset.training, preset.sampling, preset.output).total_steps
     if total <= 0:
@@ -64,7 +64,7 @@ def lr_curves(preset, total_steps: int | None = None) -> dict[str, list[float]]:
 
 def lr_marks(preset, total_steps: int) -> dict[str, list[int]]:
     """The steps where checkpoints are saved and samples rendered (by steps; epoch saves need the dataset)."""
-    from engine.plan import cadence
+    from engine.data.plan import cadence
 
     sample = cadence(preset.sampling.every_n_steps, total_steps)
     if preset.sampling.prompts and total_steps and total_steps not in sample:

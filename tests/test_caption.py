@@ -6,10 +6,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 
 from dataset_factory import make_clean_dataset  # noqa: E402
-from engine import caption_edit  # noqa: E402
-from engine.caption import CaptionerUnavailable, CaptionSettings, caption_dataset, cli  # noqa: E402
-from engine.captioners import detect, wd14  # noqa: E402
+from engine.captions import edit as caption_edit  # noqa: E402
+from engine.captions.captioners import detect, wd14  # noqa: E402
+from engine.captions.captioning import caption_dataset, CaptionSettings, cli  # noqa: E402
 from engine.events import read_all  # noqa: E402
+from engine.failures import CaptionerUnavailable  # noqa: E402
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "a", "photo", "of", "person", "red", "hat", "dog"]
 

@@ -2,7 +2,7 @@
 import pytest
 
 from dataset_factory import make_clean_dataset, write_caption
-from engine import caption_edit as ce
+from engine.captions import edit as ce
 
 
 @pytest.mark.parametrize("op, text, params, expected", [
@@ -96,7 +96,7 @@ def replace(src, dst):  # the process dies just before it would replace its 3rd 
             os._exit(9)  # like SIGKILL: no __exit__, no finally
     real_replace(src, dst)
 os.replace = replace
-from engine import caption_edit
+from engine.captions import edit as caption_edit
 caption_edit.apply(Path(sys.argv[1]), "suffix", text_to_add=", edited")
 """
 

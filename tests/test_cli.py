@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine.config import preset_from_dict
-from engine.plan import batches_per_epoch, cadence, make_plan, steps_per_epoch
+from engine.config.load import preset_from_dict
+from engine.data.plan import batches_per_epoch, cadence, make_plan, steps_per_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,9 +3,10 @@ import json
 
 import pytest
 
-from engine.config import (ConfigError, dump_preset, env_overrides, iter_fields, load_preset, preset_from_dict,
-                           preset_to_dict, save_preset)
-from engine.schema import CURRENT_VERSION, Preset
+from engine.config.fields import iter_fields
+from engine.config.load import ConfigError, env_overrides, load_preset, preset_from_dict
+from engine.config.save import dump_preset, preset_to_dict, save_preset
+from engine.config.schema import CURRENT_VERSION, Preset
 
 
 def problems_of(data, overrides=(), env=None) -> dict:

@@ -6,12 +6,12 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.cache import BatchSource, cache_latents, cache_text, latent_key, file_digest
-from engine.data import (Sample, caption_for_step, collect_samples, epoch_batches, load_pixels, step_generator,
+from engine.data.cache import BatchSource, cache_latents, cache_text, latent_key, file_digest
+from engine.data.samples import (Sample, caption_for_step, collect_samples, epoch_batches, load_pixels, step_generator,
                          with_trigger)
+from engine.config.schema import DatasetConfig
+from engine.data.plan import batches_per_epoch
 from engine.failures import UserError
-from engine.plan import batches_per_epoch
-from engine.schema import DatasetConfig
 
 
 def _image(path: Path, size=(64, 64), colour=(200, 30, 30)):

@@ -8,8 +8,11 @@ import pytest
 
 from dataset_factory import (PLANTED_BATCH_SIZE, PLANTED_RESOLUTION_PX, TRIGGER, make_clean_dataset,
                              make_planted_dataset, pattern, write_caption, write_image)
-from engine import buckets, dataset_layout
-from engine.dataset_check import SEVERITIES, check_dataset, cli, estimate_clip_tokens
+from engine.data import buckets
+from engine.data import layout as dataset_layout
+from engine.doctor.check_dataset import check_dataset, cli
+from engine.doctor.checks import estimate_clip_tokens
+from engine.doctor.report import SEVERITIES
 
 # the trainer's bucket settings for the planted dataset (kohya's usual half to double the resolution)
 PLANTED_BUCKETS = {"min_bucket_px": PLANTED_RESOLUTION_PX // 2, "max_bucket_px": PLANTED_RESOLUTION_PX * 2}
@@ -129,7 +132,7 @@ def test_cli_json_and_exit_code(tmp_path, capsys):
 
 
 def test_gui_facing_modules_import_no_torch():
-    code = ("import sys; import engine.dataset_check, engine.dataset_fix, engine.caption_edit, engine.caption; "
+    code = ("import sys; import engine.doctor.check_dataset, engine.doctor.fixes, engine.captions.edit, engine.captions.captioning; "
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
@@ -168,8 +171,8 @@ def test_bucketing_off_trains_every_image_square(tmp_path, capsys):
     (512, {"min_bucket_px": 256, "max_bucket_px": 768, "bucket_step_px": 32}),
 ])
 def test_doctor_buckets_exactly_as_the_trainer(tmp_path, resolution, settings):
-    from engine.plan import bucket_of
-    from engine.schema import DatasetConfig
+    from engine.config.schema import DatasetConfig
+    from engine.data.buckets import bucket_of
 
     make_clean_dataset(tmp_path, n=12, sizes=BUCKET_SIZES)
     dataset = DatasetConfig(resolution_px=resolution, **settings)

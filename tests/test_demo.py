@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from engine.config import load_preset
+from engine.config.load import load_preset
 from engine.demo import cli, make_dataset
 from engine.events import read_all
 

@@ -8,11 +8,11 @@ import dataclasses
 import pytest
 import torch
 
+from engine.config.schema import ModelConfig
 from engine.failures import UserError
-from engine.families import FAMILIES, get_family
-from engine.objectives import make_objective
-from engine.schema import ModelConfig
-from engine.tiny_models import build_tiny, write_single_file
+from engine.models.families import FAMILIES, get_family
+from engine.models.tiny import build_tiny, write_single_file
+from engine.training.objectives import make_objective
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,9 @@ import yaml
 
 gr = pytest.importorskip("gradio")
 
-from engine.config import dump_preset, load_preset, preset_from_dict, preset_to_dict
-from engine.schema import Preset
+from engine.config.load import load_preset, preset_from_dict
+from engine.config.save import dump_preset, preset_to_dict
+from engine.config.schema import Preset
 from tests.dataset_factory import make_clean_dataset
 from ui.app import AppContext, build_app
 from ui.presets import PresetLibrary

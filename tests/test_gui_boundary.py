@@ -41,7 +41,7 @@ def test_launch_flags(capsys):
 
 def test_runs_dir_sends_every_run_there_else_runs_follow_the_preset(tmp_path):
     import gui
-    from engine.config import preset_from_dict
+    from engine.config.load import preset_from_dict
     preset = preset_from_dict({"output": {"dir": str(tmp_path / "preset runs")}})
     ctx = gui.make_context(gui.parse_args(["--runs-dir", str(tmp_path / "mine")]).runs_dir)
     assert ctx.runs_root == (tmp_path / "mine").resolve() and ctx.runs_root_for(preset) == ctx.runs_root

@@ -6,9 +6,11 @@ import yaml
 
 gr = pytest.importorskip("gradio")
 
-from engine.config import ConfigError, dump_preset, get_value, iter_fields, preset_from_dict, preset_to_dict
-from engine.optim_specs import OPTIMIZER_PARAMS, SCHEDULE_PARAMS
-from engine.schema import Preset
+from engine.config.fields import get_value, iter_fields
+from engine.config.load import ConfigError, preset_from_dict
+from engine.config.optim_specs import OPTIMIZER_PARAMS, SCHEDULE_PARAMS
+from engine.config.save import dump_preset, preset_to_dict
+from engine.config.schema import Preset
 from ui.fields import Form, UNBOUND, to_widget
 
 

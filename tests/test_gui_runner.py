@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import preset_from_dict
+from engine.config.load import preset_from_dict
 from engine.events import EventWriter
 from engine.runs import create_run_dir, list_runs
 from ui import runner
@@ -124,7 +124,7 @@ def gui_context(runs_root: Path):
 
 
 def test_runs_outside_runs_root_are_found_after_a_restart_and_block_a_second_start(tmp_path):
-    from engine.config import save_preset
+    from engine.config.save import save_preset
     from ui import tab_run
     ctx = gui_context(tmp_path / "gui runs")
     preset = preset_from_dict({"output": {"dir": str(tmp_path / "preset runs ü"), "run_name": "mine"}})

@@ -11,10 +11,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from engine.lora import (LoraExportInfo, LoraLoadError, add_lora, atomic_save_file, load_lora_into, lora_file_info,
-                         lora_layers, save_lora)
-from engine.lora_check import self_check
-from engine.tiny_models import build_tiny
+from engine.atomic import atomic_save_file
+from engine.models.lora import add_lora, load_lora_into, lora_file_info, lora_layers, LoraLoadError
+from engine.models.lora_check import self_check
+from engine.models.lora_export import LoraExportInfo, save_lora
+from engine.models.tiny import build_tiny
 
 RANK, ALPHA = 4, 8  # alpha != rank: a file that loses alpha loads at half strength
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from engine.config import ConfigError, preset_from_dict
+from engine.config.load import ConfigError, preset_from_dict
 from engine.lr_preview import cli, lr_curves, lr_figure, lr_marks, read_csv
 from tests.dataset_factory import make_clean_dataset
 
@@ -48,8 +48,8 @@ def test_flux_final_profile_curve():
 def test_preview_equals_what_the_trainer_steps():
     """Same numbers as build_optimizers' lrs() over a whole run, text encoder and two-phase cut-off included."""
     torch = pytest.importorskip("torch")
-    from engine.optim import build_optimizers
-    from engine.schedules import two_phase_cutoff
+    from engine.training.optimizers import build_optimizers
+    from engine.training.schedules import two_phase_cutoff
 
     data = with_te(FLUX_FINAL, te_two_phase=True, te_phase_fraction=0.4)
     data["training"]["max_steps"] = 300
@@ -131,7 +131,7 @@ def test_gui_side_needs_no_torch(tmp_path):
     """The GUI process imports this module; torch must not come with it (curves and the figure included)."""
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "from engine.config import preset_from_dict\n"
+        "from engine.config.load import preset_from_dict\n"
         "from engine.lr_preview import lr_curves, lr_figure, lr_marks\n"
         f"p = preset_from_dict({FLUX_FINAL!r})\n"
         "c = lr_curves(p); lr_figure(c, lr_marks(p, 2500)).savefig(sys.argv[1])\n"

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from engine.objectives import (Epsilon, Flow, VPrediction, make_objective, offset_noise,
+from engine.training.objectives import (Epsilon, Flow, VPrediction, make_objective, offset_noise,
                                scaled_linear_alphas_cumprod)
 
 ACP = scaled_linear_alphas_cumprod(0.00085, 0.012, 1000)

@@ -1,4 +1,4 @@
-"""engine/optim.py: every optimizer trains with the parameters the preset names; per-component LRs; resume."""
+"""engine/training/optimizers.py: every optimizer trains with the parameters the preset names; per-component LRs; resume."""
 from __future__ import annotations
 
 import io
@@ -7,10 +7,10 @@ import sys
 import pytest
 import torch
 
-from engine.config import ConfigError, preset_from_dict
-from engine.optim import OPTIMIZERS, build_optimizers
-from engine.optim_specs import OPTIMIZER_PARAMS
-from engine.schema import OPTIMIZER_TYPES, OptimizerConfig, ScheduleConfig
+from engine.config.load import ConfigError, preset_from_dict
+from engine.config.optim_specs import OPTIMIZER_PARAMS
+from engine.config.schema import OPTIMIZER_TYPES, OptimizerConfig, ScheduleConfig
+from engine.training.optimizers import OPTIMIZERS, build_optimizers
 
 
 def params_of(seed: int = 0, shapes=((64, 80), (80,))) -> list[torch.nn.Parameter]:

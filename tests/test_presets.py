@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import load_preset, preset_from_dict, preset_to_dict, save_preset
+from engine.config.load import load_preset, preset_from_dict
+from engine.config.save import preset_to_dict, save_preset
 
 PRESETS = sorted((Path(__file__).resolve().parents[1] / "presets").glob("*.yaml"))
 

@@ -6,11 +6,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from engine import train
-from engine.config import load_preset
+from engine.config.load import load_preset
 from engine.demo import prepare
 from engine.events import read_all
 from engine.runs import create_run_dir
+from engine.training import loop as train
 
 # Everything that draws randomness or carries state across steps is on: caption dropout, noise offset, min-SNR,
 # LoRA dropout, gradient accumulation, a warmup + cosine schedule, an epoch boundary inside the run.
@@ -69,7 +69,7 @@ def test_stop_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
 
 
 def test_ema_follows_the_weights_and_is_swapped_in_only_while_saving():
-    from engine.checkpoints import Ema
+    from engine.training.checkpoints import Ema
 
     p = torch.nn.Parameter(torch.zeros(3))
     ema = Ema([p], decay=0.5)
@@ -110,7 +110,8 @@ def _stopped_run(tmp_path, monkeypatch, overrides):
 
 
 def _edit_run_preset(run_dir, **sections):
-    from engine.config import preset_from_dict, preset_to_dict, save_preset
+    from engine.config.load import preset_from_dict
+    from engine.config.save import preset_to_dict, save_preset
 
     data = preset_to_dict(load_preset(run_dir / "preset.yaml"))
     for section, values in sections.items():

@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.lora import add_lora, lora_layers
-from engine.sampling import SAMPLERS, a1111_parameters, sample_images, set_sampler
-from engine.tiny_models import build_tiny
+from engine.models.lora import add_lora, lora_layers
+from engine.models.tiny import build_tiny
+from engine.sampling.render import a1111_parameters, sample_images
+from engine.sampling.samplers import SAMPLERS, set_sampler
 
 
 def _pipeline_with_lora(folder, denoiser_targets):

@@ -1,4 +1,4 @@
-"""engine/schedules.py: the LR of every schedule, step by step, equals torch's or diffusers' own scheduler."""
+"""engine/training/schedules.py: the LR of every schedule, step by step, equals torch's or diffusers' own scheduler."""
 from __future__ import annotations
 
 import math
@@ -8,9 +8,9 @@ import torch
 import diffusers.optimization
 from diffusers.optimization import get_scheduler
 
-from engine.optim_specs import SCHEDULE_PARAMS
-from engine.schedules import FACTORS, Schedule, component_base_lrs, two_phase_cutoff
-from engine.schema import NetworkConfig, OptimizerConfig, SCHEDULE_TYPES, ScheduleConfig
+from engine.config.optim_specs import SCHEDULE_PARAMS
+from engine.config.schema import NetworkConfig, OptimizerConfig, SCHEDULE_TYPES, ScheduleConfig
+from engine.training.schedules import FACTORS, Schedule, component_base_lrs, two_phase_cutoff
 
 BASE_LR = 1e-4
 TOTAL = 120

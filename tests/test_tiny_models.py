@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from engine.tiny_models import FAMILIES, build_tiny
+from engine.models.tiny import FAMILIES, build_tiny
 
 EXPECTED = {  # family -> (pipeline class, scheduler prediction type or None for flow matching)
     "sd15": ("StableDiffusionPipeline", "epsilon"),
@@ -84,7 +84,7 @@ def test_single_file_loads_bit_identical_to_the_folder(tiny_dirs, family, tmp_pa
     from diffusers import DiffusionPipeline
     from safetensors import safe_open
 
-    from engine.tiny_models import write_single_file
+    from engine.models.tiny import write_single_file
 
     checkpoint = write_single_file(tiny_dirs[family], tmp_path / f"{family}.safetensors")
     with safe_open(str(checkpoint), "pt") as f:

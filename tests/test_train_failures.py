@@ -5,13 +5,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from engine import train
-from engine.config import load_preset
+from engine.config.load import load_preset
+from engine.config.schema import DatasetConfig, NetworkConfig, TrainingConfig
 from engine.demo import prepare
 from engine.events import read_all
 from engine.failures import UserError, describe, oom_savers
 from engine.runs import create_run_dir
-from engine.schema import DatasetConfig, NetworkConfig, TrainingConfig
+from engine.training import loop as train
 
 OOM = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 

@@ -1,4 +1,4 @@
-"""engine.train.run end to end on tiny models, in-process: events, files, control files, families."""
+"""engine.training.loop.run end to end on tiny models, in-process: events, files, control files, families."""
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -7,12 +7,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from engine import train
-from engine.config import load_preset
+from engine.config.load import load_preset
 from engine.demo import prepare
 from engine.events import read_all
+from engine.models.tiny import build_tiny
 from engine.runs import create_run_dir
-from engine.tiny_models import build_tiny
+from engine.training import loop as train
 
 FAST = ["sampling.prompts=[]", "training.max_steps=4", "output.save_every_n_steps=0", "dataset.repeats=1"]
 

@@ -9,8 +9,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr
 
-from engine.config import ConfigError, dump_preset, load_preset
-from engine.schema import Preset
+from engine.config.load import ConfigError, load_preset
+from engine.config.save import dump_preset
+from engine.config.schema import Preset
 from ui import demo, tab_caption, tab_dataset, tab_run, tab_samples, tab_schedule, tab_training
 from ui.fields import Form, format_problems, problems_of
 from ui.presets import PROJECT_ROOT, PresetLibrary

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 
-from engine.config import ConfigError, load_preset
+from engine.config.load import ConfigError, load_preset
 from ui import runner, tab_run
 from ui.fields import format_problems
 

@@ -1,4 +1,4 @@
-"""Every form widget bound once to its preset key, built from the schema's metadata (engine.config.iter_fields).
+"""Every form widget bound once to its preset key, built from the schema's metadata (engine.config.fields.iter_fields).
 
     form = Form()
     with gr.Tab("Training"):
@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import gradio as gr
 import yaml
 
-from engine.config import ConfigError, iter_fields, get_value, preset_from_dict
-from engine.schema import CURRENT_VERSION, Preset
+from engine.config.fields import get_value, iter_fields
+from engine.config.load import ConfigError, preset_from_dict
+from engine.config.schema import CURRENT_VERSION, Preset
 
 # Keys a person never edits in the form (the format version is stamped on save).
 UNBOUND = ("version",)
@@ -163,7 +164,7 @@ def make_widget(spec: FieldSpec, value=None):
         return gr.Textbox(value=value, placeholder="empty = automatic", **common)
     if spec.kind in ("int", "float"):
         # No minimum/maximum on the widget: Gradio would reject an out-of-range number before any handler runs,
-        # with a message that does not name the key. The range is in the info line; engine.config checks it.
+        # with a message that does not name the key. The range is in the info line; engine.config.convert checks it.
         return gr.Number(value=value, precision=0 if spec.kind == "int" else None, **common)
     if spec.kind == "lines":
         return gr.Textbox(value=value, lines=3, max_lines=12, placeholder="one per line", **common)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from engine.config import save_preset
-from engine.schema import Preset
+from engine.config.save import save_preset
+from engine.config.schema import Preset
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

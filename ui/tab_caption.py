@@ -8,7 +8,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from engine import caption_edit
+from engine.captions import edit as caption_edit
 from ui import runner
 from ui.fields import Form
 from ui.run_state import RunView

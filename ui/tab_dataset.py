@@ -8,9 +8,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from engine import caption_edit, dataset_fix
-from engine.dataset_check import check_dataset
-from engine.schema import DatasetConfig
+from engine.captions import edit as caption_edit
+from engine.config.schema import DatasetConfig
+from engine.doctor import fixes as dataset_fix
+from engine.doctor.check_dataset import check_dataset
 from ui.fields import Form
 
 THUMB_PX = 256
@@ -191,7 +192,7 @@ def wire(ctx, form: Form, parts: dict) -> None:
         if not rep or not rel:
             return gr.skip(), gr.skip(), gr.skip(), "Click an image in the gallery first."
         root = Path(rep["root"])
-        from engine import dataset_layout
+        from engine.data import layout as dataset_layout
         target = dataset_layout.caption_path_for(root, root / rel, values[form.widgets["dataset.caption_ext"]])
         entry = caption_edit.write_captions(root, {target: text.strip()}, f"edit caption of {Path(rel).name}")
         summary, rep, items = run_check(values, form)

@@ -13,7 +13,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from engine.config import ConfigError, load_preset
+from engine.config.load import ConfigError, load_preset
 from ui import runner
 from ui.fields import format_problems, problems_of
 from ui.run_state import RunView

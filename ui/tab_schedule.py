@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from engine.optim_specs import OPTIMIZER_PARAMS, SCHEDULE_PARAMS
-from engine.schema import COMPONENTS
+from engine.config.optim_specs import OPTIMIZER_PARAMS, SCHEDULE_PARAMS
+from engine.config.schema import COMPONENTS
 from ui.fields import Form, to_widget
 
 COMPONENT_TITLES = {"unet": "UNet / transformer", "text_encoder": "Text encoder(s)"}
@@ -76,7 +76,7 @@ MAX_PLOT_POINTS = 400  # a 10,000-step run is drawn from 400 evenly spaced steps
 def lr_frame(preset):
     """(DataFrame step/lr/component, note) from engine/lr_preview.py: torch-free, the trainer's own formulas."""
     import pandas as pd
-    from engine.config import ConfigError
+    from engine.config.load import ConfigError
     from engine.lr_preview import lr_curves, lr_marks
 
     try:
@@ -104,7 +104,7 @@ def _steps_text(steps: list[int]) -> str:
 
 def wire_plot(form: Form, parts: dict, triggers: list) -> None:
     """Redraw the LR curve whenever a field that shapes it changes (and once at page load)."""
-    from engine.config import ConfigError
+    from engine.config.load import ConfigError
 
     def redraw(values):
         try:

@@ -1,28 +1,55 @@
 """Training tab: the base model, profiles (fast / final), the network, the training loop and the outputs."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 
+from engine.config.fields import get_value
+from engine.config.load import load_preset
 from ui.fields import Form
 
-# The FLUX identity guide's two profiles, as changes on top of the current form (model and dataset stay).
-PROFILES = {
-    "fast": {"dataset.resolution_px": 512, "dataset.min_bucket_px": 256, "dataset.max_bucket_px": 768,
-             "training.max_steps": 1500, "network.rank": 32, "network.alpha": 32.0, "network.dropout": 0.0,
-             "optimizers.unet.lr": 1e-4, "schedules.unet.type": "constant_with_warmup",
-             "schedules.unet.warmup_steps": 100, "training.noise_offset": 0.05, "training.min_snr_gamma": 0.0,
-             "network.train_text_encoder": False},
-    "final": {"dataset.resolution_px": 768, "dataset.min_bucket_px": 384, "dataset.max_bucket_px": 1024,
-              "training.max_steps": 2500, "network.rank": 64, "network.alpha": 64.0, "network.dropout": 0.1,
-              "optimizers.unet.lr": 1e-4, "schedules.unet.type": "cosine", "schedules.unet.warmup_steps": 500,
-              "training.noise_offset": 0.1, "training.min_snr_gamma": 5.0, "network.train_text_encoder": False},
-}
-PROFILE_HELP = ("**fast**: 512 px, 1500 steps, rank 32, constant LR — check the dataset and catch problems early.  \n"
-                "**final**: 768 px, 2500 steps, rank 64, cosine LR, min-SNR 5 — the quality run once *fast* looks "
-                "right. A profile changes only these fields; model and dataset stay.")
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
+PROFILE_PREFIX = "flux-identity-"   # presets/flux-identity-<name>.yaml is the FLUX identity guide's <name> profile
+
+# What a profile sets on top of the current form; model, dataset path, trigger, samples and outputs stay.
+# The values are read from the profile's preset file, so the files are the one table of the guide's numbers.
+PROFILE_KEYS = (
+    "dataset.resolution_px", "dataset.min_bucket_px", "dataset.max_bucket_px", "training.max_steps",
+    "network.rank", "network.alpha", "network.dropout", "optimizers.unet.lr", "schedules.unet.type",
+    "schedules.unet.warmup_steps", "training.noise_offset", "training.min_snr_gamma", "network.train_text_encoder",
+)
+PROFILE_PURPOSE = {"fast": "check the dataset and catch problems early",
+                   "final": "the quality run once *fast* looks right"}
+
+
+def load_profiles(presets_dir: Path = PRESETS_DIR) -> dict[str, dict]:
+    """{profile name: {preset key: value}} from presets/flux-identity-*.yaml, the shortest run first."""
+    profiles = {}
+    for path in presets_dir.glob(f"{PROFILE_PREFIX}*.yaml"):
+        preset = load_preset(path)  # resolved: keys the file leaves out hold the schema's defaults
+        profiles[path.stem.removeprefix(PROFILE_PREFIX)] = {key: get_value(preset, key) for key in PROFILE_KEYS}
+    return dict(sorted(profiles.items(), key=lambda item: (item[1]["training.max_steps"], item[0])))
+
+
+def profile_help(profiles: dict[str, dict]) -> str:
+    """One line per profile with its main numbers, as the buttons will set them."""
+    lines = []
+    for name, values in profiles.items():
+        facts = [f"{values['dataset.resolution_px']} px", f"{values['training.max_steps']} steps",
+                 f"rank {values['network.rank']}", f"{values['schedules.unet.type'].replace('_', ' ')} LR"]
+        if values["training.min_snr_gamma"]:
+            facts.append(f"min-SNR {values['training.min_snr_gamma']:g}")
+        purpose = f" — {PROFILE_PURPOSE[name]}" if name in PROFILE_PURPOSE else ""
+        lines.append(f"**{name}**: {', '.join(facts)}{purpose}.")
+    return "  \n".join(lines) + "  \nA profile changes only these fields; model and dataset stay."
+
+
+PROFILES = load_profiles()
 
 
 def build(form: Form) -> dict:
+    buttons = {}
     with gr.Row():
         with gr.Column(scale=3):
             gr.Markdown("### Base model")
@@ -30,9 +57,9 @@ def build(form: Form) -> dict:
         with gr.Column(scale=2):
             gr.Markdown("### Profile")
             with gr.Row():
-                fast = gr.Button("Apply fast profile", size="sm")
-                final = gr.Button("Apply final profile", size="sm")
-            gr.Markdown(PROFILE_HELP)
+                for name in PROFILES:
+                    buttons[name] = gr.Button(f"Apply {name} profile", size="sm")
+            gr.Markdown(profile_help(PROFILES))
     form.section("model", advanced_label="Advanced model options")
     gr.Markdown("### Network")
     form.section("network", advanced_label="Advanced network options")
@@ -40,7 +67,7 @@ def build(form: Form) -> dict:
     form.section("training", advanced_label="Advanced training options")
     gr.Markdown("### Output")
     form.section("output", advanced_label="Advanced output options")
-    return {"profile_buttons": {"fast": fast, "final": final}}
+    return {"profile_buttons": buttons}
 
 
 def profile_updates(form: Form, name: str) -> dict:

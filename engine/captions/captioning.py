@@ -7,7 +7,7 @@
 from the model's config.json (or, for a WD14 tagger, its model.onnx + selected_tags.csv), or given with --captioner.
 Hub ids are looked up in the local Hugging Face cache first; offline with nothing local, the run fails at once with
 one message naming what to download. Captions already on disk are never overwritten without a backup: every run
-is one journal entry (engine.dataset_journal), undone by `python -m engine captions DATASET undo`.
+is one journal entry (engine.data.journal), undone by `python -m engine captions DATASET undo`.
 Events (--events-dir DIR -> DIR/events.jsonl): status {phase, text, n, total}, warning, error {message, hint,
 traceback}, then done or stopped. The run stops before the next batch when the file DIR/control/stop appears.
 torch and transformers are imported only inside the captioner loaders (engine/captioners/).
@@ -20,10 +20,10 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine import dataset_layout as layout
-from engine.caption_edit import write_caption
-from engine.dataset_check import trigger_pattern
+from engine.captions.edit import trigger_pattern, write_caption
+from engine.data import layout
 from engine.events import EventWriter
+from engine.failures import CaptionerUnavailable
 
 MODES = ("missing", "overwrite", "append")
 # short names -> Hub ids (what a user downloads once); the value of --model may also be any folder or Hub id
@@ -34,14 +34,6 @@ KNOWN_MODELS = {
     "florence2-base": "florence-community/Florence-2-base",
     "wd14": "SmilingWolf/wd-vit-tagger-v3",
 }
-
-
-class CaptionerUnavailable(RuntimeError):
-    """The model cannot be loaded (not downloaded, offline, a missing package); .hint says what to do."""
-
-    def __init__(self, message: str, hint: str):
-        super().__init__(message)
-        self.hint = hint
 
 
 @dataclass
@@ -83,7 +75,7 @@ def resolve_model(model: str) -> Path:
 
 def detect_captioner(folder: Path) -> str:
     """'blip', 'florence2' or 'wd14', from what the model folder contains."""
-    from engine.captioners import detect
+    from engine.captions.captioners import detect
 
     return detect(folder)
 
@@ -179,8 +171,8 @@ def caption_dataset(root: Path, model: str, captioner: str | None = None,
 
 
 def _run(root: Path, model: str, captioner: str | None, settings: CaptionSettings, progress: Progress) -> dict:
-    from engine.captioners import CAPTIONERS
-    from engine.dataset_journal import JournalEntry
+    from engine.captions.captioners import CAPTIONERS
+    from engine.data.journal import JournalEntry
     from engine.registry import choose
 
     items = _targets(root, settings.mode)

@@ -18,11 +18,15 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
-from engine import dataset_layout as layout
-from engine.dataset_check import trigger_pattern as _trigger_re
-from engine.dataset_journal import STATE_DIR, JournalEntry, undo as undo_entry
+from engine.data import layout
+from engine.data.journal import STATE_DIR, JournalEntry, undo as undo_entry
 
 CAPTION_ACTIONS = ("caption_edit", "caption_run")  # journal actions that only touch captions
+
+
+def trigger_pattern(trigger: str) -> re.Pattern:
+    """The trigger as a whole word ('ohwx' matches 'ohwx,' but not 'ohwxman'), any case."""
+    return re.compile(rf"(?<!\w){re.escape(trigger.strip())}(?!\w)", re.IGNORECASE)
 
 
 def _tags(text: str) -> list[str]:
@@ -37,14 +41,14 @@ def add_trigger(text: str, trigger: str) -> str:
     """'a man' -> 'ohwx, a man'; unchanged if the trigger is already there (as a whole word)."""
     if not trigger or not trigger.strip():
         raise ValueError("add_trigger needs a trigger word")
-    if _trigger_re(trigger).search(text):
+    if trigger_pattern(trigger).search(text):
         return text
     return f"{trigger.strip()}, {text.strip()}" if text.strip() else trigger.strip()
 
 
 def remove_trigger(text: str, trigger: str) -> str:
     """Remove the trigger word (whole word, any case) and the comma that followed it."""
-    pattern = re.compile(rf"{_trigger_re(trigger).pattern}\s*,?\s*", re.IGNORECASE)
+    pattern = re.compile(rf"{trigger_pattern(trigger).pattern}\s*,?\s*", re.IGNORECASE)
     return re.sub(r"\s*,\s*$", "", pattern.sub("", text)).strip()
 
 

@@ -2,8 +2,8 @@
 
 The preset writes them flat next to `type` and `lr` (as in the fluxflow guide):
     optimizers: {unet: {type: adamw, lr: 1e-4, betas: [0.9, 0.99], weight_decay: 0.01}}
-engine/config.py rejects any name not listed here for the chosen type, so nothing is silently dropped;
-engine/optim.py builds the objects from the same table.
+engine/config/ rejects any name not listed here for the chosen type, so nothing is silently dropped;
+engine/training/optimizers.py builds the objects from the same table.
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ OPTIMIZER_PARAMS = {
     },
 }
 
-# Schedules: `warmup_steps` and `lr_decay_steps` are common fields of every schedule (engine/schema.py).
+# Schedules: `warmup_steps` and `lr_decay_steps` are common fields of every schedule (engine/config/schema.py).
 SCHEDULE_PARAMS = {
     "constant": {},
     "constant_with_warmup": {},

@@ -2,7 +2,7 @@
 
 Torch-free. This file is data only: the sections below ARE the documentation of the YAML format, and the GUI
 builds its form from the same metadata (`help`, `unit`, `min`, `max`, `choices`, `advanced`).
-Loading, validation and saving live in engine/config.py.
+Loading is config/load.py, checks across fields config/validate.py, saving config/save.py.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Optional
 
-from engine.optim_specs import OPTIMIZER_PARAMS, SCHEDULE_PARAMS
+from engine.config.optim_specs import OPTIMIZER_PARAMS, SCHEDULE_PARAMS
 
 CURRENT_VERSION = 1
 
@@ -18,7 +18,7 @@ FAMILIES = ("sd15", "sd2", "sdxl", "flux")
 OBJECTIVES = ("auto", "epsilon", "v_prediction", "flow")
 PRECISIONS = ("bf16", "fp16", "fp32")
 EXPORT_FORMATS = ("kohya", "diffusers")
-# The optimizer and schedule names; their parameters are in engine/optim_specs.py.
+# The optimizer and schedule names; their parameters are in engine/config/optim_specs.py.
 OPTIMIZER_TYPES = ("adamw", "adamw8bit", "lion", "lion8bit", "sgd", "prodigy", "adafactor")
 SCHEDULE_TYPES = (
     "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
@@ -140,7 +140,7 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    """One component's optimizer. Parameters other than type and lr depend on the type (engine/optim_specs.py)."""
+    """One component's optimizer. Parameters other than type and lr depend on the type (engine/config/optim_specs.py)."""
     type: str = opt("adamw", "Optimizer.", choices=OPTIMIZER_TYPES)
     lr: Optional[float] = opt(1e-4, "Learning rate. Empty for the text encoder: te_lr_ratio x UNet LR.",
                               min=0.0, max=10.0)
@@ -149,7 +149,7 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """One component's learning-rate schedule. Parameters depend on the type (engine/optim_specs.py)."""
+    """One component's learning-rate schedule. Parameters depend on the type (engine/config/optim_specs.py)."""
     type: str = opt("constant_with_warmup", "Learning-rate schedule.", choices=SCHEDULE_TYPES)
     warmup_steps: int = opt(0, "Steps over which the LR rises linearly from 0.", unit="steps", min=0,
                             max=10_000_000)

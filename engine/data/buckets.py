@@ -45,3 +45,12 @@ def assign_bucket(width_px: int, height_px: int, buckets: list[Bucket]) -> Bucke
 def upscale_factor(width_px: int, height_px: int, bucket: Bucket) -> float:
     """How much the image is enlarged to cover its bucket (> 1: it is upscaled and will look soft)."""
     return max(bucket[0] / width_px, bucket[1] / height_px)
+
+
+def bucket_of(size: tuple[int, int], dataset) -> Bucket:
+    """The training size of an image of `size` under the dataset section's bucket settings."""
+    if not dataset.bucketing:
+        return (dataset.resolution_px, dataset.resolution_px)
+    buckets = make_buckets(dataset.resolution_px, dataset.min_bucket_px, dataset.max_bucket_px,
+                           dataset.bucket_step_px)
+    return assign_bucket(size[0], size[1], buckets)

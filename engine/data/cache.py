@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from engine.data import Sample, caption_for_step, crop_box, load_pixels, step_generator
-from engine.lora import atomic_save_file
+from engine.atomic import atomic_save_file
+from engine.data.samples import Sample, caption_for_step, crop_box, load_pixels, step_generator
 
 CACHE_FORMAT = "1"  # bump when what is stored changes, so old files are not reused
 
@@ -166,7 +166,7 @@ def prepare_batches(dataset, training, network, family, comps, device, warn, pro
 
     warn(message) reports skipped files; progress(phase, text) returns the n/total callback of a phase.
     """
-    from engine.data import collect_samples
+    from engine.data.samples import collect_samples
     from engine.failures import UserError
 
     samples = collect_samples(dataset, warn)

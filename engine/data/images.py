@@ -1,4 +1,4 @@
-"""Facts about one image file, read for the dataset doctor (torch-free; engine.dataset_check uses it).
+"""Facts about one image file, read for the dataset doctor (torch-free; engine.doctor.check_dataset uses it).
 
     info = probe_image(Path("photo.jpg"))            # ImageInfo: size as displayed, mode, alpha, bit depth, hashes
     infos = probe_all(paths, deep=False)             # many files in parallel threads; headers only
@@ -134,3 +134,13 @@ def probe_all(paths: list[Path], deep: bool = True, workers: int | None = None) 
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(lambda p: probe_image(p, deep), paths))
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) as trained: reads only the header, and swaps the sides of EXIF-rotated photos."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        w, h = im.size
+        orientation = im.getexif().get(0x0112, 1)
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)

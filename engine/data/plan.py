@@ -11,8 +11,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from engine.buckets import assign_bucket, make_buckets
-from engine.dataset_layout import find_items
+from engine.data.buckets import bucket_of
+from engine.data.images import image_size
+from engine.data.layout import find_items
 
 Bucket = tuple[int, int]
 
@@ -33,25 +34,6 @@ def total_steps(max_steps: int, max_epochs: int, steps_in_epoch: int) -> int:
 def cadence(every_n: int, last: int, start: int = 1) -> list[int]:
     """The steps (or epochs) start..last that are multiples of every_n; [] when every_n is 0."""
     return [] if every_n <= 0 else [s for s in range(start, last + 1) if s % every_n == 0]
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) as trained: reads only the header, and swaps the sides of EXIF-rotated photos."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        w, h = im.size
-        orientation = im.getexif().get(0x0112, 1)
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
-
-
-def bucket_of(size: tuple[int, int], dataset) -> Bucket:
-    """The training size of an image of `size` under the dataset section's bucket settings."""
-    if not dataset.bucketing:
-        return (dataset.resolution_px, dataset.resolution_px)
-    buckets = make_buckets(dataset.resolution_px, dataset.min_bucket_px, dataset.max_bucket_px,
-                           dataset.bucket_step_px)
-    return assign_bucket(size[0], size[1], buckets)
 
 
 @dataclass

@@ -7,8 +7,8 @@
 
 The order depends only on (seed, epoch), so a resumed run that skips the batches it already did sees exactly the
 batches an uninterrupted run sees. Every (image x repeats) sample appears once per epoch, in same-bucket batches
-(the last batch of a bucket may be smaller) — the arithmetic of engine/plan.py.
-Latent and text-embedding caches are in engine/cache.py.
+(the last batch of a bucket may be smaller) — the arithmetic of engine/data/plan.py.
+Latent and text-embedding caches are in engine/data/cache.py.
 """
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from engine.dataset_layout import find_items, read_caption
-from engine.plan import bucket_of, image_size
+from engine.data.buckets import bucket_of
+from engine.data.images import image_size
+from engine.data.layout import find_items, read_caption
 
 Bucket = tuple[int, int]  # (width_px, height_px)
 

@@ -4,7 +4,7 @@
     undo(root)                                                 # the latest journal entry, exactly reversed
 
 Rules: a file is never deleted. A changed file's original is backed up and every action journaled first
-(engine.dataset_journal, which also provides undo and history; they are re-exported here); set-aside files are
+(engine.data.journal, which also provides undo and history; they are re-exported here); set-aside files are
 moved to `_set_aside/` (same relative path).
 CLI: python -m engine fix DATASET FIX [FILE ...] [--trigger T]  |  fix DATASET undo  |  fix DATASET history
 """
@@ -15,8 +15,8 @@ import io
 import sys
 from pathlib import Path
 
-from engine import dataset_layout as layout
-from engine.dataset_journal import JournalEntry, history, undo  # undo/history: part of this module's API
+from engine.data import layout
+from engine.data.journal import JournalEntry, history, undo  # undo/history: part of this module's API
 
 SET_ASIDE_DIR = "_set_aside"
 
@@ -125,7 +125,7 @@ def apply(root: Path, fix: str, files: list[str | Path], trigger: str | None = N
     root = Path(root)
     paths = [p if Path(p).is_absolute() else root / p for p in map(Path, files)]
     if fix == "add_trigger":
-        from engine import caption_edit
+        from engine.captions import edit as caption_edit
         return caption_edit.apply(root, "add_trigger", files=paths, trigger=trigger)
     with JournalEntry(root, fix, FIXES[fix]) as entry:
         if fix in IMAGE_FIXES:
@@ -140,7 +140,7 @@ def apply(root: Path, fix: str, files: list[str | Path], trigger: str | None = N
 def _default_files(root: Path, fix: str, trigger: str | None) -> list[str]:
     """The files the doctor suggests this fix for. Near duplicates are left to the user: which shot to keep is
     a matter of taste."""
-    from engine.dataset_check import check_dataset
+    from engine.doctor.check_dataset import check_dataset
 
     report = check_dataset(root, trigger=trigger, deep=fix == "set_aside")
     return [f for finding in report.findings if finding.fix == fix and finding.code != "near_duplicate"

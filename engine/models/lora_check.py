@@ -1,5 +1,5 @@
 """The LoRA load self-check: load a file we wrote into its pipeline as a user's UI would, and fail unless every
-LoRA module in it found its layer (engine.checkpoints runs it on every saved file).
+LoRA module in it found its layer (engine.training.checkpoints runs it on every saved file).
 
 diffusers does not raise on keys that match no module: it logs a warning or drops them. So the check captures what
 the diffusers/peft/transformers loggers and Python warnings say during the load, reads the unmatched keys out of
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from engine.lora import LoraLoadError, lora_layers
+from engine.models.lora import lora_layers, LoraLoadError
 
 _SELF_CHECK_ADAPTER = "easel_self_check"
 

@@ -13,28 +13,9 @@ from pathlib import Path
 
 import torch
 
-# sampler name (the preset's `sample.sampler` value) -> diffusers scheduler class name, built with from_config so
-# the model's own betas / shift / prediction type carry over. Families list which ones they allow.
-SAMPLERS = {
-    "euler": "EulerDiscreteScheduler",
-    "euler_a": "EulerAncestralDiscreteScheduler",
-    "ddim": "DDIMScheduler",
-    "dpmpp_2m": "DPMSolverMultistepScheduler",
-    "flow_euler": "FlowMatchEulerDiscreteScheduler",
-}
-_A1111_SAMPLER_NAMES = {"euler": "Euler", "euler_a": "Euler a", "ddim": "DDIM", "dpmpp_2m": "DPM++ 2M",
-                        "flow_euler": "Euler"}
+from engine.sampling.samplers import A1111_SAMPLER_NAMES, set_sampler
+
 TEXT_SEQUENCE_TOKENS = 77  # T5 prompt length for FLUX samples; the pipeline default (512) is slow and unneeded
-
-
-def set_sampler(pipeline, name: str) -> None:
-    """Swap the pipeline's scheduler for SAMPLERS[name], keeping the model's noise schedule config."""
-    import diffusers
-
-    from engine.registry import choose
-
-    cls = getattr(diffusers, choose(SAMPLERS, name, "sample.sampler"))
-    pipeline.scheduler = cls.from_config(pipeline.scheduler.config)
 
 
 def sample_images(pipeline, prompts: list[str], negative_prompt: str, seed: int, steps: int, guidance: float,
@@ -66,7 +47,7 @@ def sample_images(pipeline, prompts: list[str], negative_prompt: str, seed: int,
                 with lora_strength(pipeline, strength):
                     image = pipeline(**kwargs).images[0]
                 path = out_dir / f"step{step:06d}_p{i:02d}_s{strength:.2f}.png"
-                settings = {"Steps": steps, "Sampler": _A1111_SAMPLER_NAMES.get(sampler_name, sampler_name),
+                settings = {"Steps": steps, "Sampler": A1111_SAMPLER_NAMES.get(sampler_name, sampler_name),
                             "CFG scale": guidance, "Seed": seed + i, "Size": f"{width}x{height}",
                             "LoRA strength": strength, "Training step": step, **(extra_info or {})}
                 _save_png(image, path, prompt, negative_prompt, settings)

@@ -135,10 +135,10 @@ def lora_path(folder: Path, stem: str, fmt: str) -> Path:
 
 def export_lora(folder: Path, stem: str, formats: list[str], denoiser, text_encoders: dict, pipeline, info,
                 save_precision: str) -> list[tuple[Path, str]]:
-    """Write the LoRA in every format, then load each file back into the pipeline (engine.lora_check.self_check).
+    """Write the LoRA in every format, then load each file back into the pipeline (engine.models.lora_check.self_check).
     A file that does not load fully raises LoraLoadError: the run fails loudly rather than ship a broken file."""
-    from engine.lora import save_lora
-    from engine.lora_check import self_check
+    from engine.models.lora_check import self_check
+    from engine.models.lora_export import save_lora
 
     written = []
     for fmt in formats:

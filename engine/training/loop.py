@@ -1,6 +1,6 @@
 """The training loop: `run(run_dir)` trains the preset in run_dir/preset.yaml and streams events (DESIGN.md).
 
-Reads top to bottom: run() -> setup() (engine/train_setup.py) -> loop() -> finish(). The loop fits on a screen;
+Reads top to bottom: run() -> setup() (engine/training/setup.py) -> loop() -> finish(). The loop fits on a screen;
 each step is `optimizer_step` (micro-batches, backward, clip, step) then `at_boundary` (control files, checkpoints,
 samples). Exit codes: 0 done or stopped on request, 1 failed, 2 the preset is wrong.
 """
@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from engine import checkpoints as ckpt
-from engine.config import ConfigError, load_preset
+from engine.config.load import ConfigError, load_preset
 from engine.events import EventWriter
 from engine.failures import NonFiniteLoss, error_fields
-from engine.train_setup import Run, freeze_finished_components, idle_modules, named_trainables, park_idle, setup
+from engine.training import checkpoints as ckpt
+from engine.training.setup import Run, freeze_finished_components, idle_modules, named_trainables, park_idle, setup
 
 CONTROL_REQUESTS = ("stop", "save_now", "sample_now")
 
@@ -123,7 +123,7 @@ def optimizer_step(r: Run, group: list[list[int]]) -> float:
 
 def batch_loss(r: Run, batch: dict) -> torch.Tensor:
     """Weighted MSE between the prediction and the objective's target, per sample then averaged."""
-    from engine.objectives import offset_noise
+    from engine.training.objectives import offset_noise
 
     training = r.preset.training
     x0 = batch["latents"].to(r.device, torch.float32)  # the noising math in fp32; only the model runs in half
@@ -212,8 +212,8 @@ def save_network(r: Run, folder: Path, stem: str) -> None:
 
 
 def export_info(r: Run):
-    from engine.data import tag_frequency
-    from engine.lora import LoraExportInfo
+    from engine.data.samples import tag_frequency
+    from engine.models.lora_export import LoraExportInfo
 
     d = r.preset.dataset
     prediction = {"v_prediction": "v"}.get(r.objective.name, r.objective.name)
@@ -235,11 +235,11 @@ def resume_state(r: Run) -> dict:
 
 
 def render_samples(r: Run) -> None:
-    """Sample images with the current weights (engine.sampling renders them); a sample event per image."""
+    """Sample images with the current weights (engine.sampling.render renders them); a sample event per image."""
     sampling = r.preset.sampling
     if not sampling.prompts:
         return
-    from engine.sampling import sample_images
+    from engine.sampling.render import sample_images
 
     r.status("sampling", f"Rendering {len(sampling.prompts)} prompt(s) at step {r.step}")
     size = (sampling.width_px or r.preset.dataset.resolution_px, sampling.height_px or r.preset.dataset.resolution_px)

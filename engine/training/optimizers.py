@@ -1,6 +1,6 @@
 """Optimizers per model component, each with its own LR schedule.
 
-    from engine.schedules import two_phase_cutoff
+    from engine.training.schedules import two_phase_cutoff
     optim_set = build_optimizers(preset.optimizers, preset.schedules,
                                  {"unet": unet_params, "text_encoder": te_params},   # leave out frozen components
                                  total_steps=2500, te_lr_ratio=preset.network.te_lr_ratio,
@@ -15,7 +15,7 @@
     optim_set.warnings                   # after a resume: things to tell the user (e.g. a changed optimizer type)
 
 OPTIMIZERS is the one registry (keys = YAML values); heavy or optional packages (bitsandbytes, prodigyopt,
-transformers) are imported only by the factory that needs them. The LR math lives in engine/schedules.py
+transformers) are imported only by the factory that needs them. The LR math lives in engine/training/schedules.py
 (torch-free, so the GUI's preview draws the same numbers the trainer uses).
 """
 from __future__ import annotations
@@ -25,10 +25,10 @@ import logging
 
 import torch
 
-from engine.config import ConfigError
-from engine.optim_specs import OPTIMIZER_PARAMS
+from engine.config.load import ConfigError
+from engine.config.optim_specs import OPTIMIZER_PARAMS
 from engine.registry import suggest
-from engine.schedules import Schedule, component_base_lrs, picks_own_lr, train_steps_of
+from engine.training.schedules import Schedule, component_base_lrs, picks_own_lr, train_steps_of
 
 ADAPTIVE_LR = "adaptive"  # what lrs() cannot know for Adafactor with relative_step (it picks its own LR)
 

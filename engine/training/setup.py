@@ -3,7 +3,7 @@
 setup() reads top to bottom: quiet the libraries, choose device and precision, say `started`, load the family's
 model, add the network (LoRA adapters or a full fine-tune), cache the dataset, then build the objective, the
 accelerator and the optimizer set. On resume, restore() puts back the weights, optimizer, RNG and data position.
-engine/train.py runs the loop on the result.
+engine/training/loop.py runs the loop on the result.
 """
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from engine import checkpoints as ckpt
-from engine.config import preset_to_dict
+from engine.config.save import preset_to_dict
 from engine.events import EventWriter
 from engine.failures import UserError
+from engine.training import checkpoints as ckpt
 
 
 # --------------------------------------------------------------------------------------------------- the run state
@@ -31,9 +31,9 @@ class Run:
     objective: object
     trainables: dict          # optimizer component -> the modules whose parameters train
     params: list              # every trainable parameter (for clipping)
-    optim: object             # engine.optim.OptimizerSet
+    optim: object             # engine.training.optimizers.OptimizerSet
     accelerator: object
-    batches: object           # engine.cache.BatchSource
+    batches: object           # engine.data.cache.BatchSource
     samples: list
     noise_gen: torch.Generator
     total_steps: int
@@ -54,7 +54,7 @@ class Run:
         self.emit("status", phase=phase, text=text, **progress)
 
     def epoch_batches(self) -> list[list[int]]:
-        from engine.data import epoch_batches
+        from engine.data.samples import epoch_batches
 
         if self.epoch not in self._epoch_cache:
             self._epoch_cache = {self.epoch: epoch_batches(self.samples, self.preset.training.batch_size,
@@ -65,7 +65,7 @@ class Run:
 # --------------------------------------------------------------------------------------------------- setup
 
 def setup(run_dir: Path, preset, events: EventWriter, resume: bool) -> Run:
-    from engine.families import get_family
+    from engine.models.families import get_family
 
     quiet_libraries()
     training = preset.training
@@ -143,7 +143,7 @@ def warn_unsupported(preset, events) -> None:
 
 def add_network(family, comps, network, gradient_checkpointing: bool) -> dict:
     """Freeze the base, add LoRA adapters (or unfreeze the UNet for a full fine-tune); {component: [modules]}."""
-    from engine.lora import add_lora
+    from engine.models.lora import add_lora
 
     for module in (comps.denoiser, comps.vae, *comps.text_encoders):
         module.requires_grad_(False)
@@ -179,7 +179,7 @@ def add_network(family, comps, network, gradient_checkpointing: bool) -> dict:
 
 
 def load_initial_lora(family, comps, network) -> None:
-    from engine.lora import load_lora_into, lora_file_info
+    from engine.models.lora import load_lora_into, lora_file_info
 
     path = Path(network.init_from).expanduser()
     if not path.is_file():
@@ -193,10 +193,10 @@ def load_initial_lora(family, comps, network) -> None:
 
 
 def build_run(run_dir, preset, events, family, comps, trainables, device, mixed, weight_dtype) -> Run:
-    from engine.cache import prepare_batches
-    from engine.data import bucket_counts
-    from engine.objectives import make_objective
-    from engine.plan import batches_per_epoch, steps_per_epoch, total_steps
+    from engine.data.cache import prepare_batches
+    from engine.data.plan import batches_per_epoch, steps_per_epoch, total_steps
+    from engine.data.samples import bucket_counts
+    from engine.training.objectives import make_objective
 
     training = preset.training
     samples, batches = prepare_batches(preset.dataset, training, preset.network, family, comps, device,
@@ -231,8 +231,8 @@ def make_accelerator(mixed: str, device: str):
 
 
 def make_optimizer_set(preset, trainables: dict, total: int, accelerator):
-    from engine.optim import build_optimizers
-    from engine.schedules import two_phase_cutoff
+    from engine.training.optimizers import build_optimizers
+    from engine.training.schedules import two_phase_cutoff
 
     params = {comp: [p for m in modules for p in m.parameters() if p.requires_grad]
               for comp, modules in trainables.items()}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.captioners import blip, florence2, wd14
+from engine.captions.captioners import blip, florence2, wd14
 
 CAPTIONERS = {"blip": blip.load, "florence2": florence2.load, "wd14": wd14.load}
 

@@ -42,7 +42,7 @@ def load(folder: Path, device: str, settings):
     try:
         import onnxruntime
     except ImportError:
-        from engine.caption import CaptionerUnavailable
+        from engine.failures import CaptionerUnavailable
         raise CaptionerUnavailable("The WD14 tagger needs the onnxruntime package, which is not installed.",
                                    "Install it into Easel's environment: pip install onnxruntime "
                                    "(or onnxruntime-gpu / onnxruntime-directml for a GPU).") from None

@@ -1,12 +1,12 @@
 """Model families: one file each; this dict is the table of contents (keys = model.family in the preset).
 
-A new family (FLUX, a small DiT) is one more file with a Family record (engine/families/base.py) and one entry here.
+A new family (FLUX, a small DiT) is one more file with a Family record (engine/models/families/base.py) and one entry here.
 """
 from __future__ import annotations
 
-from engine.families.base import Components, Family
-from engine.families.sd import SD2, SD15
-from engine.families.sdxl import SDXL
+from engine.models.families.base import Components, Family
+from engine.models.families.sd import SD2, SD15
+from engine.models.families.sdxl import SDXL
 from engine.registry import choose
 
 FAMILIES: dict[str, Family] = {"sd15": SD15, "sd2": SD2, "sdxl": SDXL}

@@ -8,8 +8,8 @@ import dataclasses
 
 import torch
 
-from engine.families.base import Components, Family
-from engine.families.loading import load_pipeline, load_vae
+from engine.models.families.base import Components, Family
+from engine.models.loading import load_pipeline, load_vae
 
 UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 CLIP_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")

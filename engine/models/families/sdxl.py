@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import torch
 
-from engine.families.base import Components, Family
-from engine.families.sd import CLIP_ATTENTION, UNET_ATTENTION, components_from_pipe, encode_image, pipeline, \
+from engine.models.families.base import Components, Family
+from engine.models.families.sd import CLIP_ATTENTION, UNET_ATTENTION, components_from_pipe, encode_image, pipeline, \
     tokenize, unet_timestep
 
 
 def load(model_cfg, dtype, device) -> Components:
     from diffusers import StableDiffusionXLPipeline
 
-    from engine.families.loading import load_pipeline
+    from engine.models.loading import load_pipeline
 
     pipe = load_pipeline(StableDiffusionXLPipeline, model_cfg, dtype)
     pipe.to(device)
