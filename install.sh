@@ -43,13 +43,14 @@ VPY="$VENV/bin/python"
 export PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 START=$SECONDS
 
-# 3.10-3.12, 64-bit: the range every pinned package (torch first) has wheels for.
-PY_CHECK='import struct, sys; sys.exit(not ((3, 10) <= sys.version_info[:2] <= (3, 12) and struct.calcsize("P") == 8))'
+# 3.11-3.14, 64-bit: the range every pinned package (torch first) has wheels for (tools/wheel_matrix.py checks
+# it when pins change).
+PY_CHECK='import struct, sys; sys.exit(not ((3, 11) <= sys.version_info[:2] <= (3, 14) and struct.calcsize("P") == 8))'
 python_ok() { "$1" -c "$PY_CHECK" >/dev/null 2>&1; }
 
 find_python() {
     local c
-    for c in python3 python3.12 python3.11 python3.10 python; do
+    for c in python3 python3.12 python3.13 python3.11 python3.14 python; do
         command -v "$c" >/dev/null 2>&1 && python_ok "$c" && { printf '%s\n' "$c"; return 0; }
     done
     return 1
@@ -64,18 +65,18 @@ pip_failed() {
 
 # --- 1. Python and .venv ----------------------------------------------------------------------------
 if [ -x "$VPY" ]; then
-    python_ok "$VPY" || die "'$VENV' exists but its Python does not run or is not 3.10-3.12." \
+    python_ok "$VPY" || die "'$VENV' exists but its Python does not run or is not 3.11-3.14." \
         "Delete that folder and run 'bash install.sh' again."
     say "1/4 Using the existing .venv ($("$VPY" -c 'import platform; print("Python", platform.python_version())'))."
 else
     if [ -n "${EASEL_PYTHON:-}" ]; then
-        python_ok "$EASEL_PYTHON" || die "EASEL_PYTHON='$EASEL_PYTHON' is not a 64-bit Python 3.10, 3.11 or 3.12."
+        python_ok "$EASEL_PYTHON" || die "EASEL_PYTHON='$EASEL_PYTHON' is not a 64-bit Python 3.11 to 3.14."
         PY="$EASEL_PYTHON"
     elif ! PY="$(find_python)"; then
         found="$(command -v python3 >/dev/null && python3 --version 2>&1 || true)"
-        die "Easel needs Python 3.10, 3.11 or 3.12 (64-bit); found: ${found:-no python3}." \
-            "Install one, e.g. on Debian/Ubuntu: sudo apt install python3.11 python3.11-venv" \
-            "(or use pyenv), then run 'bash install.sh' again. To pick a Python: EASEL_PYTHON=/path/to/python3.11 bash install.sh"
+        die "Easel needs Python 3.11 to 3.14 (64-bit); found: ${found:-no python3}." \
+            "Install one, e.g. on Debian/Ubuntu: sudo apt install python3.12 python3.12-venv" \
+            "(or use pyenv), then run 'bash install.sh' again. To pick a Python: EASEL_PYTHON=/path/to/python3.12 bash install.sh"
     fi
     say "1/4 Creating .venv with $("$PY" -c 'import platform, sys; print(sys.executable, platform.python_version())')."
     if ! "$PY" -m venv "$VENV"; then

@@ -162,7 +162,7 @@ def test_install_sh_names_the_failed_pip_step(project):
 def test_install_sh_rejects_an_unsuitable_python_and_unknown_options(project):
     proj, env, _ = project
     r = _install(proj, dict(env, EASEL_PYTHON="/bin/false"))
-    assert r.returncode != 0 and "3.10, 3.11 or 3.12" in r.stderr
+    assert r.returncode != 0 and "3.11 to 3.14" in r.stderr
     assert not (proj / ".venv").exists()
     r = _install(proj, env, "--bogus")
     assert r.returncode != 0 and "--bogus" in r.stderr

@@ -1,0 +1,71 @@
+"""Which PyTorch CUDA build fits this PC: prints its wheel-index tag (cu130 or cu126) for install.bat.
+
+    python tools/torch_build.py            # asks nvidia-smi; prints e.g. "cu130", and why on stderr
+
+Stdlib only: install.bat runs it with the new .venv's Python, before torch is installed. Why a choice at all:
+torch 2.12 and later publish no CUDA 12.8 wheels; their Windows builds are CUDA 13.0 (Turing / RTX 20 and newer,
+Blackwell / RTX 50 included) and CUDA 12.6 (the legacy build, back to Maxwell / GTX 900) — PyTorch's RELEASE.md
+CUDA support matrix. A CUDA 13 build needs an NVIDIA driver of 580 or newer, a CUDA 12 build 528 or newer
+(NVIDIA's minor-version compatibility; the CUDA Toolkit release notes).
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+CUDA13, CUDA12 = "cu130", "cu126"
+CUDA13_MIN_DRIVER = 580       # CUDA 13.x minor-version compatibility
+CUDA12_MIN_DRIVER = 528       # CUDA 12.x minor-version compatibility on Windows (528.33)
+CUDA13_MIN_COMPUTE = (7, 5)   # CUDA 13 dropped Maxwell, Pascal and Volta
+CUDA12_MAX_COMPUTE = (9, 0)   # the 12.6 build has no Blackwell (RTX 50) kernels
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.strip().split(".") if part.isdigit())
+
+
+def pick(gpus: list[tuple[str, str, str]]) -> tuple[str, str]:
+    """(index tag, one line for the user) from nvidia-smi's (name, driver_version, compute_cap) per GPU."""
+    if not gpus:
+        return CUDA13, ("no NVIDIA GPU found (nvidia-smi did not answer): installing the CUDA 13.0 build; "
+                        "training on the CPU works but is very slow")
+    name, driver, _ = gpus[0]
+    driver_major = _version(driver)[0] if _version(driver) else 0
+    computes = [_version(cap) for _, _, cap in gpus if _version(cap)]
+    oldest, newest = (min(computes), max(computes)) if computes else ((7, 5), (7, 5))
+    if oldest < CUDA13_MIN_COMPUTE:
+        note = f"{name} predates the RTX 20 series: the CUDA 12.6 build is the one with kernels for it"
+        if driver_major < CUDA12_MIN_DRIVER:
+            note += f"; update the NVIDIA driver ({driver} is older than {CUDA12_MIN_DRIVER})"
+        return CUDA12, note
+    if driver_major >= CUDA13_MIN_DRIVER:
+        return CUDA13, f"{name}, driver {driver}: the CUDA 13.0 build"
+    if newest > CUDA12_MAX_COMPUTE:
+        return CUDA13, (f"{name} needs the CUDA 13.0 build, which needs NVIDIA driver {CUDA13_MIN_DRIVER} or newer "
+                        f"(this PC has {driver}): update the driver from nvidia.com before training")
+    if driver_major < CUDA12_MIN_DRIVER:
+        return CUDA12, (f"{name}, driver {driver}: the CUDA 12.6 build, which needs NVIDIA driver "
+                        f"{CUDA12_MIN_DRIVER} or newer: update the driver from nvidia.com before training")
+    return CUDA12, (f"{name}, driver {driver} (older than {CUDA13_MIN_DRIVER}): the CUDA 12.6 build; "
+                    f"with a driver of {CUDA13_MIN_DRIVER} or newer, reinstall for the CUDA 13.0 build")
+
+
+def query_gpus() -> list[tuple[str, str, str]]:
+    """[(name, driver_version, compute_cap)] from nvidia-smi, or [] without an NVIDIA driver. Drivers older than
+    510 do not know the compute_cap field: then it is asked without it, and left empty."""
+    for fields in ("name,driver_version,compute_cap", "name,driver_version"):
+        try:
+            proc = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"],
+                                  capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return []
+        if proc.returncode == 0:
+            rows = [[cell.strip() for cell in line.split(",")] for line in proc.stdout.splitlines() if line.strip()]
+            return [(row[0], row[1], row[2] if len(row) > 2 else "") for row in rows if len(row) >= 2]
+    return []
+
+
+if __name__ == "__main__":
+    tag, why = pick(query_gpus())
+    print(f"[easel] {why}", file=sys.stderr)
+    print(tag)
