@@ -182,3 +182,11 @@ def test_gui_sh_runs_gui_py_in_its_folder_with_the_arguments(project):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [str(proj.resolve()), "gui.py", "--port", "7861", "two words"]
+
+
+def test_install_bat_and_install_sh_accept_the_same_pythons_as_readme():
+    pattern = r"\(3, (\d+)\) <= sys\.version_info\[:2\] <= \(3, (\d+)\)"
+    bat = re.search(pattern, (ROOT / "install.bat").read_text()).groups()
+    sh = re.search(pattern, (ROOT / "install.sh").read_text()).groups()
+    assert bat == sh == ("11", "14")  # tools/wheel_matrix.py: 3.10 lacks wheels for numpy, scipy, diffusers...
+    assert "Python 3.11, 3.12, 3.13 or 3.14" in (ROOT / "README.md").read_text(encoding="utf-8")
