@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     print(f"dataset ready in {time.perf_counter() - t0:.1f} s: {folder}")
 
     t0, cpu0 = time.perf_counter(), time.process_time()
-    from engine.doctor.check_dataset import check_dataset
+    from engine.dataset_doctor.check_dataset import check_dataset
     report = check_dataset(folder, trigger="ohwx", resolution_px=1024, batch_size=2, deep=not args.quick)
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     mode = "headers only" if args.quick else "full (decode + hashes)"

@@ -16,14 +16,14 @@ HELPERS = {"atomic", "events", "registry", "failures"}          # engine/<name>.
 ENTRY_POINTS = {"__init__", "__main__", "cli", "demo", "lr_preview", "runs"}   # engine/<name>.py: may import any part
 
 # part -> the parts it may import (besides itself). Read it as the layers: entry points → rl → training →
-# sampling → models / doctor → captions → data → config → helpers.
+# sampling → models / dataset_doctor → captions → data → config → helpers.
 ALLOWED: dict[str, set[str]] = {
     "helpers": set(),
     "config": {"helpers"},
     "data": {"config", "helpers"},
     "models": {"config", "helpers"},
     "captions": {"data", "helpers"},
-    "doctor": {"captions", "data", "config", "helpers"},
+    "dataset_doctor": {"captions", "data", "config", "helpers"},
     "sampling": {"models", "config", "helpers"},
     "training": {"sampling", "models", "data", "config", "helpers"},
     "rl": {"training", "sampling", "models", "data", "config", "helpers"},

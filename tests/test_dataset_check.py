@@ -10,9 +10,9 @@ from dataset_factory import (PLANTED_BATCH_SIZE, PLANTED_RESOLUTION_PX, TRIGGER,
                              make_planted_dataset, pattern, write_caption, write_image)
 from engine.data import buckets
 from engine.data import layout as dataset_layout
-from engine.doctor.check_dataset import check_dataset, cli
-from engine.doctor.checks import estimate_clip_tokens
-from engine.doctor.report import SEVERITIES
+from engine.dataset_doctor.check_dataset import check_dataset, cli
+from engine.dataset_doctor.checks import estimate_clip_tokens
+from engine.dataset_doctor.report import SEVERITIES
 
 # the trainer's bucket settings for the planted dataset (kohya's usual half to double the resolution)
 PLANTED_BUCKETS = {"min_bucket_px": PLANTED_RESOLUTION_PX // 2, "max_bucket_px": PLANTED_RESOLUTION_PX * 2}
@@ -132,7 +132,7 @@ def test_cli_json_and_exit_code(tmp_path, capsys):
 
 
 def test_gui_facing_modules_import_no_torch():
-    code = ("import sys; import engine.doctor.check_dataset, engine.doctor.fixes, engine.captions.edit, engine.captions.captioning; "
+    code = ("import sys; import engine.dataset_doctor.check_dataset, engine.dataset_doctor.fixes, engine.captions.edit, engine.captions.captioning; "
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 

@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from dataset_factory import PLANTED_BATCH_SIZE, PLANTED_RESOLUTION_PX, TRIGGER, copy_planted_dataset
-from engine.doctor import fixes as dataset_fix
-from engine.doctor.check_dataset import check_dataset
+from engine.dataset_doctor import fixes as dataset_fix
+from engine.dataset_doctor.check_dataset import check_dataset
 
 # the trainer's bucket settings for the planted dataset (kohya's usual half to double the resolution)
 PLANTED_BUCKETS = {"min_bucket_px": PLANTED_RESOLUTION_PX // 2, "max_bucket_px": PLANTED_RESOLUTION_PX * 2}

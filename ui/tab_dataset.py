@@ -10,8 +10,8 @@ import gradio as gr
 
 from engine.captions import edit as caption_edit
 from engine.config.schema import DatasetConfig
-from engine.doctor import fixes as dataset_fix
-from engine.doctor.check_dataset import check_dataset
+from engine.dataset_doctor import fixes as dataset_fix
+from engine.dataset_doctor.check_dataset import check_dataset
 from ui.fields import Form
 
 THUMB_PX = 256

@@ -1,4 +1,4 @@
-"""Facts about one image file, read for the dataset doctor (torch-free; engine.doctor.check_dataset uses it).
+"""Facts about one image file, read for the dataset doctor (torch-free; engine.dataset_doctor.check_dataset uses it).
 
     info = probe_image(Path("photo.jpg"))            # ImageInfo: size as displayed, mode, alpha, bit depth, hashes
     infos = probe_all(paths, deep=False)             # many files in parallel threads; headers only

@@ -9,7 +9,7 @@ action is recorded in `_easel/journal.jsonl` before its first file changes (a he
 label), and each file change is appended (and fsynced) as its own {"add": id, ...} line before the file is touched,
 so an action killed half-way is still undoable exactly. All writes go through engine.atomic (fsync, then replace).
 Undo puts originals back byte for byte; anything found changed since
-(edited by the user) is moved into the backup folder rather than overwritten. Fixes (engine.doctor.fixes), caption
+(edited by the user) is moved into the backup folder rather than overwritten. Fixes (engine.dataset_doctor.fixes), caption
 edits (engine.captions.edit) and captioning (engine.captions.captioning) all write here, so one undo stack covers the dataset.
 """
 from __future__ import annotations

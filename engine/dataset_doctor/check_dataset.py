@@ -23,8 +23,8 @@ from engine.config.schema import DatasetConfig
 from engine.data import layout
 from engine.data.buckets import bucket_of
 from engine.data.images import probe_all
-from engine.doctor.checks import CHECKS, Scan, bucket_counts
-from engine.doctor.report import Finding, ImageRow, Report, format_report
+from engine.dataset_doctor.checks import CHECKS, Scan, bucket_counts
+from engine.dataset_doctor.report import Finding, ImageRow, Report, format_report
 
 _DATASET = DatasetConfig()  # the bucket settings' defaults are the trainer's
 

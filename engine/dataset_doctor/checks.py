@@ -10,7 +10,7 @@ from engine.captions.edit import trigger_pattern
 from engine.data import layout
 from engine.data.buckets import upscale_factor
 from engine.data.images import ImageInfo
-from engine.doctor.report import Finding
+from engine.dataset_doctor.report import Finding
 
 MIN_IMAGES, MAX_IDENTITY_IMAGES = 15, 30          # the FLUX identity guide: 15 minimum, 15–30 recommended
 EXTREME_ASPECT = 2.5                               # wider or taller than 2.5:1

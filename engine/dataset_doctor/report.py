@@ -9,7 +9,7 @@ SEVERITIES = ("error", "warning", "info")
 
 @dataclass
 class Finding:
-    """One problem (or fact) about the dataset, in the user's words. `fix` names a doctor/fixes.py FIXES key that the
+    """One problem (or fact) about the dataset, in the user's words. `fix` names a dataset_doctor/fixes.py FIXES key that the
     GUI may offer, to be applied to `fix_files` (paths relative to the dataset folder, '/'-separated)."""
 
     code: str

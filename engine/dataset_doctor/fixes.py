@@ -140,7 +140,7 @@ def apply(root: Path, fix: str, files: list[str | Path], trigger: str | None = N
 def _default_files(root: Path, fix: str, trigger: str | None) -> list[str]:
     """The files the doctor suggests this fix for. Near duplicates are left to the user: which shot to keep is
     a matter of taste."""
-    from engine.doctor.check_dataset import check_dataset
+    from engine.dataset_doctor.check_dataset import check_dataset
 
     report = check_dataset(root, trigger=trigger, deep=fix == "set_aside")
     return [f for finding in report.findings if finding.fix == fix and finding.code != "near_duplicate"
