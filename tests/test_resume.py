@@ -138,3 +138,27 @@ def test_preserve_lr_keeps_the_saved_learning_rate_when_the_schedule_changed(tmp
     assert train.run(run_dir, resume=True) == 0
     lrs = [e["lr"]["unet"] for e in read_all(run_dir / "events.jsonl") if e["kind"] == "step"]
     assert lrs[STOP_AT:] == pytest.approx([1e-3] * (6 - STOP_AT))
+
+
+def test_a_finished_run_extended_equals_a_longer_run(tmp_path):
+    """Raising max_steps in a finished run's preset.yaml and resuming continues its LoRA, not a fresh one."""
+    demo = prepare(tmp_path / "demo")
+    constant = [*SETTINGS, "schedules.unet.type=constant", "schedules.unet.warmup_steps=0"]  # the same LR either way
+    longer = create_run_dir(load_preset(demo, [*constant, "training.max_steps=12"]), root=tmp_path / "a")
+    assert train.run(longer) == 0
+
+    extended = create_run_dir(load_preset(demo, [*constant, "training.max_steps=6"]), root=tmp_path / "b")
+    assert train.run(extended) == 0
+    assert _state(extended)["weights"]["unet.0"], "the finished run's state holds its LoRA"
+    _edit_run_preset(extended, **{"training.max_steps": 12})
+    assert train.run(extended, resume=True) == 0
+
+    steps = [e for e in read_all(extended / "events.jsonl") if e["kind"] == "step"]
+    assert [e["step"] for e in steps] == list(range(1, 13))
+    losses = lambda run: [e["loss"] for e in read_all(run / "events.jsonl") if e["kind"] == "step"]  # noqa
+    assert losses(extended) == pytest.approx(losses(longer), rel=1e-5)
+    a, b = _state(longer)["weights"], _state(extended)["weights"]
+    assert a.keys() == b.keys()
+    for comp in a:
+        for name in a[comp]:
+            assert torch.allclose(a[comp][name], b[comp][name], atol=1e-6), name

@@ -92,9 +92,16 @@ def restore_rng(state: dict, noise_generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def trained_weights(modules: dict) -> dict[str, dict[str, torch.Tensor]]:
-    """{component: {parameter name: tensor}} of the parameters that train, copied to the CPU."""
-    return {comp: {name: p.detach().cpu().clone() for name, p in module.named_parameters() if p.requires_grad}
+def trainable_names(modules: dict) -> dict[str, set[str]]:
+    """{component: names of the parameters that train}, taken once when the network is added: a component whose
+    training phase is over stops being trainable, but its weights still belong in the resume state."""
+    return {comp: {name for name, p in module.named_parameters() if p.requires_grad}
+            for comp, module in modules.items()}
+
+
+def trained_weights(modules: dict, names: dict[str, set[str]]) -> dict[str, dict[str, torch.Tensor]]:
+    """{component: {parameter name: tensor}} of the network's parameters (`names`), copied to the CPU."""
+    return {comp: {name: p.detach().cpu().clone() for name, p in module.named_parameters() if name in names[comp]}
             for comp, module in modules.items()}
 
 

@@ -229,7 +229,7 @@ def export_info(r: Run):
 
 def resume_state(r: Run) -> dict:
     return {"step": r.step, "epoch": r.epoch, "cursor": r.cursor, "total_steps": r.total_steps,
-            "samples": len(r.samples), "weights": ckpt.trained_weights(named_trainables(r)),
+            "samples": len(r.samples), "weights": ckpt.trained_weights(named_trainables(r), r.trained_names),
             "optim": r.optim.state_dict(), "rng": ckpt.rng_state(r.noise_gen),
             "ema": r.ema.state_dict() if r.ema else None}
 

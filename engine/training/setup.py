@@ -45,6 +45,7 @@ class Run:
     s_per_it: float = 0.0
     cadence: object = None
     ema: object = None        # checkpoints.Ema when training.ema.enabled
+    trained_names: dict = field(default_factory=dict)  # named_trainables key -> the names of its trained params
     _epoch_cache: dict = field(default_factory=dict)
 
     def emit(self, kind, **fields):
@@ -216,6 +217,7 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
             samples=samples, noise_gen=torch.Generator(device=device).manual_seed(training.seed),
             total_steps=total, device=device, weight_dtype=weight_dtype)
     r.cadence = ckpt.Cadence(preset.output)
+    r.trained_names = ckpt.trainable_names(named_trainables(r))
     if training.ema.enabled:
         r.ema = ckpt.Ema(params, training.ema.decay)
     park_idle(r)
