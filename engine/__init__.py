@@ -2,6 +2,6 @@
 
 Top level: the entry points (__main__, cli, demo, lr_preview, runs: run folders) and the small helpers every part
 may use (atomic: atomic writes, events: events.jsonl, registry: lookups with suggestions, failures: errors in the
-user's words). The parts, lowest first: config → data → captions → dataset_doctor; models → sampling → training → rl.
+user's words, lock: one engine per run folder). The parts, lowest first: config → data → captions → dataset_doctor; models → sampling → training → rl.
 Each part's __init__.py says what it may import; tests/import_rules.py enforces it.
 """

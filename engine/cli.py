@@ -97,7 +97,7 @@ def _train_in(run_dir: Path, overrides: list[str], dry_run: bool) -> int:
         return 2
     if dry_run:
         return _print_dry_run(preset)
-    if any((run_dir / "state").glob("*")):
+    if (run_dir / "state" / "state.pt").is_file():  # training.checkpoints.STATE_FILE; a stray .tmp does not count
         print(f"error: {run_dir} has already trained; continue it with --resume {run_dir}, or start a new run "
               f"from its preset: python -m engine train {run_dir / 'preset.yaml'}", file=sys.stderr)
         return 2

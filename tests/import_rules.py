@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-HELPERS = {"atomic", "events", "registry", "failures"}          # engine/<name>.py: the small shared helpers
+HELPERS = {"atomic", "events", "registry", "failures", "lock"}          # engine/<name>.py: the small shared helpers
 ENTRY_POINTS = {"__init__", "__main__", "cli", "demo", "lr_preview", "runs"}   # engine/<name>.py: may import any part
 
 # part -> the parts it may import (besides itself). Read it as the layers: entry points → rl → training →

@@ -122,11 +122,30 @@ def save_state(state_dir: Path, state: dict) -> Path:
     return atomic_write(state_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
 
-def load_state(state_dir: Path) -> dict:
+def require_state(state_dir: Path) -> Path:
+    """The state file, or a UserError saying there is nothing to resume (a stray state.pt.tmp does not count)."""
     path = state_dir / STATE_FILE
     if not path.is_file():
+        run_dir = state_dir.parent
         raise UserError(f"Nothing to resume: {path} does not exist (the run stopped before it saved any state).",
-                        "Start the run again instead of resuming it.")
+                        f"Start the run again instead of resuming it: python -m engine train \"{run_dir}\"")
+    return path
+
+
+def remove_unfinished_files(run_dir: Path) -> list[Path]:
+    """Delete the *.tmp files a killed save left (atomic writes go through name.tmp): they never hold a whole file,
+    and a stray state.pt.tmp must not make a run look trained."""
+    removed = []
+    for folder in (run_dir, run_dir / "state", run_dir / "checkpoints"):
+        if folder.is_dir():
+            for path in folder.glob("*.tmp"):
+                _remove(path)
+                removed.append(path)
+    return removed
+
+
+def load_state(state_dir: Path) -> dict:
+    path = require_state(state_dir)
     # weights_only=False: the file also holds plain Python progress data; it is Easel's own file in the run folder
     return torch.load(path, map_location="cpu", weights_only=False)
 

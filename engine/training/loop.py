@@ -7,6 +7,7 @@ samples). Exit codes: 0 done or stopped on request, 1 failed, 2 the preset is wr
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from engine.config.load import ConfigError, load_preset
 from engine.events import EventWriter
 from engine.failures import NonFiniteLoss, error_fields
+from engine.lock import RunLock, RunLocked
 from engine.training import checkpoints as ckpt
 from engine.training.setup import Run, freeze_finished_components, idle_modules, named_trainables, park_idle, setup
 
@@ -24,10 +26,28 @@ CONTROL_REQUESTS = ("stop", "save_now", "sample_now")
 
 def run(run_dir: Path, resume: bool = False) -> int:
     run_dir = Path(run_dir)
+    try:
+        with RunLock(run_dir) as lock:
+            return run_locked(run_dir, resume, lock)
+    except RunLocked as e:  # said on stderr, not as an event: the engine that holds the lock owns events.jsonl
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+
+
+def run_locked(run_dir: Path, resume: bool, lock: RunLock) -> int:
     events = EventWriter(run_dir / "events.jsonl", echo=console_line)
     preset = None
     try:
+        if lock.took_over:
+            events.emit("warning", message=f"Took over the run folder from an engine that is no longer running "
+                                           f"(process {lock.took_over.get('pid')}).")
+        removed = ckpt.remove_unfinished_files(run_dir)
+        if removed:
+            events.emit("warning", message=f"Removed {len(removed)} unfinished file(s) an interrupted save left "
+                                           f"behind: {', '.join(p.name for p in removed)}.")
         preset = load_preset(run_dir / "preset.yaml")
+        if resume:
+            ckpt.require_state(run_dir / "state")  # decided before minutes of model loading
         r = setup(run_dir, preset, events, resume)
         outcome = loop(r)
         finish(r, outcome)
