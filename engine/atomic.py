@@ -9,13 +9,29 @@ from pathlib import Path
 from typing import Callable
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import, before any thread starts: os.umask can only be read by setting it.
+_DEFAULT_MODE = 0o666 & ~_umask()
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call write(tmp_path) to produce the file, make it durable, then move it over `path` in one step."""
+    """Call write(tmp_path) to produce the file, make it durable, then move it over `path` in one step.
+
+    The file gets the mode a plain write would give it (the user's umask; an existing file keeps its own):
+    some writers create private 0600 files (safetensors does), which other accounts, a shared folder or a
+    ComfyUI run as another user could not read."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
         write(tmp)
+        if os.name != "nt":
+            os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else _DEFAULT_MODE)
         with open(tmp, "rb+") as f:  # fsync the finished file, whoever wrote it
             os.fsync(f.fileno())
         os.replace(tmp, path)

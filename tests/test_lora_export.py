@@ -4,6 +4,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -22,9 +23,10 @@ UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TE_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 INFO = {  # what the family records will pass
     "sd15": dict(base_model_version="sd_v1", architecture="stable-diffusion-v1/lora"),
-    "sd2": dict(base_model_version="sd_v2_768_v", architecture="stable-diffusion-v2-768-v/lora", prediction_type="v"),
+    "sd2": dict(base_model_version="sd_v2_v", architecture="stable-diffusion-v2-768-v/lora", prediction_type="v"),
     "sdxl": dict(base_model_version="sdxl_base_v1-0", architecture="stable-diffusion-xl-v1-base/lora",
-                 text_encoder_names=("text_encoder", "text_encoder_2"), resolution_px=(1024, 1024)),
+                 text_encoder_names=("text_encoder", "text_encoder_2"), resolution_px=(1024, 1024),
+                 kohya_unet_names="ldm"),
     "flux": dict(base_model_version="flux1", architecture="flux-1-dev/lora", prediction_type="flow",
                  text_encoder_names=("text_encoder", "text_encoder_2")),
 }
@@ -103,8 +105,9 @@ def test_file_loads_fully_and_renders_like_the_trained_model(exported, fmt):
 
 def test_kohya_names_and_alpha_follow_a1111(exported):
     tensors = load_file(str(exported["files"]["kohya"]))
-    prefixes = {k.split("_text_model_")[0] if "_text_model_" in k else k.split("_down_blocks_")[0].split("_mid_")[0]
-                .split("_up_blocks_")[0] for k in tensors}
+    # the prefix before the module path: diffusers block names (SD1.x/SD2) or the original ones (SDXL, as sd-scripts)
+    prefixes = {re.split(r"_(text_model|down_blocks|mid_block|up_blocks|input_blocks|middle_block|output_blocks)_",
+                         k)[0] for k in tensors}
     expected_te = {"lora_te1", "lora_te2"} if exported["family"] == "sdxl" else {"lora_te"}
     assert prefixes == {"lora_unet"} | expected_te  # trap 2 (`unet.` prefix) and trap 3 (`text_model.`)
     assert not any(k.startswith("lora_te") and "_text_model_" not in k for k in tensors)
@@ -263,3 +266,26 @@ def test_atomic_save_keeps_the_last_good_file_when_a_write_fails(tmp_path, monke
     assert torch.equal(load_file(str(path))["a"], torch.ones(2))  # the previous save is intact
     with pytest.raises(TypeError, match="ss_steps"):
         atomic_save_file({"a": torch.ones(2)}, path, {"ss_steps": 3})
+
+
+@pytest.mark.parametrize("style", ["ldm", "diffusers"])
+def test_sdxl_kohya_files_of_either_unet_name_style_load_back_exactly(folders, tmp_path, style):
+    """SDXL is written with sd-scripts' original names now; files of older Easel versions (diffusers names) must
+    still continue training (network.init_from) with the same weights."""
+    pipe, denoiser, tes = trained_pipeline(folders["sdxl"])
+    info = LoraExportInfo(title="x", **{**INFO["sdxl"], "kohya_unet_names": style})
+    path = save_lora(tmp_path / "x.safetensors", "kohya", denoiser, tes, info, dtype=torch.float32)
+    keys = load_file(str(path)).keys()
+    assert any(k.startswith("lora_unet_input_blocks_") for k in keys) == (style == "ldm")
+    assert any(k.startswith("lora_unet_down_blocks_") for k in keys) == (style == "diffusers")
+    self_check(path, fresh(folders["sdxl"]))  # diffusers places every key of either style
+
+    target = fresh(folders["sdxl"])
+    add_lora(target.unet, RANK, ALPHA, 0.0, UNET_TARGETS)
+    target_tes = text_encoders_of(target)
+    for te in target_tes.values():
+        add_lora(te, RANK, ALPHA, 0.0, TE_TARGETS)
+    loaded = load_lora_into(target.unet, target_tes, path, text_encoder_names=info.text_encoder_names)
+    assert loaded == len(lora_layers(denoiser)) + sum(len(lora_layers(te)) for te in tes.values())
+    for name, layer in lora_layers(denoiser).items():
+        assert torch.allclose(layer.lora_B["default"].weight, lora_layers(target.unet)[name].lora_B["default"].weight)

@@ -40,3 +40,14 @@ def test_flux_final_profile_matches_the_guide():
     assert p.training.noise_offset == 0.1 and p.training.min_snr_gamma == 5.0
     assert (p.dataset.min_bucket_px, p.dataset.max_bucket_px) == (384, 1024)
     assert not p.network.train_text_encoder and p.network.te_lr_ratio == 0.4
+
+
+def test_sd_family_presets_write_the_format_their_users_load():
+    """kohya by default: for SD1.5/SD2/SDXL the diffusers format loads in diffusers only, not in A1111/ComfyUI."""
+    from engine.config.schema import OutputConfig
+
+    assert OutputConfig().formats == ["kohya"]
+    for path in PRESETS:
+        preset = load_preset(path)
+        if preset.model.family != "flux" and preset.network.type == "lora":
+            assert preset.output.formats == ["kohya"], path.name

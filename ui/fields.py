@@ -156,10 +156,11 @@ def make_widget(spec: FieldSpec, value=None):
     meta = spec.meta
     if spec.kind == "bool":
         return gr.Checkbox(value=value, **common)
+    labelled = [(meta.get("choice_labels", {}).get(c, c), c) for c in meta.get("choices") or ()]
     if spec.kind == "choice":
-        return gr.Dropdown(choices=list(meta["choices"]), value=value, **common)
+        return gr.Dropdown(choices=labelled, value=value, **common)
     if spec.kind == "multi_choice":
-        return gr.Dropdown(choices=list(meta["choices"]), value=value, multiselect=True, **common)
+        return gr.Dropdown(choices=labelled, value=value, multiselect=True, **common)
     if spec.kind == "optional_float":  # a Number box cannot be empty in the browser: it would send 0
         return gr.Textbox(value=value, placeholder="empty = automatic", **common)
     if spec.kind in ("int", "float"):

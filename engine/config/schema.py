@@ -27,9 +27,11 @@ SCHEDULE_TYPES = (
 COMPONENTS = ("unet", "text_encoder")
 
 
-def opt(default, help, *, unit=None, min=None, max=None, choices=None, advanced=False, env=None):
-    """A schema field. `min`/`max` are inclusive; `choices` restricts a string (or each item of a list)."""
-    meta = {"help": help, "unit": unit, "min": min, "max": max, "choices": choices, "advanced": advanced, "env": env}
+def opt(default, help, *, unit=None, min=None, max=None, choices=None, choice_labels=None, advanced=False, env=None):
+    """A schema field. `min`/`max` are inclusive; `choices` restricts a string (or each item of a list);
+    `choice_labels` ({value: words}) is how the GUI shows a choice."""
+    meta = {"help": help, "unit": unit, "min": min, "max": max, "choices": choices, "advanced": advanced, "env": env,
+            "choice_labels": choice_labels or {}}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -182,8 +184,11 @@ class SamplingConfig:
 class OutputConfig:
     dir: str = opt("runs", "Folder that holds the run folders (relative to the Easel folder).", env="OUT_DIR")
     run_name: str = opt("lora", "Name of the run; the run folder is <name>-<date>-<time>.", env="RUN_NAME")
-    formats: list = opt(["kohya"], "LoRA file formats: kohya (A1111/Forge/ComfyUI) and/or diffusers.",
-                        choices=EXPORT_FORMATS)
+    formats: list = opt(["kohya"], "LoRA file formats. kohya: A1111/Forge, ComfyUI and sd-scripts load it. diffusers: "
+                        "for diffusers / Python scripts (for SD 1.5, SD 2 and SDXL, A1111/Forge and ComfyUI do not "
+                        "load it; FLUX LoRAs use it).", choices=EXPORT_FORMATS,
+                        choice_labels={"kohya": "kohya (A1111 / Forge / ComfyUI)",
+                                       "diffusers": "diffusers (for diffusers / Python)"})
     save_every_n_steps: int = opt(0, "Save a checkpoint every N steps (0 = off).", unit="steps", min=0,
                                   max=10_000_000)
     save_every_n_minutes: float = opt(0.0, "Save a checkpoint every N minutes of training (0 = off).",

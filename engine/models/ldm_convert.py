@@ -102,6 +102,15 @@ def unet_key_to_ldm(key: str, config: dict) -> str:
     raise KeyError(f"unet key {key!r} has no LDM name (unsupported UNet layout)")
 
 
+def unet_module_to_ldm(path: str, config: dict) -> str | None:
+    """A UNet module path as the original layout names it (`down_blocks.1.attentions.0.proj_in` ->
+    `input_blocks.4.1.proj_in`): the names sd-scripts gives SDXL LoRA modules. None when it has no LDM name."""
+    try:
+        return unet_key_to_ldm(path + ".weight", config).removesuffix(".weight")
+    except KeyError:
+        return None
+
+
 def _block_part(kind: str, rest: str) -> str:
     """Within one LDM block: slot 0 is the resnet (renamed parts), slot 1 the transformer (names unchanged)."""
     if kind == "attentions":

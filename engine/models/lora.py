@@ -64,6 +64,26 @@ def kohya_prefixes(text_encoder_names: tuple[str, ...]) -> dict[str, str]:
     return {"unet": "lora_unet", **{name: f"lora_te{i + 1}" for i, name in enumerate(text_encoder_names)}}
 
 
+def kohya_names(component: str, path: str, module, prefixes: dict[str, str], unet_names: str = "diffusers") -> list:
+    """The kohya names of the LoRA module at `path` in `module` (a pipeline component), the one sd-scripts writes
+    first: `lora_unet_input_blocks_4_1_proj_in` (SDXL, unet_names="ldm") or `lora_unet_down_blocks_1_...`
+    (SD1.x/SD2); `lora_te_text_model_encoder_layers_0_self_attn_q_proj`. A second name, in the other UNet
+    style, is what a loader also accepts (older Easel files wrote SDXL in diffusers style)."""
+    from engine.models.ldm_convert import unet_module_to_ldm
+
+    if component.startswith("text_encoder") and is_flattened_clip(module):
+        path = "text_model." + path  # trap 3: A1111/ComfyUI name CLIP layers with text_model.
+    prefix = prefixes[component]
+    names = [prefix + "_" + path.replace(".", "_")]
+    if component == "unet" and hasattr(module, "config"):
+        ldm = unet_module_to_ldm(path, module.config)
+        if ldm is not None:
+            names.append(prefix + "_" + ldm.replace(".", "_"))
+            if unet_names == "ldm":
+                names.reverse()
+    return names
+
+
 def is_flattened_clip(module) -> bool:
     return "CLIP" in type(module).__name__ and not hasattr(module, "text_model")
 
@@ -116,10 +136,9 @@ def load_lora_into(denoiser: torch.nn.Module, text_encoders: dict[str, torch.nn.
     for component, module in components.items():
         for layer_path, layer in lora_layers(module, adapter_name).items():
             targets[f"{component}.{layer_path}"] = layer
-            if component in prefixes:
-                kohya_path = ("text_model." + layer_path) if (component.startswith("text_encoder")
-                                                              and is_flattened_clip(module)) else layer_path
-                targets[prefixes[component] + "_" + kohya_path.replace(".", "_")] = layer
+            if component in prefixes:  # both UNet name styles: files from sd-scripts, older Easel, other tools
+                for name in kohya_names(component, layer_path, module, prefixes):
+                    targets[name] = layer
 
     adapter_alphas = _file_adapter_alphas(path)
     loaded, unmatched = 0, []

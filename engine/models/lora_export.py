@@ -2,12 +2,15 @@
 every exported file: lora_check.py).
 
 Formats (EXPORT_FORMATS; keys equal the preset's `export.format` values):
-  kohya      A1111 / Forge / ComfyUI for SD1.x, SD2, SDXL: `lora_unet_<module>` / `lora_te_…` (one text encoder) or
-             `lora_te1_…`/`lora_te2_…` (two), `.lora_down.weight`, `.lora_up.weight`, `.alpha`, plus sd-scripts
-             `ss_*` and `modelspec.*` metadata (A1111 shows these in its LoRA card).
+  kohya      A1111 / Forge, ComfyUI and sd-scripts for SD1.x, SD2, SDXL: `lora_unet_<module>` / `lora_te_…` (one
+             text encoder) or `lora_te1_…`/`lora_te2_…` (two), `.lora_down.weight`, `.lora_up.weight`, `.alpha`,
+             plus sd-scripts `ss_*` and `modelspec.*` metadata (A1111 shows these in its LoRA card). UNet modules
+             are named as sd-scripts names them (Family.kohya_unet_names): diffusers paths for SD1.x/SD2, the
+             original `input_blocks/middle_block/output_blocks` paths for SDXL (tests/lora_name_rules.py).
   diffusers  peft keys under the pipeline's component names (`unet.`/`transformer.`/`text_encoder.`), with the peft
              config in the `lora_adapter_metadata` header, exactly what `<Pipeline>.save_lora_weights` writes.
-             FLUX LoRAs use this format; ComfyUI loads it.
+             For diffusers / Python: for SD1.x/SD2/SDXL, A1111/Forge and ComfyUI match none of its keys (ComfyUI
+             maps peft keys for FLUX only). FLUX LoRAs use this format.
 
 Four traps (notes/platform-facts.md §3), each handled here and tested in tests/test_lora_export.py:
   1. alpha: diffusers' convert_state_dict_to_kohya writes alpha = rank; we write the real per-module alpha.
@@ -27,7 +30,7 @@ from pathlib import Path
 import torch
 
 from engine.atomic import atomic_save_file
-from engine.models.lora import LORA_ADAPTER_METADATA_KEY, denoiser_component, is_flattened_clip, kohya_prefixes, \
+from engine.models.lora import LORA_ADAPTER_METADATA_KEY, denoiser_component, kohya_names, kohya_prefixes, \
     lora_layers
 
 
@@ -39,7 +42,8 @@ class LoraExportInfo:
     base_model_version: str                     # ss_base_model_version: sd_v1, sd_v2_768_v, sdxl_base_v1-0, flux1
     architecture: str                           # modelspec.architecture, e.g. stable-diffusion-xl-v1-base/lora
     prediction_type: str = "epsilon"            # modelspec.prediction_type: epsilon | v | flow
-    implementation: str = "https://github.com/huggingface/diffusers"  # modelspec.implementation
+    implementation: str = "diffusers"           # modelspec.implementation, as sd-scripts writes it per family
+    training_started_at: float = 0.0            # ss_training_started_at (unix seconds; 0: now)
     resolution_px: tuple[int, int] = (512, 512)  # training (width, height)
     text_encoder_names: tuple[str, ...] = ("text_encoder",)  # ALL the base model's text encoders, in order
     steps: int = 0                              # optimizer steps done (ss_steps)
@@ -49,6 +53,7 @@ class LoraExportInfo:
     base_model_name: str = ""                   # ss_sd_model_name: the checkpoint file/folder trained on
     trigger_phrase: str = ""                    # modelspec.trigger_phrase
     extra: dict = field(default_factory=dict)   # more ss_* keys the trainer knows (learning rates, seed, optimizer…)
+    kohya_unet_names: str = "diffusers"         # Family.kohya_unet_names: "ldm" for SDXL, as sd-scripts writes it
 
 
 def save_lora(path: Path, fmt: str, denoiser: torch.nn.Module, text_encoders: dict[str, torch.nn.Module],
@@ -81,9 +86,7 @@ def _kohya_tensors(components: dict, info: LoraExportInfo, adapter_name: str) ->
                 f"export.format: 'kohya' has no layout for {type(module).__name__} ({component}); "
                 "use format 'diffusers', which diffusers and ComfyUI load (kohya FLUX LoRAs use BFL names)")
         for path, layer in lora_layers(module, adapter_name).items():
-            if component.startswith("text_encoder") and is_flattened_clip(module):
-                path = "text_model." + path  # trap 3: A1111/ComfyUI name CLIP layers with text_model.
-            name = prefixes[component] + "_" + path.replace(".", "_")
+            name = kohya_names(component, path, module, prefixes, info.kohya_unet_names)[0]
             tensors[f"{name}.lora_down.weight"] = layer.lora_A[adapter_name].weight
             tensors[f"{name}.lora_up.weight"] = layer.lora_B[adapter_name].weight
             # trap 1: kohya's scale is alpha / rank, so alpha = peft's scaling * rank (also right for rsLoRA).
@@ -132,6 +135,7 @@ def _training_metadata(info: LoraExportInfo, rank: int, alpha: float) -> dict[st
         "ss_steps": str(info.steps),
         "ss_epoch": str(info.epoch),
         "ss_sd_model_name": info.base_model_name,
+        "ss_training_started_at": str(info.training_started_at or now.timestamp()),
         "ss_training_finished_at": str(now.timestamp()),
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": info.architecture,

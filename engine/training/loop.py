@@ -233,22 +233,27 @@ def save_network(r: Run, folder: Path, stem: str) -> None:
 
 def export_info(r: Run):
     from engine.data.samples import tag_frequency
+    from engine.models.families.base import by_prediction
     from engine.models.lora_export import LoraExportInfo
 
     d = r.preset.dataset
     prediction = {"v_prediction": "v"}.get(r.objective.name, r.objective.name)
     return LoraExportInfo(
-        title=r.preset.output.run_name, base_model_version=r.family.kohya_base_model,
-        architecture=r.family.modelspec_architecture, prediction_type=prediction,
+        title=r.preset.output.run_name, base_model_version=by_prediction(r.family.kohya_base_model, r.objective.name),
+        architecture=by_prediction(r.family.modelspec_architecture, r.objective.name), prediction_type=prediction,
+        implementation=r.family.modelspec_implementation, training_started_at=r.started_at,
         resolution_px=(d.resolution_px, d.resolution_px), text_encoder_names=r.family.text_encoder_names,
-        steps=r.step, epoch=r.epoch, tag_frequency=tag_frequency(r.samples, d.path),
+        # sd-scripts counts the epoch being trained from 1: a run stopped inside its first epoch says 1
+        steps=r.step, epoch=r.epoch + (1 if r.cursor else 0), tag_frequency=tag_frequency(r.samples, d.path),
         base_model_name=Path(r.preset.model.path).name, trigger_phrase=d.trigger,
+        kohya_unet_names=r.family.kohya_unet_names,
         extra={"ss_seed": str(r.preset.training.seed), "ss_learning_rate": str(r.preset.optimizers["unet"].lr),
                "ss_v_parameterization": str(r.objective.name == "v_prediction")})
 
 
 def resume_state(r: Run) -> dict:
     return {"step": r.step, "epoch": r.epoch, "cursor": r.cursor, "total_steps": r.total_steps,
+            "started_at": r.started_at,
             "samples": len(r.samples), "weights": ckpt.trained_weights(named_trainables(r), r.trained_names),
             "optim": r.optim.state_dict(), "rng": ckpt.rng_state(r.noise_gen),
             "ema": r.ema.state_dict() if r.ema else None}

@@ -8,6 +8,7 @@ engine/training/loop.py runs the loop on the result.
 from __future__ import annotations
 
 import platform
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,7 @@ class Run:
     cadence: object = None
     ema: object = None        # checkpoints.Ema when training.ema.enabled
     trained_names: dict = field(default_factory=dict)  # named_trainables key -> the names of its trained params
+    started_at: float = field(default_factory=time.time)  # when training began (kept across resumes)
     _epoch_cache: dict = field(default_factory=dict)
 
     def emit(self, kind, **fields):
@@ -260,6 +262,7 @@ def restore(r: Run) -> None:
     if r.ema is not None and state.get("ema") is not None:
         r.ema.load_state_dict(state["ema"])
     r.step, r.epoch, r.cursor = state["step"], state["epoch"], state["cursor"]
+    r.started_at = state.get("started_at", r.started_at)
     freeze_finished_components(r)
     r.status("resuming", f"Resuming at step {r.step} of {r.total_steps} (epoch {r.epoch + 1})")
 

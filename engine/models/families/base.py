@@ -38,8 +38,9 @@ class Family:
     lora_targets: tuple                  # denoiser module names that get LoRA layers by default
     te_lora_targets: tuple               # text-encoder module names
     text_encoder_names: tuple            # the pipeline's text-encoder attribute names, in order
-    kohya_base_model: str                # ss_base_model_version as sd-scripts writes it
-    modelspec_architecture: str          # modelspec.architecture of the LoRA file
+    # LoRA metadata as sd-scripts writes it, by the resolved prediction type ("epsilon" is the fallback):
+    kohya_base_model: dict               # ss_base_model_version, e.g. {"epsilon": "sd_v2", "v_prediction": "sd_v2_v"}
+    modelspec_architecture: dict         # modelspec.architecture, e.g. stable-diffusion-v2-768-v/lora for a v model
     vae_fp32: bool                       # the family's VAE overflows in fp16 (SDXL): keep it in fp32
     load: Callable
     encode_text: Callable
@@ -47,3 +48,12 @@ class Family:
     predict: Callable
     pipeline: Callable
     metadata: dict = field(default_factory=dict)  # extra ss_* / modelspec.* strings (e.g. ss_v2)
+    # kohya LoRA UNet module names as sd-scripts writes them for this family: "diffusers" paths (SD1.x/SD2, whose
+    # sd-scripts UNet copies the diffusers layout) or the original "ldm" ones (SDXL: input_blocks/middle_block/...)
+    kohya_unet_names: str = "diffusers"
+    modelspec_implementation: str = "diffusers"   # what sd-scripts writes: "diffusers" for SD1.x/SD2 LoRAs
+
+
+def by_prediction(table: dict, prediction_type: str) -> str:
+    """A family's metadata value for the model's resolved prediction type (the epsilon entry when it has none)."""
+    return table.get(prediction_type, table["epsilon"])
