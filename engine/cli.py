@@ -77,7 +77,11 @@ def train(argv: list[str]) -> int:
         return 2
     if dry_run:
         return _print_dry_run(preset)
-    run_dir = create_run_dir(preset, args.runs_root)
+    try:
+        run_dir = create_run_dir(preset, args.runs_root)
+    except OSError as e:  # RunFolderError: a read-only or full output folder, in words
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"run folder: {run_dir}", flush=True)
     return _run(run_dir, resume=False)
 

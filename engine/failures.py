@@ -7,7 +7,10 @@
 """
 from __future__ import annotations
 
+import errno
+import shutil
 import traceback
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -81,6 +84,23 @@ def describe(exc: BaseException, training=None, network=None, dataset=None, unet
         steps = "; ".join(f"{i}) {s}" for i, s in enumerate(savers, 1))
         return ("Out of GPU memory. The model and this batch do not fit on the card.",
                 f"Turn these on, in this order, until it fits: {steps}. Close other programs using the GPU too.")
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        folder = Path(exc.filename).parent if exc.filename else None
+        free = ""
+        if folder is not None:
+            try:
+                free = f" ({shutil.disk_usage(folder).free / 2**30:.1f} GB free there)"
+            except OSError:
+                pass
+        return (f"The disk is full{f': cannot write to {folder}' if folder else ''}{free}. The last complete "
+                f"checkpoint and its resume state are kept.",
+                "Free some space (or lower output.keep_last, or move output.dir to another drive), then resume "
+                "the run.")
+    if isinstance(exc, PermissionError):
+        where = exc.filename or "the run folder"
+        return (f"Cannot write to {where}: permission denied.",
+                "Choose another output.dir, a folder you can write to, and start again (or make this one "
+                "writable and resume).")
     if isinstance(exc, FileNotFoundError):
         return (f"A file is missing: {exc.filename or exc}.",
                 "Check that the paths in the preset exist and that the files were not moved during training.")

@@ -29,9 +29,37 @@ def safe_run_name(name: str) -> str:
     return cleaned or "run"
 
 
+class RunFolderError(OSError):
+    """The run folder cannot be made or written; the message says where and what to do (the GUI shows it)."""
+
+
+def cannot_write(folder: Path, exc: OSError) -> RunFolderError:
+    import errno
+    import shutil
+
+    if exc.errno == errno.ENOSPC:
+        try:
+            free = f"{shutil.disk_usage(folder if folder.exists() else folder.parent).free / 2**30:.1f} GB free"
+        except OSError:
+            free = "no space left"
+        return RunFolderError(f"The disk of {folder} is full ({free}): free some space, or choose another "
+                              f"output.dir on another drive.")
+    return RunFolderError(f"Cannot write to {folder} ({exc.strerror or exc}): choose another output.dir, a folder "
+                          f"you can write to (or run Easel from a folder of your own).")
+
+
 def create_run_dir(preset: Preset, root: str | Path | None = None, now: float | None = None) -> Path:
     """Make a new run folder under `root` (default: output.dir) and write the resolved preset into it."""
     base = Path(root) if root is not None else runs_root(preset.output.dir)
+    try:
+        return _create(preset, base, now)
+    except RunFolderError:
+        raise
+    except OSError as e:
+        raise cannot_write(base, e) from e
+
+
+def _create(preset: Preset, base: Path, now: float | None) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
     name = f"{safe_run_name(preset.output.run_name)}-{stamp}"
     run_dir, n = base / name, 2

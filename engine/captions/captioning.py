@@ -156,6 +156,9 @@ def caption_dataset(root: Path, model: str, captioner: str | None = None,
     from engine.registry import choose
 
     choose(dict.fromkeys(MODES), settings.mode, "mode")
+    if not Path(root).is_dir():  # before a captioning model loads for minutes
+        raise ValueError(f"The dataset folder {root} does not exist" if not Path(root).exists() else
+                         f"{root} is a file: captioning needs the folder that holds the images.")
     progress = Progress(events_dir)
     try:
         return _run(Path(root), model, captioner, settings, progress)

@@ -26,12 +26,14 @@ from engine.config.validate import validate
 class ConfigError(ValueError):
     """All problems of one preset; `problems` is a list of (key_path, message)."""
 
-    def __init__(self, problems: list[tuple[str, str]], source: str = ""):
+    def __init__(self, problems: list[tuple[str, str]], source: str = "", hint: str = ""):
         self.problems = problems
         self.source = source
+        self.hint = hint
         head = f"{source}: " if source else ""
         lines = [f"{key}: {msg}" if key else msg for key, msg in problems]
-        super().__init__(head + f"{len(problems)} problem(s) in the preset\n  " + "\n  ".join(lines))
+        super().__init__(head + f"{len(problems)} problem(s) in the preset\n  " + "\n  ".join(lines)
+                         + (f"\n  -> {hint}" if hint else ""))
 
 
 # --- migrations: MIGRATIONS[v] turns a version-v dict into a version-(v+1) dict ------------------------------------
@@ -60,9 +62,14 @@ def migrate(data: dict) -> dict:
 # --- environment variables of the FLUX identity guide --------------------------------------------------------------
 def env_overrides(env: typing.Mapping[str, str]) -> list[str]:
     """`--set`-style overrides from environment variables (MODEL_PATH, RANK, UNET_LR, ...)."""
+    return [f"{key}={value}" for key, (_, value) in env_sources(env).items()]
+
+
+def env_sources(env: typing.Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """{preset key: (environment variable, its value)} for the variables that are set (not empty)."""
     mapping = {meta_env: key for key, _, meta_env in _env_fields()}
     mapping["UNET_LR"] = "optimizers.unet.lr"
-    return [f"{key}={env[name]}" for name, key in mapping.items() if env.get(name, "") != ""]
+    return {key: (name, env[name]) for name, key in mapping.items() if env.get(name, "") != ""}
 
 
 def _env_fields():
@@ -84,8 +91,9 @@ def read_preset_file(path: str | os.PathLike) -> dict:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as e:
         raise ConfigError([("", f"{path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {e}")])
-    if data is None:
-        data = {}
+    if not data:  # an empty file would train every default silently
+        raise ConfigError([("", f"{path} is empty: a preset holds sections like model:, dataset:, training:")],
+                          hint="Start from one of the shipped presets in presets/ (Save as in the app).")
     if not isinstance(data, dict):
         raise ConfigError([("", f"{path} must hold a mapping of sections (model:, dataset:, ...)")])
     return data
@@ -96,17 +104,21 @@ def load_preset(path, overrides: list[str] = (), env: typing.Mapping[str, str] |
     try:
         return preset_from_dict(read_preset_file(path), overrides, env)
     except ConfigError as e:
-        raise ConfigError(e.problems, source=str(path)) from None
+        raise ConfigError(e.problems, source=str(path), hint=e.hint) from None
 
 
 def preset_from_dict(data: dict, overrides: list[str] = (), env=None) -> Preset:
     data = migrate(json.loads(json.dumps(data, default=str)))  # a deep copy of plain data
     problems: list[tuple[str, str]] = []
+    from_env = env_sources(env) if env else {}
     for item in [*(env_overrides(env) if env else []), *overrides]:
         _apply_override(data, item, problems)
     preset = build(Preset, data, "", problems)
     if not problems:
         problems += validate(preset)
+    set_on_command_line = {item.partition("=")[0].strip() for item in overrides}
+    problems = [(key, f"{msg} (from the environment variable {from_env[key][0]}={from_env[key][1]})")
+                if key in from_env and key not in set_on_command_line else (key, msg) for key, msg in problems]
     if problems:
         raise ConfigError(problems)
     return preset

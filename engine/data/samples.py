@@ -61,6 +61,9 @@ def collect_samples(dataset, warn) -> list[Sample]:
     from engine.failures import UserError
 
     root = Path(dataset.path).expanduser()
+    if dataset.path and root.is_file():
+        raise UserError(f"dataset.path: {root} is a file, not a folder.",
+                        f"Set dataset.path to the folder that holds your images and captions ({root.parent}?).")
     if not dataset.path or not root.is_dir():
         raise UserError(f"dataset.path: the dataset folder does not exist: {root if dataset.path else '(empty)'}",
                         "Set dataset.path (or DATA_DIR) to the folder with your images and .txt captions.")

@@ -36,7 +36,47 @@ def _from_folder(pipeline_cls, folder: Path, dtype, kwargs):
         raise UserError(f"model.path: {folder} is not a diffusers model folder (it has no model_index.json).",
                         "Point model.path at the folder that holds model_index.json, unet/, vae/ ..., or at a "
                         "single .safetensors checkpoint file.")
-    return pipeline_cls.from_pretrained(folder, dtype=dtype, local_files_only=True, **kwargs)
+    missing = [part for part in missing_config_parts(folder) if not part.startswith(("tokenizer", "scheduler",
+                                                                                     "feature_extractor"))]
+    missing += [f"{name}/ (its weights)" for name in _weighted_parts(folder) if not _has_weights(folder / name)]
+    if missing:
+        raise UserError(f"model.path: the model folder {folder} is incomplete: {', '.join(missing)} missing.",
+                        "The download was interrupted or only part of the model was copied: download the model "
+                        "folder again (all of unet/, vae/, text_encoder/ ...).")
+    try:
+        return pipeline_cls.from_pretrained(folder, dtype=dtype, local_files_only=True, **kwargs)
+    except Exception as e:  # noqa: BLE001 - a damaged weights file gets its name; anything else goes on as it was
+        damaged = damaged_weights(folder)
+        if damaged:
+            raise UserError(f"{damaged} is not a valid weights file (damaged or incompletely downloaded).",
+                            f"Download {damaged.parent.name}/{damaged.name} again (or the whole model folder).") from e
+        raise
+
+
+def _weighted_parts(folder: Path) -> list[str]:
+    """The pipeline parts that hold weights (unet, vae, text encoders, transformer), from model_index.json."""
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    return [name for name, spec in index.items() if isinstance(spec, list) and spec[0] is not None
+            and not name.startswith(("_", "tokenizer", "scheduler", "feature_extractor", "safety_checker",
+                                     "image_encoder"))]
+
+
+def _has_weights(part: Path) -> bool:
+    return any(part.glob("*.safetensors")) or any(part.glob("*.bin")) or any(part.glob("*.safetensors.index.json"))
+
+
+def damaged_weights(folder: Path) -> Path | None:
+    """The first .safetensors file under `folder` whose header or size does not read back whole, or None."""
+    from safetensors import safe_open
+
+    for file in sorted(folder.rglob("*.safetensors")):
+        try:
+            with safe_open(str(file), "pt") as f:
+                for key in f.keys():
+                    f.get_slice(key)  # header entries pointing past the end of a cut-off file fail here
+        except Exception:  # noqa: BLE001 - any failure to read it back means the file is damaged
+            return file
+    return None
 
 
 def _from_hub(pipeline_cls, repo_id: str, dtype, kwargs):

@@ -253,10 +253,16 @@ def export_info(r: Run):
 
 def resume_state(r: Run) -> dict:
     return {"step": r.step, "epoch": r.epoch, "cursor": r.cursor, "total_steps": r.total_steps,
-            "started_at": r.started_at,
+            "started_at": r.started_at, "network": network_shape(r.preset.network),
             "samples": len(r.samples), "weights": ckpt.trained_weights(named_trainables(r), r.trained_names),
             "optim": r.optim.state_dict(), "rng": ckpt.rng_state(r.noise_gen),
             "ema": r.ema.state_dict() if r.ema else None}
+
+
+def network_shape(network) -> dict:
+    """What the saved weights' shapes depend on: a resume with other values cannot load them."""
+    return {"type": network.type, "rank": network.rank, "train_text_encoder": network.train_text_encoder,
+            "targets": list(network.targets)}
 
 
 def render_samples(r: Run) -> None:

@@ -69,6 +69,7 @@ class Run:
 
 def setup(run_dir: Path, preset, events: EventWriter, resume: bool) -> Run:
     from engine.models.families import get_family
+    from engine.models.families.detect import check_family
 
     quiet_libraries()
     training = preset.training
@@ -78,6 +79,7 @@ def setup(run_dir: Path, preset, events: EventWriter, resume: bool) -> Run:
     warn_unsupported(preset, events)
     torch.manual_seed(training.seed)  # adapter init and dropout: the same seed gives the same run
     family = get_family(preset.model.family)
+    check_family(family.name, preset.model.path)
     events.emit("status", phase="loading", text=f"Loading the {family.name} model from {preset.model.path}",
                 n=0, total=1)
     comps = family.load(preset.model, weight_dtype, device)
@@ -140,6 +142,10 @@ def warn_unsupported(preset, events) -> None:
     if preset.model.quantize_base != "none":
         notes.append(f"model.quantize_base: {preset.model.quantize_base} base weights are not implemented yet; "
                      f"the base model loads unquantized.")
+    for comp, opt in preset.optimizers.items():  # legal (re-saving a LoRA unchanged), but rarely what was meant
+        if opt.lr == 0 and (comp == "unet" or preset.network.train_text_encoder):
+            notes.append(f"optimizers.{comp}.lr is 0: this run will not change the {comp} at all "
+                         f"(1e-4 is the usual LoRA learning rate).")
     for message in notes:
         events.emit("warning", message=message)
 
@@ -202,6 +208,7 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
     from engine.training.objectives import make_objective
 
     training = preset.training
+    check_disk_before_run(run_dir, preset, comps, trainables)
     samples, batches = prepare_batches(preset.dataset, training, preset.network, family, comps, device,
                                        warn=lambda message: events.emit("warning", message=message),
                                        progress=lambda phase, text: lambda n, total: events.emit(
@@ -224,6 +231,25 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
         r.ema = ckpt.Ema(params, training.ema.decay)
     park_idle(r)
     return r
+
+
+def check_disk_before_run(run_dir: Path, preset, comps, trainables: dict) -> None:
+    """Refuse a run whose saves cannot fit the drive, before caching and training write anything."""
+    from engine.data.cache import cache_dir_for
+    from engine.data.layout import find_items
+    from engine.data.plan import total_steps
+    from engine.training.disk_space import check_free_space, estimate
+
+    trained = sum(p.numel() for modules in trainables.values() for m in modules for p in m.parameters()
+                  if p.requires_grad)
+    everything = sum(p.numel() for m in (comps.denoiser, comps.vae, *comps.text_encoders) for p in m.parameters())
+    d, t = preset.dataset, preset.training
+    images = len(find_items(Path(d.path).expanduser(), d.caption_ext)) if Path(d.path).expanduser().is_dir() else 0
+    # max_epochs runs: about one save per epoch is the most that cadence gives for the estimate
+    steps = total_steps(t.max_steps, t.max_epochs, max(1, images // max(1, t.batch_size * t.grad_accum)))
+    need = estimate(trained, everything, preset.network, preset.output, steps, images, d.resolution_px,
+                    t.cache_latents)  # buckets keep about the resolution's pixel count
+    check_free_space(run_dir, cache_dir_for(d.path), need)
 
 
 def make_accelerator(mixed: str, device: str):
@@ -251,6 +277,7 @@ def make_optimizer_set(preset, trainables: dict, total: int, accelerator):
 def restore(r: Run) -> None:
     """Continue at the saved step: weights, optimizer + schedule, RNG and data position."""
     state = ckpt.load_state(r.run_dir / "state")
+    check_same_network(state.get("network"), r.preset.network, r.run_dir)
     if state["samples"] != len(r.samples):
         r.emit("warning", message=f"The dataset changed since the run stopped ({state['samples']} -> "
                                   f"{len(r.samples)} images): the data order after resuming differs.")
@@ -265,6 +292,24 @@ def restore(r: Run) -> None:
     r.started_at = state.get("started_at", r.started_at)
     freeze_finished_components(r)
     r.status("resuming", f"Resuming at step {r.step} of {r.total_steps} (epoch {r.epoch + 1})")
+
+
+def check_same_network(saved: dict | None, network, run_dir: Path) -> None:
+    """A resume whose preset.yaml changed the network's shape: say which setting, and the two ways on."""
+    if not saved:
+        return  # a state from before Easel recorded it: restore_weights still refuses a mismatch
+    now = {"type": network.type, "rank": network.rank, "train_text_encoder": network.train_text_encoder,
+           "targets": list(network.targets)}
+    changed = [key for key in saved if saved[key] != now.get(key)]
+    if not changed:
+        return
+    key = changed[0]
+    files = sorted((run_dir / "checkpoints").glob("*.safetensors")) + sorted(run_dir.glob("*.safetensors"))
+    example = f" (e.g. {files[-1]})" if files else " (a .safetensors file of its checkpoints/ folder)"
+    raise UserError(f"network.{key}: the run was trained with {key} {saved[key]!r}, and its preset.yaml now says "
+                    f"{now[key]!r}: the saved weights do not fit.",
+                    f"Put network.{key}: {saved[key]!r} back to resume; or start a new run, and to continue from "
+                    f"this run's LoRA set network.init_from to one of its files{example}.")
 
 
 # ------------------------------------------------------------------------------------ shared with the loop
