@@ -114,6 +114,8 @@ if errorlevel 1 goto pip_failed
 
 "%VPY%" -c "import torch; gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none found - update the NVIDIA driver; training on the CPU is very slow'; print('[easel] PyTorch', torch.__version__, '- CUDA GPU:', gpu)"
 if errorlevel 1 goto torch_broken
+rem The system doctor: GPU, driver, CUDA build, RAM and disk, each with what to do (it only reports).
+if exist "engine\system_doctor.py" "%VPY%" -m engine doctor
 
 echo.
 echo [easel] Installed. Start Easel with gui.bat: double-click it, or type  gui.bat  here.

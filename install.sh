@@ -145,6 +145,8 @@ print("[easel] PyTorch {}, CUDA GPU: {}".format(torch.__version__, gpu))' \
     || die "PyTorch was installed but does not import (see above). Delete '$VENV' and run 'bash install.sh' again."
 
 say "Installed in $((SECONDS - START)) s."
+# The system doctor: GPU, driver, CUDA build, RAM and disk, each with what to do (it only reports)
+[ -f "$HERE/engine/system_doctor.py" ] && { "$VPY" -m engine doctor --runs-dir "$HERE/runs" || true; }
 if [ "$RUN" = 1 ]; then
     exec "$HERE/gui.sh"
 fi
