@@ -169,3 +169,23 @@ def test_a_disk_that_fills_during_a_save_keeps_the_last_good_checkpoint(demo, tm
     assert train.run(run_dir, resume=True) == 0
     assert [e["step"] for e in read_all(run_dir / "events.jsonl") if e["kind"] == "step"][-2:] == [3, 4]
     assert (run_dir / "demo.safetensors").is_file()
+
+
+def test_a_real_small_filesystem_is_refused_before_the_run_writes_its_saves(demo, tmp_path):
+    """On a 256 KB tmpfs (where this machine lets root mount one): the free-space check reads the real drive."""
+    import os
+    import subprocess
+
+    mount = tmp_path / "small disk"
+    mount.mkdir()
+    if os.name == "nt" or os.geteuid() != 0 or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root on Linux")
+    try:
+        run_dir = create_run_dir(load_preset(demo, QUICK), root=mount)
+        assert train.run(run_dir) == 1
+        error = read_all(run_dir / "events.jsonl")[-1]
+        assert f"Not enough free disk space for this run in {run_dir}" in error["message"]
+        assert not list((run_dir / "checkpoints").iterdir()) and not list((run_dir / "state").iterdir())
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)

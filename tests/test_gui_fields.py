@@ -165,3 +165,9 @@ def test_bad_form_values_name_their_key(form):
     assert updates[form.widgets["dataset.resolution_px"]]["info"].startswith("⚠ dataset.resolution_px: 50 is out of range")
     assert "has-problem" in updates[form.widgets["optimizers.unet.params"]]["elem_classes"]
     assert updates[form.accordion_of["optimizers.unet.params"]] == gr.update(open=True)
+
+
+def test_the_diffusers_format_says_who_loads_it(form):
+    """For SD families a diffusers-format LoRA loads in diffusers only: the choice says so."""
+    choices = dict((value, label) for label, value in form.widgets["output.formats"].choices)
+    assert choices == {"kohya": "kohya (A1111 / Forge / ComfyUI)", "diffusers": "diffusers (for diffusers / Python)"}

@@ -103,10 +103,9 @@ def test_a1111_places_every_module(written):
                 f"{layer}_self_attn_out_proj" in te, layer
 
 
-def test_sdxl_is_written_in_the_original_names_only(written):
-    family, widest, unet, te, _ = written
-    if family != "sdxl":
-        pytest.skip("SD1.x/SD2 keep diffusers paths, as sd-scripts writes them")
+@pytest.mark.parametrize("widest", [False, True], ids=["default-targets", "widest-targets"])
+def test_sdxl_is_written_in_the_original_names_only(widest):
+    unet, te, _ = kohya_names("sdxl", widest)  # SD1.x/SD2 keep diffusers paths, as sd-scripts writes them
     assert not [n for n in unet + te if matches_any(n, SDXL_NEVER)]
     assert "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q" in unet
     if widest:  # the upsampler conv A1111 dropped from diffusers-style SDXL files
