@@ -3,7 +3,7 @@ it left (every file loads) and that the run finishes with the result of a run th
 
 Used by tests/test_crash_battery.py (a few chosen moments) and bench/crash_battery.py (N random ones).
 Moments: caching (the 3rd latent being encoded), mid-step (inside step 3), checkpoint (the step-3 LoRA written
-but not yet in place), state (the same for the resume state), or a number: seconds after the start.
+but not yet in place), state (the same for the resume state), or a number: seconds after the engine's first event.
 """
 from __future__ import annotations
 
@@ -81,10 +81,13 @@ def kill_at(run_dir: Path, moment: str, timeout_s: float = 300) -> bool:
         proc = subprocess.Popen([sys.executable, "-c", CHILD, str(run_dir), moment, str(marker)], cwd=ROOT,
                                 env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
-        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if delay is not None and proc.poll() is None:
-            time.sleep(delay)
+        # a moment: its marker; a delay: counted from the engine's first event (after the imports)
+        started = marker if delay is None else run_dir / "events.jsonl"
+        while not (started.exists() and started.stat().st_size) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        until = time.monotonic() + (delay or 0.0)
+        while delay is not None and proc.poll() is None and time.monotonic() < until:
+            time.sleep(0.02)
         ended = proc.poll() is not None
         proc.kill()
         proc.wait()
