@@ -86,7 +86,9 @@ rem --- 3. torch, on its own and first -----------------------------------------
 :install_torch
 echo [easel] 3/4 Installing PyTorch %TORCH_WANT% from %EASEL_TORCH_INDEX%, about 3 GB: several minutes on a slow line...
 set "STEP=install PyTorch %TORCH_VERSION% from %EASEL_TORCH_INDEX%"
-"%VPY%" -m pip install "torch==%TORCH_VERSION%" --index-url "%EASEL_TORCH_INDEX%"
+rem torch==VERSION+TAG, not VERSION alone: an installed 2.13.0+cu130 satisfies "==2.13.0", and a switch to cu126
+rem (EASEL_TORCH_CUDA, or a new driver) would change nothing.
+"%VPY%" -m pip install "torch==%TORCH_WANT%" --index-url "%EASEL_TORCH_INDEX%"
 if errorlevel 1 goto pip_failed
 goto torch_done
 :torch_present

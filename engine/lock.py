@@ -4,7 +4,9 @@
         lock.took_over                  # the stale lock it replaced (a crashed engine's), or None
 
 Taken with O_EXCL, so two engines starting at the same moment cannot both win. A lock whose process is gone, or
-whose PID now belongs to another program (its start time differs), is stale and taken over. Torch-free.
+whose PID now belongs to another program (its start time differs), is stale and taken over; the takeover itself
+happens under a second O_EXCL file (engine.lock.takeover), so two engines finding the same stale lock cannot both
+replace it. Torch-free.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 
 LOCK_NAME = "engine.lock"
+ACCESS_DENIED = -1.0  # process_start_time() of a process this account may not inspect
 
 
 class RunLocked(Exception):
@@ -23,9 +26,14 @@ class RunLocked(Exception):
     def __init__(self, run_dir: Path, owner: dict):
         self.run_dir, self.owner = run_dir, owner
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("started", 0)))
-        super().__init__(f"{run_dir} is being trained by another engine (process {owner.get('pid')}, started "
-                         f"{since}). Wait for it to finish, or stop it (the GUI's Stop, or create the file "
-                         f"{run_dir / 'control' / 'stop'}), then try again.")
+        host = owner.get("host")
+        elsewhere = host not in (None, socket.gethostname())
+        super().__init__(
+            f"{run_dir} is being trained by another engine (process {owner.get('pid')}"
+            + (f" on the computer {host}" if elsewhere else "") + f", started {since}). Wait for it to finish, or "
+            f"stop it (the GUI's Stop, or create the file {run_dir / 'control' / 'stop'}), then try again."
+            + (f" If no engine runs on {host} any more (a container or a renamed PC), delete "
+               f"{run_dir / LOCK_NAME}." if elsewhere else ""))
 
 
 def process_start_time(pid: int) -> float | None:
@@ -34,7 +42,9 @@ def process_start_time(pid: int) -> float | None:
 
     try:
         return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+    except psutil.AccessDenied:
+        return ACCESS_DENIED  # another account's process: alive, and not ours to judge
+    except (psutil.NoSuchProcess, ValueError):
         return None
 
 
@@ -43,7 +53,9 @@ def _alive(owner: dict) -> bool:
         return True
     if owner.get("host") not in (None, socket.gethostname()):
         return True  # another computer's engine (a shared folder): it cannot be checked, so it is respected
-    started = process_start_time(int(owner.get("pid", -1)))
+    started = process_start_time(int(owner.get("pid") or -1))
+    if started == ACCESS_DENIED:
+        return True
     return started is not None and abs(started - float(owner.get("started", 0))) < 2.0
 
 
@@ -57,20 +69,41 @@ class RunLock:
 
     def __enter__(self) -> "RunLock":
         data = json.dumps(self.mine).encode("utf-8")
-        for _ in range(3):  # a stale lock removed by us (or by a racing engine) is retried
+        for _ in range(50):  # a stale lock is replaced (by us or a racing engine), then the create is tried again
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 owner = self._read()
                 if owner is not None and _alive(owner):
                     raise RunLocked(self.run_dir, owner) from None
-                self.took_over = owner or {"pid": None}
-                self.path.unlink(missing_ok=True)
+                self._remove_stale()
                 continue
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             return self
         raise RunLocked(self.run_dir, self._read() or {})
+
+    def _remove_stale(self) -> None:
+        """Delete a stale lock, under engine.lock.takeover: of two engines that found it, one removes it, the
+        other waits and then finds the winner's live lock."""
+        guard = self.path.with_name(self.path.name + ".takeover")
+        try:
+            os.close(os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            try:
+                if time.time() - guard.stat().st_mtime > 10:  # left by an engine killed mid-takeover
+                    guard.unlink(missing_ok=True)
+            except OSError:
+                pass
+            time.sleep(0.05)
+            return
+        try:
+            owner = self._read()  # again, under the guard: it may be a live lock by now
+            if owner is None or not _alive(owner):
+                self.took_over = owner or {"pid": None}
+                self.path.unlink(missing_ok=True)
+        finally:
+            guard.unlink(missing_ok=True)
 
     def _read(self) -> dict | None:
         try:

@@ -3,6 +3,7 @@ to do. Each of these used to end in an internal exception or, worse, in a run th
 from __future__ import annotations
 
 import errno
+import json
 import shutil
 from pathlib import Path
 
@@ -189,3 +190,37 @@ def test_a_real_small_filesystem_is_refused_before_the_run_writes_its_saves(demo
         assert not list((run_dir / "checkpoints").iterdir()) and not list((run_dir / "state").iterdir())
     finally:
         subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_hub_folder_without_its_safety_checker_still_trains(demo, tmp_path):
+    """A common way to save 1.2 GB: model_index.json lists a safety_checker the folder does not have."""
+    model = shutil.copytree(load_preset(demo).model.path, tmp_path / "model")
+    index = json.loads((model / "model_index.json").read_text(encoding="utf-8"))
+    index["safety_checker"] = ["stable_diffusion", "StableDiffusionSafetyChecker"]
+    (model / "model_index.json").write_text(json.dumps(index), encoding="utf-8")
+    run_dir = create_run_dir(load_preset(demo, [*QUICK, f"model.path={model}"]), root=tmp_path / "runs")
+    assert train.run(run_dir) == 0, read_all(run_dir / "events.jsonl")[-1]
+
+
+def test_free_space_counts_what_a_resume_has_and_only_warns_for_the_cache(tmp_path, monkeypatch):
+    import engine.training.disk_space as disk_space
+
+    run_dir, cache = tmp_path / "run", tmp_path / "dataset" / "_easel" / "cache"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "old.safetensors").write_bytes(b"x" * 900)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(disk_space.shutil, "disk_usage", lambda p: usage._replace(free=1_000))
+    need = {"run": 1_500, "one_save": 400, "cache": 5_000}
+    # 1,500 at most, 900 of it there already: 600 more fit in 1,000; the cache does not, which only warns
+    warning = disk_space.check_free_space(run_dir, cache, need)
+    assert warning and "kept in memory instead" in warning
+    (run_dir / "checkpoints" / "old.safetensors").unlink()
+    with pytest.raises(Exception, match="Not enough free disk space"):
+        disk_space.check_free_space(run_dir, cache, need)
+    # a dataset on a drive that is not there (unplugged): no crash here, the dataset check says so later
+    class Unplugged:  # os as disk_space sees it, with the dataset's drive gone
+        @staticmethod
+        def stat(path):
+            raise OSError(2, "No such device", str(path))
+    monkeypatch.setattr(disk_space, "os", Unplugged)
+    assert disk_space.check_free_space(run_dir, cache, {**need, "run": 500}) is None

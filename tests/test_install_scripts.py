@@ -90,7 +90,8 @@ def test_requirements_are_exact_pins_without_torch(name):
 def test_install_bat_pins_the_same_torch_first():
     text = (ROOT / "install.bat").read_text()
     assert re.search(r'^set "TORCH_VERSION=([\d.]+)"', text, re.M).group(1) == TORCH_VERSION
-    torch_at = text.index('pip install "torch==%TORCH_VERSION%" --index-url')
+    torch_at = text.index('pip install "torch==%TORCH_WANT%" --index-url')
+    assert 'set "TORCH_WANT=%TORCH_VERSION%+%TORCH_CUDA%"' in text  # the build's tag, so a switch reinstalls
     assert text.index("-r requirements.txt") > torch_at
     assert '-c ".venv\\easel-constraints.txt" %REQS%' in text
     assert re.search(r"^TORCH_VERSION=([\d.]+)$", (ROOT / "install.sh").read_text(), re.M).group(1) == TORCH_VERSION

@@ -103,3 +103,32 @@ def test_two_engines_started_together_train_the_folder_once(run_dir):
     assert codes == [0, 2], outs
     assert "another engine" in refused or "has already trained" in refused
     assert kinds(run_dir).count("started") == 1 and kinds(run_dir)[-1] == "done"
+
+
+def test_two_engines_finding_the_same_stale_lock_do_not_both_take_it(tmp_path):
+    import threading
+
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": 999_999_999, "started": 1.0, "host": None}))
+    results, barrier = [], threading.Barrier(2)
+
+    def enter():
+        barrier.wait()
+        try:
+            lock = RunLock(tmp_path).__enter__()
+            results.append(("won", lock))
+        except RunLocked:
+            results.append(("refused", None))
+    threads = [threading.Thread(target=enter) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(r for r, _ in results) == ["refused", "won"]
+    assert not (tmp_path / f"{LOCK_NAME}.takeover").exists()
+
+
+def test_a_lock_from_another_computer_says_how_to_clear_it(tmp_path):
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": 7, "started": 1.0, "host": "old-container-1f2e"}))
+    with pytest.raises(RunLocked) as e:
+        RunLock(tmp_path).__enter__()
+    assert "on the computer old-container-1f2e" in str(e.value) and f"delete {tmp_path / LOCK_NAME}" in str(e.value)

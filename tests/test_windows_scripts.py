@@ -195,7 +195,7 @@ def test_the_whole_install_runs_torch_first_then_the_pins_held_at_its_version(wi
     r = run_bat(wine, project, "install.bat", "dev", EASEL_PYTHON=fake_python(wine))
     assert r.rc == 0, r.out
     assert r.pip_calls() == [
-        f"install\ttorch=={TORCH}\t--index-url\thttps://download.pytorch.org/whl/cu130",
+        f"install\ttorch=={TORCH}+cu130\t--index-url\thttps://download.pytorch.org/whl/cu130",
         "install\t-c\t.venv\\easel-constraints.txt\t-r\trequirements.txt\t-r\trequirements-dev.txt",
     ]
     assert (project / ".venv" / "easel-constraints.txt").read_text().strip() == f"torch=={TORCH}"
@@ -204,15 +204,16 @@ def test_the_whole_install_runs_torch_first_then_the_pins_held_at_its_version(wi
     assert again.rc == 0 and "Using the existing .venv" in again.out
 
 
-@pytest.mark.parametrize("env, index", [
-    ({"FAKE_TORCH_CUDA": "cu126"}, "https://download.pytorch.org/whl/cu126"),      # the picker's choice
-    ({"EASEL_TORCH_CUDA": "cu126"}, "https://download.pytorch.org/whl/cu126"),     # the user's choice
-    ({"EASEL_TORCH_INDEX": "https://example.invalid/whl"}, "https://example.invalid/whl"),
+@pytest.mark.parametrize("env, pin, index", [
+    ({"FAKE_TORCH_CUDA": "cu126"}, f"{TORCH}+cu126", "https://download.pytorch.org/whl/cu126"),  # the picker's
+    ({"EASEL_TORCH_CUDA": "cu126"}, f"{TORCH}+cu126", "https://download.pytorch.org/whl/cu126"),  # the user's
+    ({"EASEL_TORCH_INDEX": "https://example.invalid/whl"}, TORCH, "https://example.invalid/whl"),
 ])
-def test_the_torch_build_follows_the_picker_or_the_user(wine, project, env, index):
+def test_the_torch_build_follows_the_picker_or_the_user(wine, project, env, pin, index):
+    # the tag is part of the pin: pip would keep an installed 2.13.0+cu130 for a plain "==2.13.0"
     r = run_bat(wine, project, "install.bat", EASEL_PYTHON=fake_python(wine), **env)
     assert r.rc == 0, r.out
-    assert r.pip_calls()[0] == f"install\ttorch=={TORCH}\t--index-url\t{index}"
+    assert r.pip_calls()[0] == f"install\ttorch=={pin}\t--index-url\t{index}"
     asked_picker = any("torch_build.py" in call for call in r.py_calls)
     assert asked_picker == ("FAKE_TORCH_CUDA" in env)
 

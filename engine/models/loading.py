@@ -10,6 +10,9 @@ from pathlib import Path
 from engine.failures import UserError
 
 SINGLE_FILE_EXTS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+# Pipeline parts a training run does without (the SD families load with safety_checker=None; tokenizers and
+# schedulers are checked by from_pretrained itself): an "incomplete folder" never names these.
+OPTIONAL_PARTS = ("tokenizer", "scheduler", "feature_extractor", "safety_checker", "image_encoder")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -36,8 +39,7 @@ def _from_folder(pipeline_cls, folder: Path, dtype, kwargs):
         raise UserError(f"model.path: {folder} is not a diffusers model folder (it has no model_index.json).",
                         "Point model.path at the folder that holds model_index.json, unet/, vae/ ..., or at a "
                         "single .safetensors checkpoint file.")
-    missing = [part for part in missing_config_parts(folder) if not part.startswith(("tokenizer", "scheduler",
-                                                                                     "feature_extractor"))]
+    missing = [part for part in missing_config_parts(folder) if not part.startswith(OPTIONAL_PARTS)]
     missing += [f"{name}/ (its weights)" for name in _weighted_parts(folder) if not _has_weights(folder / name)]
     if missing:
         raise UserError(f"model.path: the model folder {folder} is incomplete: {', '.join(missing)} missing.",
@@ -57,8 +59,7 @@ def _weighted_parts(folder: Path) -> list[str]:
     """The pipeline parts that hold weights (unet, vae, text encoders, transformer), from model_index.json."""
     index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     return [name for name, spec in index.items() if isinstance(spec, list) and spec[0] is not None
-            and not name.startswith(("_", "tokenizer", "scheduler", "feature_extractor", "safety_checker",
-                                     "image_encoder"))]
+            and not name.startswith(("_", *OPTIONAL_PARTS))]
 
 
 def _has_weights(part: Path) -> bool:

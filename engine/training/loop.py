@@ -32,6 +32,10 @@ def run(run_dir: Path, resume: bool = False) -> int:
     except RunLocked as e:  # said on stderr, not as an event: the engine that holds the lock owns events.jsonl
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
+    except OSError as e:  # the run folder itself cannot be written (read-only, gone): no events file either
+        print(f"error: cannot write to the run folder {run_dir} ({e.strerror or e}): choose another output.dir, "
+              f"a folder you can write to.", file=sys.stderr, flush=True)
+        return 2
 
 
 def run_locked(run_dir: Path, resume: bool, lock: RunLock) -> int:

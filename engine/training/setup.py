@@ -208,7 +208,9 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
     from engine.training.objectives import make_objective
 
     training = preset.training
-    check_disk_before_run(run_dir, preset, comps, trainables)
+    warning = check_disk_before_run(run_dir, preset, comps, trainables)
+    if warning:
+        events.emit("warning", message=warning)
     samples, batches = prepare_batches(preset.dataset, training, preset.network, family, comps, device,
                                        warn=lambda message: events.emit("warning", message=message),
                                        progress=lambda phase, text: lambda n, total: events.emit(
@@ -233,8 +235,9 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
     return r
 
 
-def check_disk_before_run(run_dir: Path, preset, comps, trainables: dict) -> None:
-    """Refuse a run whose saves cannot fit the drive, before caching and training write anything."""
+def check_disk_before_run(run_dir: Path, preset, comps, trainables: dict) -> str | None:
+    """Refuse a run whose saves cannot fit the drive, before caching and training write anything; a warning
+    (returned) when only the latent cache does not fit."""
     from engine.data.cache import cache_dir_for
     from engine.data.layout import find_items
     from engine.data.plan import total_steps
@@ -249,7 +252,7 @@ def check_disk_before_run(run_dir: Path, preset, comps, trainables: dict) -> Non
     steps = total_steps(t.max_steps, t.max_epochs, max(1, images // max(1, t.batch_size * t.grad_accum)))
     need = estimate(trained, everything, preset.network, preset.output, steps, images, d.resolution_px,
                     t.cache_latents)  # buckets keep about the resolution's pixel count
-    check_free_space(run_dir, cache_dir_for(d.path), need)
+    return check_free_space(run_dir, cache_dir_for(d.path), need)
 
 
 def make_accelerator(mixed: str, device: str):
