@@ -118,6 +118,13 @@ def fake_python(wine) -> str:
     return windows_path(wine["python"])
 
 
+def venv_scripts(project: Path) -> Path:
+    """The project's .venv\\Scripts folder, made empty: a test puts the programs it needs there."""
+    scripts = project / ".venv" / "Scripts"
+    scripts.mkdir(parents=True)
+    return scripts
+
+
 # --------------------------------------------------------------------------------------------- install.bat
 def test_an_unknown_option_is_named_with_the_usage(wine, project):
     r = run_bat(wine, project, "install.bat", "--bogus")
@@ -225,9 +232,7 @@ def test_a_failed_pip_step_is_named_and_the_window_says_what_to_do(wine, project
 
 
 def test_a_broken_venv_is_named(wine, project):
-    scripts = project / ".venv" / "Scripts"
-    scripts.mkdir(parents=True)
-    (scripts / "python.exe").write_text("not a program")
+    (venv_scripts(project) / "python.exe").write_text("not a program")
     r = run_bat(wine, project, "install.bat")
     assert r.rc == 1 and "Delete the .venv folder" in r.out
 
@@ -239,9 +244,7 @@ def test_gui_bat_without_an_install_says_to_run_install_bat(wine, project):
 
 
 def test_gui_bat_passes_its_arguments_and_returns_the_exit_code(wine, project):
-    scripts = project / ".venv" / "Scripts"
-    scripts.mkdir(parents=True)
-    shutil.copy2(wine["python"], scripts / "python.exe")
+    shutil.copy2(wine["python"], venv_scripts(project) / "python.exe")
     r = run_bat(wine, project, "gui.bat", "--port", "7861", "two words")
     assert r.rc == 0, r.out
     assert r.py_calls == ["gui.py\t--port\t7861\ttwo words"]
@@ -256,9 +259,7 @@ def test_activate_venv_without_an_install_says_so(wine, project):
 
 
 def test_activate_venv_activates_in_the_callers_window(wine, project):
-    scripts = project / ".venv" / "Scripts"
-    scripts.mkdir(parents=True)
-    (scripts / "activate.bat").write_bytes(b'@set "EASEL_ACTIVATED=yes"\r\n')
+    (venv_scripts(project) / "activate.bat").write_bytes(b'@set "EASEL_ACTIVATED=yes"\r\n')
     (project / "check.bat").write_bytes(b'@echo off\r\ncall activate_venv.bat\r\necho activated=%EASEL_ACTIVATED%\r\n')
     r = run_bat(wine, project, "check.bat")
     assert r.rc == 0 and "activated=yes" in r.out
