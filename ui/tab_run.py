@@ -135,8 +135,8 @@ def render(view: RunView | None, parts: dict, force: bool = False) -> dict:
 
 
 def tick(view: RunView | None, parts: dict) -> dict:
-    if view is None:
-        return {}
+    if view is None:  # no run yet: change nothing (an empty dict is read by Gradio as one missing value)
+        return {parts["view"]: gr.skip()}
     if not view.finished:
         view.poll()
         check_process(view)

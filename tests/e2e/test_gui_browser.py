@@ -147,3 +147,19 @@ def wait_for(condition, timeout_s: float) -> None:
     while not condition():
         assert time.time() < deadline, "timed out"
         time.sleep(0.5)
+
+
+def test_an_idle_page_on_every_tab_makes_no_server_or_browser_errors(tmp):
+    """A page open with no run yet: the Run tab's timer ticks every second and must not fail (it did, 129 times in
+    two minutes: an empty update dict read as a missing value)."""
+    errors = []
+    with running_gui(tmp) as (url, gui_log), chromium_page() as page:
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.goto(url)
+        for tab in ("Dataset", "Captions", "Training", "Optimizer & LR", "Samples", "Run", "YAML"):
+            open_tab(page, tab)
+            page.wait_for_timeout(700)
+        page.wait_for_timeout(3000)  # a few more timer ticks
+        server = gui_log.read_text(encoding="utf-8", errors="replace")
+    assert "Traceback" not in server, server[server.index("Traceback"):][:1500]
+    assert not errors, errors[:5]
