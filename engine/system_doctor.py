@@ -25,6 +25,7 @@ from pathlib import Path
 EASEL_DIR = Path(__file__).resolve().parents[1]
 SEVERITIES = ("error", "warning", "info", "ok")
 CUDA13_MIN_COMPUTE = (7, 5)   # CUDA 13 dropped Maxwell, Pascal and Volta (GTX 900/10 series, Titan V)
+CUDA12_MAX_COMPUTE = (9, 0)   # PyTorch's CUDA 12.6 build has no Blackwell (RTX 50) kernels
 MIN_VRAM_GB, MIN_RAM_GB, MIN_PAGEFILE_GB, MIN_DISK_GB = 8, 16, 16, 20
 SETUP = "run install.bat again (Linux: bash install.sh)"
 
@@ -61,7 +62,7 @@ class Finding:
 
 # ---------------------------------------------------------------- gathering: what this PC is (no judging here)
 
-def _version(text) -> tuple[int, ...]:
+def version_numbers(text) -> tuple[int, ...]:
     """'581.57' -> (581, 57); '8.9' -> (8, 9); '', 'N/A' or None -> ()."""
     return tuple(int(p) for p in str(text or "").strip().split(".") if p.isdigit())
 
@@ -79,7 +80,7 @@ def query_nvidia_smi() -> tuple[str | None, list[dict]]:
             rows = [[c.strip() for c in line.split(",")] for line in proc.stdout.splitlines() if line.strip()]
             rows = [row if len(row) == 4 else [*row[:2], "", *row[2:]] for row in rows if len(row) >= 3]
             mib = [(r[3].split() or [""])[0] for r in rows]     # '24576 MiB', or '[N/A]'
-            gpus = [{"name": r[0], "compute": _version(r[2])[:2] or None,
+            gpus = [{"name": r[0], "compute": version_numbers(r[2])[:2] or None,
                      "vram_gb": round(int(m) / 1024, 1) if m.isdigit() else None} for r, m in zip(rows, mib)]
             return (rows[0][1] if rows else None), gpus
     return None, []
@@ -183,7 +184,7 @@ def gather_facts(easel_dir: Path = EASEL_DIR, runs_dir: Path | None = None) -> d
 
 def min_driver(cuda: str | None, plat: str) -> int | None:
     """The oldest NVIDIA driver (its major version) that runs torch's CUDA `cuda` build; None when not known."""
-    return {(13,): 580, (12,): 528 if plat == "win32" else 525}.get(_version(cuda)[:1])
+    return {(13,): 580, (12,): 528 if plat == "win32" else 525}.get(version_numbers(cuda)[:1])
 
 
 def _reinstall(tag: str, facts: dict) -> str:
@@ -244,14 +245,14 @@ def check_torch(facts: dict) -> list[Finding]:
     found = [Finding("torch", "ok" if available else "info",
                      f"PyTorch {version}, CUDA {cuda} build; CUDA is {'' if available else 'NOT '}available.")]
     need = min_driver(cuda, facts["platform"])
-    if _version(driver) and need and _version(driver)[0] < need:
+    if version_numbers(driver) and need and version_numbers(driver)[0] < need:
         hint = f"Update the NVIDIA driver to {need} or newer (nvidia.com/drivers or the NVIDIA App), then restart."
-        if _version(cuda)[0] >= 13 and _version(driver)[0] >= 528 and all((g["compute"] or (0, 0)) <= (9, 0)
-                                                                          for g in gpus):
+        if version_numbers(cuda)[0] >= 13 and version_numbers(driver)[0] >= min_driver("12", facts["platform"]) and all(
+                (g["compute"] or (0, 0)) <= CUDA12_MAX_COMPUTE for g in gpus):
             hint += " Or keep this driver: " + _reinstall("cu126", facts).replace("R", "r", 1)  # no RTX 50 code in it
         found.append(Finding("torch", "error", f"The NVIDIA driver {driver} is too old for PyTorch's CUDA {cuda} "
                                                f"build, which needs driver {need} or newer.", hint))
-    elif _version(driver) and need:
+    elif version_numbers(driver) and need:
         found.append(Finding("torch", "ok", f"NVIDIA driver {driver} (CUDA {cuda} needs {need} or newer)."))
     if gpus and not available and not any(f.severity == "error" for f in found):
         found.append(Finding("torch", "error", f"PyTorch's CUDA {cuda} build cannot use the GPU: "
@@ -274,7 +275,7 @@ def check_gpus(facts: dict) -> list[Finding]:
         cc = ".".join(map(str, compute)) if compute else "unknown"
         found.append(Finding("gpu", "ok", f"GPU {i}: {name}, {'?' if vram is None else vram} GB VRAM, "
                                           f"compute capability {cc}."))
-        if compute and tuple(compute) < CUDA13_MIN_COMPUTE and _version(cuda)[:1] >= (13,):
+        if compute and tuple(compute) < CUDA13_MIN_COMPUTE and version_numbers(cuda)[:1] >= (13,):
             found.append(Finding("gpu", "error", f"{name} (compute {cc}, older than the RTX 20 series) has no code in "
                                                  f"PyTorch's CUDA {cuda} build: it needs the CUDA 12.6 build.",
                                  _reinstall("cu126", facts)))

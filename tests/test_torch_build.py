@@ -53,20 +53,21 @@ def fake_nvidia_smi(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(os.name == "nt", reason="the fake nvidia-smi is a bash script")
 def test_nvidia_smi_is_read_per_gpu(fake_nvidia_smi):
-    fake_nvidia_smi('echo "NVIDIA GeForce RTX 4090, 581.57, 8.9"\necho "NVIDIA GeForce RTX 3090, 581.57, 8.6"\n')
+    fake_nvidia_smi('echo "NVIDIA GeForce RTX 4090, 581.57, 8.9, 24564 MiB"\n'
+                    'echo "NVIDIA GeForce RTX 3090, 581.57, 8.6, 24576 MiB"\n')
     assert query_gpus() == [("NVIDIA GeForce RTX 4090", "581.57", "8.9"), ("NVIDIA GeForce RTX 3090", "581.57", "8.6")]
 
 
 @pytest.mark.skipif(os.name == "nt", reason="the fake nvidia-smi is a bash script")
 def test_an_old_nvidia_smi_without_compute_cap_is_asked_again_without_it(fake_nvidia_smi):
     fake_nvidia_smi('case "$1" in *compute_cap*) echo "Field \\"compute_cap\\" is not a valid field" >&2; exit 2;; '
-                    'esac\necho "NVIDIA GeForce GTX 1060, 466.77"\n')
+                    'esac\necho "NVIDIA GeForce GTX 1060, 466.77, 6144 MiB"\n')
     assert query_gpus() == [("NVIDIA GeForce GTX 1060", "466.77", "")]
 
 
 @pytest.mark.skipif(os.name == "nt", reason="the fake nvidia-smi is a bash script")
 def test_the_script_prints_the_tag_alone_on_stdout_and_why_on_stderr(fake_nvidia_smi):
-    fake_nvidia_smi('echo "NVIDIA GeForce GTX 1080, 581.57, 6.1"\n')
+    fake_nvidia_smi('echo "NVIDIA GeForce GTX 1080, 581.57, 6.1, 8192 MiB"\n')
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "torch_build.py")], capture_output=True, text=True,
                           env=os.environ.copy())
     assert proc.returncode == 0

@@ -2,7 +2,8 @@
 
     python tools/torch_build.py            # asks nvidia-smi; prints e.g. "cu130", and why on stderr
 
-Stdlib only: install.bat runs it with the new .venv's Python, before torch is installed. Why a choice at all:
+Stdlib only (with engine/system_doctor.py, which holds the driver and GPU facts it shares): install.bat runs it
+with the new .venv's Python, before torch is installed. Why a choice at all:
 torch 2.12 and later publish no CUDA 12.8 wheels; their Windows builds are CUDA 13.0 (Turing / RTX 20 and newer,
 Blackwell / RTX 50 included) and CUDA 12.6 (the legacy build, back to Maxwell / GTX 900) — PyTorch's RELEASE.md
 CUDA support matrix. A CUDA 13 build needs an NVIDIA driver of 580 or newer, a CUDA 12 build 528 or newer
@@ -10,18 +11,17 @@ CUDA support matrix. A CUDA 13 build needs an NVIDIA driver of 580 or newer, a C
 """
 from __future__ import annotations
 
-import subprocess
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from install.bat
+# The system doctor (stdlib only at import) keeps the one copy of these facts and of the nvidia-smi query.
+from engine.system_doctor import CUDA12_MAX_COMPUTE, CUDA13_MIN_COMPUTE, min_driver, query_nvidia_smi  # noqa: E402
+from engine.system_doctor import version_numbers as _version  # noqa: E402
 
 CUDA13, CUDA12 = "cu130", "cu126"
-CUDA13_MIN_DRIVER = 580       # CUDA 13.x minor-version compatibility
-CUDA12_MIN_DRIVER = 528       # CUDA 12.x minor-version compatibility on Windows (528.33)
-CUDA13_MIN_COMPUTE = (7, 5)   # CUDA 13 dropped Maxwell, Pascal and Volta
-CUDA12_MAX_COMPUTE = (9, 0)   # the 12.6 build has no Blackwell (RTX 50) kernels
-
-
-def _version(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in text.strip().split(".") if part.isdigit())
+CUDA13_MIN_DRIVER = min_driver("13", "win32")   # CUDA 13.x minor-version compatibility
+CUDA12_MIN_DRIVER = min_driver("12", "win32")   # CUDA 12.x on Windows
 
 
 def pick(gpus: list[tuple[str, str, str]]) -> tuple[str, str]:
@@ -51,18 +51,10 @@ def pick(gpus: list[tuple[str, str, str]]) -> tuple[str, str]:
 
 
 def query_gpus() -> list[tuple[str, str, str]]:
-    """[(name, driver_version, compute_cap)] from nvidia-smi, or [] without an NVIDIA driver. Drivers older than
-    510 do not know the compute_cap field: then it is asked without it, and left empty."""
-    for fields in ("name,driver_version,compute_cap", "name,driver_version"):
-        try:
-            proc = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"],
-                                  capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.SubprocessError):
-            return []
-        if proc.returncode == 0:
-            rows = [[cell.strip() for cell in line.split(",")] for line in proc.stdout.splitlines() if line.strip()]
-            return [(row[0], row[1], row[2] if len(row) > 2 else "") for row in rows if len(row) >= 2]
-    return []
+    """[(name, driver_version, compute_cap)] from nvidia-smi, or [] without an NVIDIA driver (compute_cap is ''
+    for drivers older than 510, which do not report it)."""
+    driver, gpus = query_nvidia_smi()
+    return [(g["name"], driver or "", ".".join(map(str, g["compute"])) if g["compute"] else "") for g in gpus]
 
 
 if __name__ == "__main__":

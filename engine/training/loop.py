@@ -16,10 +16,11 @@ import torch.nn.functional as F
 
 from engine.config.load import ConfigError, load_preset
 from engine.events import EventWriter
-from engine.failures import NonFiniteLoss, error_fields
+from engine.failures import NonFiniteLoss, describe, error_fields
 from engine.lock import RunLock, RunLocked
 from engine.training import checkpoints as ckpt
-from engine.training.setup import Run, freeze_finished_components, idle_modules, named_trainables, park_idle, setup
+from engine.training.setup import Run, freeze_finished_components, idle_modules, named_trainables, \
+    network_shape, park_idle, setup
 
 CONTROL_REQUESTS = ("stop", "save_now", "sample_now")
 
@@ -32,9 +33,9 @@ def run(run_dir: Path, resume: bool = False) -> int:
     except RunLocked as e:  # said on stderr, not as an event: the engine that holds the lock owns events.jsonl
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
-    except OSError as e:  # the run folder itself cannot be written (read-only, gone): no events file either
-        print(f"error: cannot write to the run folder {run_dir} ({e.strerror or e}): choose another output.dir, "
-              f"a folder you can write to.", file=sys.stderr, flush=True)
+    except OSError as e:  # the run folder itself cannot be written (read-only, full, gone): no events file either
+        message, hint = describe(e)
+        print(f"error: {message}\n  hint: {hint}", file=sys.stderr, flush=True)
         return 2
 
 
@@ -261,12 +262,6 @@ def resume_state(r: Run) -> dict:
             "samples": len(r.samples), "weights": ckpt.trained_weights(named_trainables(r), r.trained_names),
             "optim": r.optim.state_dict(), "rng": ckpt.rng_state(r.noise_gen),
             "ema": r.ema.state_dict() if r.ema else None}
-
-
-def network_shape(network) -> dict:
-    """What the saved weights' shapes depend on: a resume with other values cannot load them."""
-    return {"type": network.type, "rank": network.rank, "train_text_encoder": network.train_text_encoder,
-            "targets": list(network.targets)}
 
 
 def render_samples(r: Run) -> None:

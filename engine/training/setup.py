@@ -297,12 +297,18 @@ def restore(r: Run) -> None:
     r.status("resuming", f"Resuming at step {r.step} of {r.total_steps} (epoch {r.epoch + 1})")
 
 
+def network_shape(network) -> dict:
+    """What the saved weights' shapes depend on (kept in the resume state): a resume with other values cannot
+    load them."""
+    return {"type": network.type, "rank": network.rank, "train_text_encoder": network.train_text_encoder,
+            "targets": list(network.targets)}
+
+
 def check_same_network(saved: dict | None, network, run_dir: Path) -> None:
     """A resume whose preset.yaml changed the network's shape: say which setting, and the two ways on."""
     if not saved:
         return  # a state from before Easel recorded it: restore_weights still refuses a mismatch
-    now = {"type": network.type, "rank": network.rank, "train_text_encoder": network.train_text_encoder,
-           "targets": list(network.targets)}
+    now = network_shape(network)
     changed = [key for key in saved if saved[key] != now.get(key)]
     if not changed:
         return
