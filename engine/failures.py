@@ -41,8 +41,9 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text or "can't allocate memory" in text
 
 
-def oom_savers(training, network, dataset, unet_optimizer_type: str) -> list[str]:
-    """Memory savers that are still off, cheapest first (cost to speed or quality)."""
+def oom_savers(training, network, dataset, unet_optimizer_type: str, model=None) -> list[str]:
+    """Memory savers that are still off, cheapest first (cost to speed or quality): for FLUX fp8 base, then block
+    swap, then an 8-bit optimizer, then the resolution."""
     savers = []
     if not training.gradient_checkpointing:
         savers.append("training.gradient_checkpointing: true (about 20% slower, no quality cost)")
@@ -52,6 +53,10 @@ def oom_savers(training, network, dataset, unet_optimizer_type: str) -> list[str
         savers.append("training.cache_text_embeddings: true (the text encoder then leaves the GPU)")
     if training.precision == "fp32":
         savers.append("training.precision: bf16 (fp16 on cards older than RTX 30xx)")
+    if model is not None and model.quantize_base == "none":
+        savers.append("model.quantize_base: fp8 (the base weights in half the memory, computed in bf16)")
+    if model is not None and model.family == "flux" and model.block_swap < 40:
+        savers.append(f"model.block_swap: {model.block_swap + 12} (blocks wait in CPU RAM; slower, needs RAM)")
     if unet_optimizer_type in ("adamw", "lion"):
         savers.append(f"optimizers.unet.type: {unet_optimizer_type}8bit (optimizer state in 8 bits)")
     if training.batch_size > 1:
@@ -66,7 +71,8 @@ def oom_savers(training, network, dataset, unet_optimizer_type: str) -> list[str
     return savers
 
 
-def describe(exc: BaseException, training=None, network=None, dataset=None, unet_optimizer_type="adamw"):
+def describe(exc: BaseException, training=None, network=None, dataset=None, unet_optimizer_type="adamw",
+             model=None):
     """(message, hint) in the user's words for `exc`."""
     if isinstance(exc, UserError):
         return exc.message, exc.hint
@@ -80,7 +86,7 @@ def describe(exc: BaseException, training=None, network=None, dataset=None, unet
     if is_out_of_memory(exc):
         if training is None:
             return "Out of GPU memory.", "Lower the resolution or the batch size."
-        savers = oom_savers(training, network, dataset, unet_optimizer_type)
+        savers = oom_savers(training, network, dataset, unet_optimizer_type, model)
         steps = "; ".join(f"{i}) {s}" for i, s in enumerate(savers, 1))
         return ("Out of GPU memory. The model and this batch do not fit on the card.",
                 f"Turn these on, in this order, until it fits: {steps}. Close other programs using the GPU too.")

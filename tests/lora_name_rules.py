@@ -107,3 +107,32 @@ def a1111_unet_module(name: str) -> str:
 
 def matches_any(name: str, patterns: list[str]) -> bool:
     return any(re.match(p, name) for p in patterns)
+
+
+# FLUX.1, whose kohya files use Black Forest Labs' checkpoint names. Read from: ComfyUI comfy/lora.py
+# model_lora_keys_unet (`lora_unet_` + every weight path of its BFL-layout Flux model, dots as underscores) and
+# comfy/ldm/flux/layers.py (DoubleStreamBlock: img_/txt_ mod.lin, attn.qkv, attn.proj, mlp.0, mlp.2; SingleStreamBlock:
+# linear1, linear2, modulation.lin), its flux_to_diffusers map (comfy/utils.py; to_q/k/v -> img_attn.qkv slices,
+# add_q/k/v_proj -> txt_attn.qkv, single attn.to_q/k/v + proj_mlp -> linear1) and model_lora_keys_clip (CLIP-L as
+# lora_te_ or lora_te1_ with text_model); kohya-ss/sd-scripts networks/lora_flux.py (LoRANetwork: lora_unet from the
+# BFL model's module names, CLIP-L lora_te1, T5 lora_te3; in_dims adds img_in, time_in, vector_in, guidance_in, txt_in);
+# diffusers loaders/lora_conversion_utils.py _convert_kohya_flux_lora_to_diffusers (the same block names, 19 double and
+# 38 single blocks; qkv split in three equal parts, linear1 at widths 3072, 3072, 3072, 12288).
+_FLUX_EMBEDDERS = r"(img_in|txt_in|(time_in|vector_in|guidance_in)_(in_layer|out_layer))"
+COMFY_FLUX = [
+    r"^lora_unet_double_blocks_(\d|1[0-8])_(img|txt)_(mod_lin|attn_qkv|attn_proj|mlp_0|mlp_2)$",
+    r"^lora_unet_single_blocks_(\d|[12]\d|3[0-7])_(linear1|linear2|modulation_lin)$",
+    rf"^lora_unet_{_FLUX_EMBEDDERS}$",
+    r"^lora_unet_final_layer_(linear|adaLN_modulation_1)$",
+    rf"^lora_te1?_text_model_encoder_layers_(\d|1[01])_{TEL}$",
+]
+SD_SCRIPTS_FLUX = [*COMFY_FLUX[:3], rf"^lora_te1_text_model_encoder_layers_(\d|1[01])_{TEL}$"]
+# sd-scripts' default FLUX.1 network (every Linear of every block, modulation included; CLIP-L's attention and MLP):
+# transformer modules, CLIP-L modules.
+SD_SCRIPTS_FLUX_DEFAULT_COUNTS = (19 * 10 + 38 * 3, 12 * 6)
+# How many diffusers layers one module of a kohya FLUX file fills (diffusers' converter splits these).
+DIFFUSERS_FLUX_SPLITS = {r"_attn_qkv$": 3, r"^lora_unet_single_blocks_\d+_linear1$": 4}
+
+
+def diffusers_flux_layers(name: str) -> int:
+    return next((n for pattern, n in DIFFUSERS_FLUX_SPLITS.items() if re.search(pattern, name)), 1)

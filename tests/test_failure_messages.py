@@ -13,6 +13,7 @@ from engine import cli
 from engine.captions.captioning import caption_dataset
 from engine.config.load import ConfigError, load_preset
 from engine.demo import prepare
+from run_control import stop_at
 from engine.events import read_all
 from engine.models.tiny import build_tiny
 from engine.runs import create_run_dir
@@ -105,12 +106,7 @@ def test_a_changed_rank_on_resume_says_what_to_do(demo, tmp_path, monkeypatch):
     run_dir = create_run_dir(load_preset(demo, [*QUICK, "network.rank=8", "training.max_steps=4",
                                                 "output.save_every_n_steps=2"]), root=tmp_path / "runs")
     real = train.report_step
-
-    def stop_at_2(r, loss, seconds):
-        real(r, loss, seconds)
-        if r.step == 2:
-            (r.run_dir / "control" / "stop").touch()
-    monkeypatch.setattr(train, "report_step", stop_at_2)
+    stop_at(monkeypatch, 2)
     assert train.run(run_dir) == 0
     monkeypatch.setattr(train, "report_step", real)
     data = preset_to_dict(load_preset(run_dir / "preset.yaml"))

@@ -68,8 +68,10 @@ def candidates(spec):
 
 
 # Keys whose non-default value needs another key set too (the preset's cross-field rules).
+FLUX = {"model.family": "flux", "dataset.resolution_px": 512, "dataset.bucket_step_px": 64}
 COMPANIONS = {"dataset.use_reg": {"dataset.reg_path": "reg images"},
-              "network.te_two_phase": {"network.train_text_encoder": True}}
+              "network.te_two_phase": {"network.train_text_encoder": True},
+              "model.clip_l_path": FLUX, "model.t5_path": FLUX, "model.block_swap": FLUX}
 
 
 def mapping_case(key: str):

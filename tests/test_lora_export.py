@@ -229,7 +229,7 @@ def test_self_check_on_the_training_pipeline_keeps_training_state(folders, sd15_
 
 # ---------------------------------------------------------------------------------------------- FLUX, writes
 
-def test_flux_exports_diffusers_format_and_refuses_kohya(folders, tmp_path):
+def test_flux_diffusers_format_loads_and_kohya_without_bfl_names_is_refused(folders, tmp_path):
     pipe, transformer, _ = trained_pipeline(folders["flux"], train_text_encoders=False)
     info = LoraExportInfo("f", **INFO["flux"])
     with pytest.raises(ValueError, match="use format 'diffusers'"):

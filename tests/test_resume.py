@@ -11,6 +11,7 @@ from engine.demo import prepare
 from engine.events import read_all
 from engine.runs import create_run_dir
 from engine.training import loop as train
+from run_control import stop_at
 
 # Everything that draws randomness or carries state across steps is on: caption dropout, noise offset, min-SNR,
 # LoRA dropout, gradient accumulation, a warmup + cosine schedule, an epoch boundary inside the run.
@@ -29,13 +30,7 @@ def _state(run_dir):
 def run_until_stopped(run_dir, monkeypatch):
     """Train run_dir, pressing the GUI's Stop button (the control file) during step STOP_AT."""
     real_report = train.report_step
-
-    def press_stop_at_k(r, loss, seconds):
-        real_report(r, loss, seconds)
-        if r.step == STOP_AT:
-            (r.run_dir / "control" / "stop").touch()
-
-    monkeypatch.setattr(train, "report_step", press_stop_at_k)
+    stop_at(monkeypatch, STOP_AT)
     assert train.run(run_dir) == 0
     monkeypatch.setattr(train, "report_step", real_report)
 

@@ -15,6 +15,8 @@ from engine.config.optim_specs import OPTIMIZER_PARAMS, SCHEDULE_PARAMS
 CURRENT_VERSION = 1
 
 FAMILIES = ("sd15", "sd2", "sdxl", "flux")
+QUANTIZE_BASE = ("none", "fp8", "int8", "nf4")
+TIMESTEP_SAMPLING = ("uniform", "logit_normal", "sigmoid", "shift", "flux_shift")
 OBJECTIVES = ("auto", "epsilon", "v_prediction", "flow")
 PRECISIONS = ("bf16", "fp16", "fp32")
 EXPORT_FORMATS = ("kohya", "diffusers")
@@ -46,9 +48,19 @@ class ModelConfig:
                                       "model's configs and tokenizers (no download needed).", advanced=True)
     prediction_type: str = opt("auto", "What the base model predicts. auto reads the model's scheduler config "
                                        "(SD2-768 models are v_prediction).", choices=OBJECTIVES, advanced=True)
-    quantize_base: str = opt("none", "Store the frozen base weights in 8-bit or NF4 to fit 12-24 GB cards "
-                                     "(FLUX; needs a CUDA GPU).", choices=("none", "int8", "nf4"), advanced=True)
-    vae_path: str = opt("", "Optional separate VAE (folder or file); empty uses the model's own.", advanced=True)
+    quantize_base: str = opt("none", "Store the frozen base (FLUX: the transformer) in less memory: fp8 (half of "
+                                     "bf16, computed in bf16; any GPU or the CPU), int8 or nf4 (bitsandbytes, "
+                                     "CUDA only).", choices=QUANTIZE_BASE,
+                             choice_labels={"none": "none (bf16)", "fp8": "fp8 storage, bf16 compute",
+                                            "int8": "int8 (bitsandbytes)", "nf4": "NF4 (bitsandbytes)"})
+    vae_path: str = opt("", "Optional separate VAE (folder or file; FLUX: ae.safetensors); empty uses the model's "
+                            "own.", advanced=True)
+    clip_l_path: str = opt("", "FLUX from single files: the CLIP-L text encoder file (clip_l.safetensors). Empty: "
+                               "from model.path's folder.", advanced=True)
+    t5_path: str = opt("", "FLUX from single files: the T5-XXL text encoder file (t5xxl_fp16.safetensors or "
+                           "t5xxl_fp8_e4m3fn.safetensors). Empty: from model.path's folder.", advanced=True)
+    block_swap: int = opt(0, "FLUX: keep this many transformer blocks in CPU RAM and bring each to the GPU while it "
+                             "runs (less VRAM, slower; 0 = off).", unit="blocks", min=0, max=57, advanced=True)
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,8 @@ class NetworkConfig:
                                           "token rarely needs it.", env="ENABLE_TE")
     te_lr_ratio: float = opt(0.4, "Text-encoder LR = this x UNet LR when the text encoder's own lr is empty.",
                              min=0.0, max=10.0, advanced=True)
+    lora_modulation: bool = opt(False, "FLUX: also put LoRA layers on the blocks' modulation (adaLN) linears.",
+                                advanced=True)
     te_two_phase: bool = opt(False, "Train the text encoder only for the first part of the run, then freeze it.",
                              env="TWO_PHASE_TE")
     te_phase_fraction: float = opt(0.5, "With te_two_phase: fraction of the steps that train the text encoder.",
@@ -124,9 +138,18 @@ class TrainingConfig:
     seed: int = opt(42, "Random seed; the same seed and data give the same run.", min=0, max=2**32 - 1, env="SEED")
     objective: str = opt("auto", "Training target. auto follows the model (epsilon, v_prediction, or flow for "
                                  "FLUX).", choices=OBJECTIVES, advanced=True)
-    timestep_sampling: str = opt("uniform", "How noise levels are drawn: uniform, or logit_normal (favours the "
-                                            "middle; common for flow models).",
-                                 choices=("uniform", "logit_normal"), advanced=True)
+    timestep_sampling: str = opt("uniform", "How noise levels are drawn (flow models): uniform; logit_normal or "
+                                            "sigmoid (favour the middle); shift (sigmoid, then shifted towards noise "
+                                            "by discrete_flow_shift); flux_shift (shifted by the image size, as FLUX "
+                                            "samples).", choices=TIMESTEP_SAMPLING, advanced=True)
+    sigmoid_scale: float = opt(1.0, "sigmoid / shift / flux_shift: scale of the normal draw before the sigmoid "
+                                    "(larger: more weight at the ends).", min=0.01, max=10.0, advanced=True)
+    discrete_flow_shift: float = opt(3.1582, "shift: t' = s t / (1 + (s - 1) t); larger trains more at high noise "
+                                             "(sd-scripts' FLUX default 3.1582).", min=0.01, max=100.0, advanced=True)
+    guidance_scale: float = opt(1.0, "FLUX dev: the guidance value given to the guidance embedding while training "
+                                     "(1.0 as sd-scripts and the FLUX guide use).", min=0.0, max=100.0, advanced=True)
+    max_sequence_length: int = opt(0, "FLUX: T5 tokens per caption (0 = the model's: 512 dev, 256 schnell).",
+                                   unit="tokens", min=0, max=512, advanced=True)
     noise_offset: float = opt(0.0, "Adds a small constant to the noise so the model learns very dark and bright "
                                    "images. 0.05-0.1 typical.", min=0.0, max=1.0, env="NOISE_OFFSET")
     min_snr_gamma: float = opt(0.0, "Min-SNR loss weighting (0 = off; 5 is the paper's value).", min=0.0, max=100.0,
@@ -163,6 +186,10 @@ class ScheduleConfig:
 @dataclass(frozen=True)
 class SamplingConfig:
     prompts: list = opt([], "Prompts rendered during training (use your trigger token).")
+    eval_prompts_file: str = opt("", "A text file of evaluation prompts (one per line, # for comments), rendered "
+                                     "once after the last step at every strength; relative paths are from the Easel "
+                                     "folder (presets/flux-eval-prompts.txt is the FLUX identity guide's).",
+                                 advanced=True)
     negative_prompt: str = opt("", "Negative prompt for every sample.", advanced=True)
     every_n_steps: int = opt(0, "Render samples every N steps (0 = only at the end).", unit="steps", min=0,
                              max=10_000_000)

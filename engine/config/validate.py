@@ -12,6 +12,10 @@ def validate(p: Preset) -> list[tuple[str, str]]:
     if d.resolution_px % multiple:
         out.append(("dataset.resolution_px", f"{d.resolution_px} must be a multiple of {multiple} for "
                                              f"{p.model.family}"))
+    if d.bucketing and d.bucket_step_px % multiple:
+        why = " (its latents are packed in 2x2 patches)" if multiple == 16 else ""
+        out.append(("dataset.bucket_step_px", f"{d.bucket_step_px} must be a multiple of {multiple} for "
+                                              f"{p.model.family}{why}"))
     if d.bucketing and not d.min_bucket_px <= d.resolution_px <= d.max_bucket_px:
         out.append(("dataset.resolution_px", f"{d.resolution_px} must lie between dataset.min_bucket_px "
                                              f"({d.min_bucket_px}) and dataset.max_bucket_px ({d.max_bucket_px})"))
@@ -27,9 +31,21 @@ def validate(p: Preset) -> list[tuple[str, str]]:
                                           f"not {p.model.family!r}"))
     if n.te_two_phase and not n.train_text_encoder:
         out.append(("network.te_two_phase", "needs network.train_text_encoder: true"))
-    if n.type == "lora" and p.model.family == "flux" and "kohya" in p.output.formats:
-        out.append(("output.formats", "FLUX LoRAs are saved in the 'diffusers' format (ComfyUI and diffusers load "
-                                      "it); remove 'kohya'"))
+    flow = p.model.family == "flux" or objective == "flow"
+    if t.timestep_sampling in ("shift", "flux_shift") and not flow:
+        out.append(("training.timestep_sampling", f"{t.timestep_sampling!r} shifts flow-matching noise levels; "
+                                                  f"use uniform, logit_normal or sigmoid for {p.model.family}"))
+    m = p.model
+    if m.family != "flux":
+        for key in ("clip_l_path", "t5_path"):
+            if getattr(m, key):
+                out.append((f"model.{key}", f"is for FLUX's separate text-encoder files; family {m.family} loads "
+                                            f"its text encoders from model.path"))
+        if m.block_swap:
+            out.append(("model.block_swap", f"block swap is for FLUX's transformer blocks; use 0 for {m.family}"))
+    if m.block_swap and not t.gradient_checkpointing:
+        out.append(("model.block_swap", "needs training.gradient_checkpointing: true (the swapped blocks are "
+                                        "recomputed in the backward pass, when their weights are back on the GPU)"))
     if not p.output.formats and n.type == "lora":
         out.append(("output.formats", "choose at least one of kohya, diffusers"))
     if p.optimizers["unet"].lr is None:

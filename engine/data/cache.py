@@ -2,8 +2,10 @@
 
 Latents are cached on disk under the dataset's `_easel/cache/latents/` (Easel's own folder, never trained on),
 one safetensors file per (file content, bucket, crop, VAE): editing an image, changing the resolution or the VAE
-gives a new key, and a second run on the same data skips the VAE entirely. Text embeddings are cached in memory
-per caption string while no text encoder trains (an encoder that trains changes them every step).
+gives a new key, and a second run on the same data skips the VAE entirely. Text embeddings are cached per caption
+string while no text encoder trains (an encoder that trains changes them every step), on disk under
+`_easel/cache/text/` keyed by (caption, text encoders, their settings): FLUX's T5 takes seconds per caption on a
+small GPU and most of its VRAM, so a second run on the same captions never loads it onto the GPU.
 """
 from __future__ import annotations
 
@@ -28,13 +30,22 @@ def file_digest(path: Path) -> str:
 
 
 @torch.no_grad()
-def vae_fingerprint(vae) -> str:
-    """Identifies the VAE's weights cheaply: its config plus a few statistics of every tensor."""
-    h = hashlib.sha256(json.dumps(dict(vae.config), sort_keys=True, default=str).encode("utf-8"))
-    for name, p in vae.state_dict().items():
-        flat = p.detach().float().flatten()
-        h.update(f"{name}:{tuple(p.shape)}:{flat.sum().item():.6e}:{flat[:4].tolist()}".encode("utf-8"))
+def module_fingerprint(*modules) -> str:
+    """Identifies models' weights cheaply: their configs plus a few statistics of every tensor (a full sum only of
+    the small ones, so a 4.7B-parameter T5 is fingerprinted in well under a second)."""
+    h = hashlib.sha256()
+    for module in modules:
+        config = getattr(module, "config", {})
+        config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        h.update(json.dumps(config, sort_keys=True, default=str).encode("utf-8"))
+        for name, p in module.state_dict().items():
+            flat = p.detach().flatten()
+            sample = flat[:4].float().tolist() + flat[-4:].float().tolist() + flat[flat.numel() // 2:][:4].float().tolist()
+            total = f"{flat.float().sum().item():.6e}" if flat.numel() <= 1 << 20 else ""
+            h.update(f"{name}:{tuple(p.shape)}:{p.dtype}:{total}:{sample}".encode("utf-8"))
     return h.hexdigest()[:16]
+
+
 
 
 def latent_key(sample: Sample, digest: str, vae_id: str) -> str:
@@ -43,8 +54,8 @@ def latent_key(sample: Sample, digest: str, vae_id: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
-def cache_dir_for(dataset_path: str) -> Path:
-    return Path(dataset_path).expanduser() / "_easel" / "cache" / "latents"
+def cache_dir_for(dataset_path: str, kind: str = "latents") -> Path:
+    return Path(dataset_path).expanduser() / "_easel" / "cache" / kind
 
 
 def _load_or_encode(sample: Sample, path: Path, encode_image, writable: bool = True):
@@ -107,18 +118,58 @@ def check_readable(samples: list[Sample], status, warn) -> set[int]:
 
 
 @torch.no_grad()
-def cache_text(captions: list[str], encode_text, status, chunk: int = 16) -> dict[str, dict]:
-    """{caption: cond with the batch dim removed} for each distinct caption."""
+def cache_text(captions: list[str], encode_text, status, chunk: int = 16, cache_dir: Path | None = None,
+               encoder_id: str = "", warn=None) -> dict[str, dict]:
+    """{caption: cond with the batch dim removed} for each distinct caption; with cache_dir, read from and written
+    to one file per (encoder_id, caption)."""
     unique = sorted(set(captions))
     out: dict[str, dict] = {}
-    for start in range(0, len(unique), chunk):
-        status(start, len(unique))
-        part = unique[start:start + chunk]
+    todo = []
+    for caption in unique:
+        found = _read_text_file(cache_dir, encoder_id, caption) if cache_dir else None
+        if found is None:
+            todo.append(caption)
+        else:
+            out[caption] = found
+    for start in range(0, len(todo), chunk):
+        status(len(out), len(unique))
+        part = todo[start:start + chunk]
         cond = encode_text(part)
         for j, caption in enumerate(part):
             out[caption] = {k: v[j].detach() for k, v in cond.items()}
+            if cache_dir is not None:
+                cache_dir = _write_text_file(cache_dir, encoder_id, caption, out[caption], warn)
     status(len(unique), len(unique))
     return out
+
+
+def _text_file(cache_dir: Path, encoder_id: str, caption: str) -> Path:
+    key = hashlib.sha256(f"{CACHE_FORMAT}|{encoder_id}|{caption}".encode("utf-8")).hexdigest()[:32]
+    return cache_dir / f"{key}.safetensors"
+
+
+def _read_text_file(cache_dir: Path, encoder_id: str, caption: str) -> dict | None:
+    from safetensors.torch import load_file
+
+    path = _text_file(cache_dir, encoder_id, caption)
+    if not path.is_file():
+        return None
+    try:
+        return load_file(path)
+    except Exception:  # noqa: BLE001 - a torn cache file is simply encoded again
+        return None
+
+
+def _write_text_file(cache_dir: Path, encoder_id: str, caption: str, cond: dict, warn) -> Path | None:
+    """Write one caption's embeddings; on a read-only or full disk, warn once and keep them in memory only."""
+    try:
+        atomic_save_file({k: v.contiguous().cpu() for k, v in cond.items()}, _text_file(cache_dir, encoder_id, caption))
+        return cache_dir
+    except OSError as e:
+        if warn:
+            warn(f"The text cache folder {cache_dir} cannot be written ({e}); the caption embeddings are kept in "
+                 f"memory only and encoded again next run.")
+        return None
 
 
 class BatchSource:
@@ -173,7 +224,7 @@ def prepare_batches(dataset, training, network, family, comps, device, warn, pro
     encode_image = no_grad(lambda px: family.encode_image(comps, px))
     fresh_crops = dataset.random_crop or dataset.flip
     if training.cache_latents and not fresh_crops:
-        found = cache_latents(samples, encode_image, cache_dir_for(dataset.path), vae_fingerprint(comps.vae),
+        found = cache_latents(samples, encode_image, cache_dir_for(dataset.path), module_fingerprint(comps.vae),
                               progress("caching", "Caching latents"), warn)
         samples, latents = reindex(samples, found)
     else:
@@ -188,7 +239,10 @@ def prepare_batches(dataset, training, network, family, comps, device, warn, pro
     text_cache = None
     if training.cache_text_embeddings and not network.train_text_encoder and not dataset.shuffle_tags:
         captions = [s.caption for s in samples] + ([""] if dataset.caption_dropout > 0 else [])
-        text_cache = cache_text(captions, encode_text, progress("caching", "Caching text embeddings"))
+        encoder_id = f"{family.name}|{comps.extra.get('max_sequence_length', '')}|" + \
+            module_fingerprint(*comps.text_encoders)
+        text_cache = cache_text(captions, encode_text, progress("caching", "Caching text embeddings"),
+                                cache_dir=cache_dir_for(dataset.path, "text"), encoder_id=encoder_id, warn=warn)
     if not network.train_text_encoder:
         encode_text = no_grad(encode_text)
     return samples, BatchSource(samples, dataset, training.seed, encode_image, encode_text, latents, text_cache,

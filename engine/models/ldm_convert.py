@@ -62,6 +62,41 @@ def write_single_file(diffusers_dir: Path, out_file: Path) -> Path:
     return out_file
 
 
+def write_flux_files(diffusers_dir: Path, out_dir: Path, transformer_dtype=None) -> dict[str, Path]:
+    """Write a FluxPipeline folder as the files a ComfyUI user has: flux1-dev.safetensors (BFL layout; stored in
+    `transformer_dtype`, e.g. torch.float8_e4m3fn for the fp8 file), clip_l.safetensors, t5xxl_fp16.safetensors,
+    ae.safetensors (LDM VAE layout), and config/ (the folder's configs and tokenizers, without weights).
+    Returns {"transformer", "clip_l", "t5", "ae", "config"} -> path."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from engine.models.flux_bfl import diffusers_to_bfl
+
+    diffusers_dir, out_dir = Path(diffusers_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vae_config = json.loads((diffusers_dir / "vae" / "config.json").read_text(encoding="utf-8"))
+    transformer = diffusers_to_bfl(_load_component(diffusers_dir / "transformer"))
+    if transformer_dtype is not None:
+        transformer = {k: v.to(transformer_dtype) for k, v in transformer.items()}
+    parts = {
+        "transformer": ("flux1-dev.safetensors", transformer),
+        "clip_l": ("clip_l.safetensors", _clip_to_ldm(_load_component(diffusers_dir / "text_encoder"), "text_model.")),
+        "t5": ("t5xxl_fp16.safetensors", {k: v.half() for k, v in _load_component(diffusers_dir / "text_encoder_2").items()}),
+        "ae": ("ae.safetensors", {vae_key_to_ldm(k, len(vae_config["up_block_types"])): _vae_value(k, v)
+                                  for k, v in _load_component(diffusers_dir / "vae").items()}),
+    }
+    paths = {}
+    for key, (name, tensors) in parts.items():
+        paths[key] = out_dir / name
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(paths[key]))
+    config = out_dir / "config"
+    shutil.copytree(diffusers_dir, config, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"),
+                    dirs_exist_ok=True)
+    paths["config"] = config
+    return paths
+
+
 def _load_component(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 

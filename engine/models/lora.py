@@ -1,7 +1,8 @@
 """LoRA adapters (peft): add them to a model, name their modules as the LoRA formats do, and load a LoRA file
 (one we wrote, or a user's; kohya or diffusers keys) back into them, for resume and "continue from a file".
 
-Writing LoRA files is lora_export.py; the load self-check after every save is lora_check.py.
+Writing LoRA files is lora_export.py; the load self-check after every save is lora_check.py; FLUX's kohya names
+(BFL's, with fused q/k/v) and their (de)composition are lora_bfl.py.
 """
 from __future__ import annotations
 
@@ -99,73 +100,151 @@ class LoraFileInfo:
 
 
 def lora_file_info(path: Path) -> LoraFileInfo:
-    """Format, rank and alpha of a LoRA file, so an adapter of the same shape can be created before loading."""
+    """Format, rank and alpha of a LoRA file, so an adapter of the same shape can be created before loading.
+
+    For a FLUX file whose modules are all fused (a qkv or linear1: several adapter layers in one, lora_bfl.py), the
+    rank and alpha are those of one part, which is what each adapter layer takes."""
     from safetensors import safe_open
+
+    from engine.models import lora_bfl
 
     with safe_open(str(path), "pt") as f:
         metadata = f.metadata() or {}
         keys = list(f.keys())
-        down = next((k for k in keys if k.endswith((".lora_down.weight", ".lora_A.weight"))), None)
-        if down is None:
+        downs = [k for k in keys if k.endswith((".lora_down.weight", ".lora_A.weight"))]
+        if not downs:
             raise LoraLoadError(f"{path}: no LoRA weights (no *.lora_down.weight or *.lora_A.weight keys)")
-        rank = f.get_slice(down).get_shape()[0]
-        if down.endswith(".lora_down.weight"):
-            alpha_key = down.removesuffix(".lora_down.weight") + ".alpha"
-            alpha = float(f.get_tensor(alpha_key)) if alpha_key in keys else float(rank)
+        if downs[0].endswith(".lora_down.weight"):
+            stems = [k.removesuffix(".lora_down.weight") for k in downs]
+            stem = next((s for s in stems if lora_bfl.fused_size(s) == 1), stems[0])  # an unfused one says it plainly
+            rank = f.get_slice(f"{stem}.lora_down.weight").get_shape()[0]
+            alpha = float(f.get_tensor(f"{stem}.alpha")) if f"{stem}.alpha" in keys else float(rank)
+            if lora_bfl.fused_size(stem) > 1:
+                part = lora_bfl.part_rank(stem, f.get_tensor(f"{stem}.lora_down.weight"),
+                                          f.get_tensor(f"{stem}.lora_up.weight"))
+                rank, alpha = part, alpha * part / rank  # the same alpha / rank
             return LoraFileInfo("kohya", rank, alpha, metadata)
+        rank = f.get_slice(downs[0]).get_shape()[0]
     adapter = json.loads(metadata.get(LORA_ADAPTER_METADATA_KEY, "{}"))
     alpha = next((float(v) for k, v in adapter.items() if k.endswith(".lora_alpha")), float(rank))
     return LoraFileInfo("diffusers", rank, alpha, metadata)
 
 
-def load_lora_into(denoiser: torch.nn.Module, text_encoders: dict[str, torch.nn.Module], path: Path,
-                   adapter_name: str = "default", text_encoder_names: tuple[str, ...] | None = None) -> int:
-    """Copy a kohya or diffusers LoRA file (one we wrote, or a user's) into existing adapters; returns modules loaded.
+def lora_file_components(path: Path) -> set[str]:
+    """The pipeline components a LoRA file has weights for, e.g. {"transformer", "text_encoder"}: a FLUX LoRA with a
+    CLIP-L part. kohya names say `lora_unet` for any denoiser; BFL block names tell a FLUX transformer apart."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        stems = {re.sub(r"\.(lora_down|lora_A)\.weight$", "", k) for k in f.keys()
+                 if k.endswith((".lora_down.weight", ".lora_A.weight"))}
+    return {_component_of(stem) for stem in stems}
+
+
+_BFL_STEM = re.compile(r"^lora_unet_(double_blocks|single_blocks|img_in|txt_in|time_in|vector_in|guidance_in)_")
+_KOHYA_TEXT_ENCODERS = {"lora_te": "text_encoder", "lora_te1": "text_encoder", "lora_te2": "text_encoder_2",
+                        "lora_te3": "text_encoder_2"}  # lora_te3: sd-scripts' FLUX T5 (lora_te2 in its first versions)
+
+
+def _component_of(stem: str, denoiser: str | None = None) -> str:
+    """The pipeline component a file module belongs to; `denoiser` names the one `lora_unet` means, if known."""
+    if "." in stem:  # diffusers format: the component is the first part
+        return stem.split(".", 1)[0]
+    if stem.startswith("lora_unet_"):
+        return denoiser or ("transformer" if _BFL_STEM.match(stem) else "unet")
+    m = re.match(r"^(lora_te\d?)_", stem)
+    return _KOHYA_TEXT_ENCODERS.get(m[1], m[1]) if m else stem
+
+
+def load_lora_into(denoiser: torch.nn.Module | None, text_encoders: dict[str, torch.nn.Module], path: Path,
+                   adapter_name: str = "default", text_encoder_names: tuple[str, ...] | None = None,
+                   components: set[str] | None = None) -> int:
+    """Copy a kohya or diffusers LoRA file (one we wrote, or a user's) into existing adapters; returns the adapter
+    layers loaded (a fused FLUX module fills three or four).
 
     For resume and "continue from a LoRA file". The adapters must exist already (add_lora with the file's rank,
     see lora_file_info). If the file's alpha differs from the adapter's, lora_up is rescaled so the weight change
     is exactly the file's. Every LoRA module in the file must find its layer, or LoraLoadError names the keys.
+    components: load only these components' parts of the file and skip the rest, e.g. {"text_encoder"} to load a
+    FLUX LoRA's CLIP-L part alone (denoiser may then be None); None loads everything.
     """
     from safetensors.torch import load_file
 
-    tensors = load_file(str(path))
-    text_encoder_names = text_encoder_names or tuple(text_encoders)
-    components = {denoiser_component(denoiser): denoiser, **text_encoders}
-    targets = {}  # file module name -> (layer, file alpha or None)
-    prefixes = kohya_prefixes(text_encoder_names)
-    for component, module in components.items():
-        for layer_path, layer in lora_layers(module, adapter_name).items():
-            targets[f"{component}.{layer_path}"] = layer
-            if component in prefixes:  # both UNet name styles: files from sd-scripts, older Easel, other tools
-                for name in kohya_names(component, layer_path, module, prefixes):
-                    targets[name] = layer
+    from engine.models import lora_bfl
 
+    tensors = load_file(str(path))
+    denoiser_name = denoiser_component(denoiser) if denoiser is not None else None
+    targets = _file_targets(denoiser, text_encoders, text_encoder_names or tuple(text_encoders), adapter_name)
     adapter_alphas = _file_adapter_alphas(path)
     loaded, unmatched = 0, []
     for key in tensors:
         m = re.match(r"(.+)\.(lora_down|lora_A)\.weight$", key)
-        if not m:
+        if not m or (components is not None and _component_of(m[1], denoiser_name) not in components):
             continue
         name, is_kohya = m[1], m[2] == "lora_down"
         up_key = f"{name}.lora_up.weight" if is_kohya else f"{name}.lora_B.weight"
-        layer = targets.get(name)
-        if layer is None or up_key not in tensors:
+        parts = targets.get(name)
+        if parts is None or up_key not in tensors:
             unmatched.append(key)
             continue
-        rank = tensors[key].shape[0]
+        down, up = tensors[key], tensors[up_key]
+        rank = down.shape[0]
         if f"{name}.alpha" in tensors:
             file_alpha = float(tensors[f"{name}.alpha"])
         else:
             file_alpha = adapter_alphas.get(name.split(".", 1)[0], float(rank))
-        scale_fix = (file_alpha / rank) / layer.scaling[adapter_name]  # file scale / adapter scale
-        with torch.no_grad():
-            _copy_checked(layer.lora_A[adapter_name].weight, tensors[key], key)
-            _copy_checked(layer.lora_B[adapter_name].weight, tensors[up_key] * scale_fix, up_key)
-        loaded += 1
+        # a part with no adapter takes the dense split, only to see whether the file trained it
+        ranks = [layer.r[adapter_name] if layer is not None else rank for layer, _ in parts]
+        pieces = [(down, up)] if len(parts) == 1 else lora_bfl.split(name, down, up, ranks)
+        for (layer, layer_path), piece in zip(parts, pieces):
+            if layer is None:
+                if piece[1].any():  # the file changes a layer that has no adapter
+                    unmatched.append(f"{key} ({layer_path})")
+                continue
+            if piece is None:
+                raise LoraLoadError(f"{key}: rank {rank} in the file fits adapters of rank {rank} or "
+                                    f"{rank // len(parts)} (block-diagonal parts), not {layer.r[adapter_name]}")
+            scale_fix = (file_alpha / rank) / layer.scaling[adapter_name]  # file scale / adapter scale
+            with torch.no_grad():
+                _copy_checked(layer.lora_A[adapter_name].weight, piece[0], key)
+                _copy_checked(layer.lora_B[adapter_name].weight, piece[1] * scale_fix, up_key)
+            loaded += 1
     if unmatched:
         raise LoraLoadError(f"{path}: {len(unmatched)} LoRA modules match no adapter layer "
                             f"(first: {', '.join(unmatched[:5])})")
     return loaded
+
+
+_KOHYA_ALIASES = {"lora_te": ("lora_te1",), "lora_te1": ("lora_te",), "lora_te3": ("lora_te2",)}
+
+
+def _file_targets(denoiser, text_encoders: dict, text_encoder_names: tuple, adapter_name: str) -> dict[str, list]:
+    """{file module name: [(adapter layer or None, module path), ...]} under every name a file may use for it: the
+    peft path, kohya names in both UNet styles, CLIP-L as `lora_te_` or `lora_te1_` (loaders take both), and for a
+    FLUX transformer the BFL names, whose fused modules list all their parts."""
+    from engine.models import lora_bfl
+
+    bfl = lora_bfl.is_flux_transformer(denoiser)
+    components = {**({denoiser_component(denoiser): denoiser} if denoiser is not None else {}), **text_encoders}
+    prefixes = dict(lora_bfl.PREFIXES) if bfl else kohya_prefixes(text_encoder_names)
+    targets = {}
+    for component, module in components.items():
+        layers = lora_layers(module, adapter_name)
+        for layer_path, layer in layers.items():
+            part = [(layer, layer_path)]
+            targets[f"{component}.{layer_path}"] = part
+            if component.startswith("text_encoder") and is_flattened_clip(module):
+                targets[f"{component}.text_model.{layer_path}"] = part  # save_lora_weights under transformers < 5.6
+            if component in prefixes:
+                prefix = prefixes[component]
+                for name in kohya_names(component, layer_path, module, prefixes):
+                    for alias in (prefix, *_KOHYA_ALIASES.get(prefix, ())):
+                        targets[alias + name[len(prefix):]] = part
+        if bfl and module is denoiser:
+            for name, paths in lora_bfl.modules(module).items():
+                if any(p in layers for p in paths):
+                    targets[name] = [(layers.get(p), p) for p in paths]
+    return targets
 
 
 def _file_adapter_alphas(path: Path) -> dict[str, float]:

@@ -2,15 +2,17 @@
 every exported file: lora_check.py).
 
 Formats (EXPORT_FORMATS; keys equal the preset's `export.format` values):
-  kohya      A1111 / Forge, ComfyUI and sd-scripts for SD1.x, SD2, SDXL: `lora_unet_<module>` / `lora_te_…` (one
-             text encoder) or `lora_te1_…`/`lora_te2_…` (two), `.lora_down.weight`, `.lora_up.weight`, `.alpha`,
-             plus sd-scripts `ss_*` and `modelspec.*` metadata (A1111 shows these in its LoRA card). UNet modules
-             are named as sd-scripts names them (Family.kohya_unet_names): diffusers paths for SD1.x/SD2, the
-             original `input_blocks/middle_block/output_blocks` paths for SDXL (tests/lora_name_rules.py).
+  kohya      A1111 / Forge, ComfyUI and sd-scripts: `lora_unet_<module>` / `lora_te_…` (one text encoder) or
+             `lora_te1_…`/`lora_te2_…` (two), `.lora_down.weight`, `.lora_up.weight`, `.alpha`, plus sd-scripts
+             `ss_*` and `modelspec.*` metadata (A1111 shows these in its LoRA card). Denoiser modules are named as
+             sd-scripts names them (Family.kohya_unet_names): diffusers paths for SD1.x/SD2, the original
+             `input_blocks/middle_block/output_blocks` paths for SDXL, Black Forest Labs' names for FLUX, whose
+             fused q/k/v layers hold several adapter layers each (lora_bfl.py; tests/lora_name_rules.py).
   diffusers  peft keys under the pipeline's component names (`unet.`/`transformer.`/`text_encoder.`), with the peft
              config in the `lora_adapter_metadata` header, exactly what `<Pipeline>.save_lora_weights` writes.
-             For diffusers / Python: for SD1.x/SD2/SDXL, A1111/Forge and ComfyUI match none of its keys (ComfyUI
-             maps peft keys for FLUX only). FLUX LoRAs use this format.
+             For diffusers / Python: for SD1.x/SD2/SDXL, A1111/Forge and ComfyUI match none of its keys. ComfyUI
+             maps FLUX's peft keys but reads no alpha from them (it scales by 1), so with alpha != rank a FLUX
+             LoRA in this format loads at the wrong strength there; kohya is the format for ComfyUI.
 
 Four traps (notes/platform-facts.md §3), each handled here and tested in tests/test_lora_export.py:
   1. alpha: diffusers' convert_state_dict_to_kohya writes alpha = rank; we write the real per-module alpha.
@@ -41,7 +43,7 @@ class LoraExportInfo:
     title: str                                  # modelspec.title and ss_output_name
     base_model_version: str                     # ss_base_model_version: sd_v1, sd_v2_768_v, sdxl_base_v1-0, flux1
     architecture: str                           # modelspec.architecture, e.g. stable-diffusion-xl-v1-base/lora
-    prediction_type: str = "epsilon"            # modelspec.prediction_type: epsilon | v | flow
+    prediction_type: str = "epsilon"            # modelspec.prediction_type: epsilon | v; "" writes none (FLUX)
     implementation: str = "diffusers"           # modelspec.implementation, as sd-scripts writes it per family
     training_started_at: float = 0.0            # ss_training_started_at (unix seconds; 0: now)
     resolution_px: tuple[int, int] = (512, 512)  # training (width, height)
@@ -53,7 +55,7 @@ class LoraExportInfo:
     base_model_name: str = ""                   # ss_sd_model_name: the checkpoint file/folder trained on
     trigger_phrase: str = ""                    # modelspec.trigger_phrase
     extra: dict = field(default_factory=dict)   # more ss_* keys the trainer knows (learning rates, seed, optimizer…)
-    kohya_unet_names: str = "diffusers"         # Family.kohya_unet_names: "ldm" for SDXL, as sd-scripts writes it
+    kohya_unet_names: str = "diffusers"         # Family.kohya_unet_names: "ldm" for SDXL, "bfl" for FLUX
 
 
 def save_lora(path: Path, fmt: str, denoiser: torch.nn.Module, text_encoders: dict[str, torch.nn.Module],
@@ -78,9 +80,15 @@ def save_lora(path: Path, fmt: str, denoiser: torch.nn.Module, text_encoders: di
 
 
 def _kohya_tensors(components: dict, info: LoraExportInfo, adapter_name: str) -> tuple[dict, dict]:
-    prefixes = kohya_prefixes(info.text_encoder_names)
+    from engine.models import lora_bfl
+
+    bfl = info.kohya_unet_names == "bfl"
+    prefixes = dict(lora_bfl.PREFIXES) if bfl else kohya_prefixes(info.text_encoder_names)
     tensors = {}
     for component, module in components.items():
+        if bfl and component == "transformer":
+            tensors.update(lora_bfl.tensors(module, lora_layers(module, adapter_name), adapter_name))
+            continue
         if component not in prefixes:
             raise ValueError(
                 f"export.format: 'kohya' has no layout for {type(module).__name__} ({component}); "
@@ -91,7 +99,7 @@ def _kohya_tensors(components: dict, info: LoraExportInfo, adapter_name: str) ->
             tensors[f"{name}.lora_up.weight"] = layer.lora_B[adapter_name].weight
             # trap 1: kohya's scale is alpha / rank, so alpha = peft's scaling * rank (also right for rsLoRA).
             tensors[f"{name}.alpha"] = torch.tensor(layer.scaling[adapter_name] * layer.r[adapter_name])
-    return tensors, {"ss_network_module": "networks.lora"}
+    return tensors, {"ss_network_module": lora_bfl.NETWORK_MODULE if bfl else "networks.lora"}
 
 
 def _diffusers_tensors(components: dict, info: LoraExportInfo, adapter_name: str) -> tuple[dict, dict]:
@@ -143,9 +151,10 @@ def _training_metadata(info: LoraExportInfo, rank: int, alpha: float) -> dict[st
         "modelspec.title": info.title,
         "modelspec.date": now.date().isoformat(),
         "modelspec.resolution": f"{width}x{height}",
-        "modelspec.prediction_type": info.prediction_type,
         "modelspec.trigger_phrase": info.trigger_phrase,
     }
+    if info.prediction_type:  # sd-scripts writes none for FLUX
+        metadata["modelspec.prediction_type"] = info.prediction_type
     metadata.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in info.extra.items()})
     return metadata
 

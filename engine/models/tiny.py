@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from engine.models.ldm_convert import write_single_file  # noqa: F401  (re-export: tests build single files from here)
+from engine.models.ldm_convert import write_flux_files, write_single_file  # noqa: F401  (re-export for the tests)
 
 FAMILIES = ("sd15", "sd2", "sdxl", "flux")
 

@@ -21,12 +21,14 @@ TEXT_SEQUENCE_TOKENS = 77  # T5 prompt length for FLUX samples; the pipeline def
 def sample_images(pipeline, prompts: list[str], negative_prompt: str, seed: int, steps: int, guidance: float,
                   width: int, height: int, strengths: list[float], out_dir: Path, step: int,
                   extra_info: dict | None = None, sampler: str | None = None,
-                  max_sequence_length: int = TEXT_SEQUENCE_TOKENS) -> list[dict]:
+                  max_sequence_length: int = TEXT_SEQUENCE_TOKENS, prompt_cond: dict | None = None) -> list[dict]:
     """Render every prompt at every LoRA strength into `out_dir`; one dict per image (path, prompt, strength, step).
 
     Prompt i uses seed `seed + i` at every strength, so images of one prompt differ only by the LoRA.
     Files: `step{step:06d}_p{i:02d}_s{strength:.2f}.png` (sorts by step, then prompt, then strength).
     `extra_info` ({"Model": ..., "LoRA": ...}) is added to the PNG's A1111 `parameters` text.
+    `prompt_cond` ({prompt: {"prompt_embeds", "pooled"}}, FLUX) gives the prompts already encoded, so the text
+    encoders (T5: 9.5 GB) need not come back to the GPU for samples.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -40,6 +42,11 @@ def sample_images(pipeline, prompts: list[str], negative_prompt: str, seed: int,
             for strength in strengths:
                 kwargs = dict(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance, width=width,
                               height=height, generator=torch.Generator("cpu").manual_seed(seed + i))
+                if prompt_cond and prompt in prompt_cond:
+                    device = pipeline.transformer.device
+                    kwargs.pop("prompt")
+                    kwargs["prompt_embeds"] = prompt_cond[prompt]["prompt_embeds"][None].to(device)
+                    kwargs["pooled_prompt_embeds"] = prompt_cond[prompt]["pooled"][None].to(device)
                 if negative_prompt and "negative_prompt" in accepted:
                     kwargs["negative_prompt"] = negative_prompt
                 if "max_sequence_length" in accepted:  # T5-conditioned pipelines (FLUX)

@@ -66,7 +66,7 @@ def run_locked(run_dir: Path, resume: bool, lock: RunLock) -> int:
         return 0
     except Exception as e:  # noqa: BLE001 - every failure becomes an error event in the user's words
         sections = {} if preset is None else dict(training=preset.training, network=preset.network,
-                                                  dataset=preset.dataset,
+                                                  dataset=preset.dataset, model=preset.model,
                                                   unet_optimizer_type=preset.optimizers["unet"].type)
         events.emit("error", **error_fields(e, **sections))
         return 1
@@ -154,7 +154,7 @@ def batch_loss(r: Run, batch: dict) -> torch.Tensor:
     x0 = batch["latents"].to(r.device, torch.float32)  # the noising math in fp32; only the model runs in half
     noise = torch.randn(x0.shape, generator=r.noise_gen, device=r.device)
     noise = offset_noise(noise, training.noise_offset, r.noise_gen)
-    t = r.objective.sample_t(len(x0), r.noise_gen, r.device)
+    t = r.objective.sample_t(len(x0), r.noise_gen, r.device, image_tokens=x0.shape[-2] * x0.shape[-1] // 4)
     x_t = r.objective.add_noise(x0, noise, t).to(r.weight_dtype)
     pred = r.family.predict(r.comps, x_t, t, batch["cond"], batch["size_cond"])
     target = r.objective.target(x0, noise, t)
@@ -203,7 +203,7 @@ def finish(r: Run, outcome: str) -> None:
         r.status("done", f"This run had already finished at step {r.step}; its files are in {r.run_dir}")
         r.emit("done", step=r.step)
         return
-    render_samples(r)
+    render_samples(r, final=True)
     save_network(r, r.run_dir, r.preset.output.run_name)
     ckpt.save_state(r.run_dir / "state", resume_state(r))
     r.emit("done", step=r.step)
@@ -225,7 +225,8 @@ def save_network(r: Run, folder: Path, stem: str) -> None:
     """The trained network (its EMA when on) in every output format, each file self-checked."""
     r.status("saving", f"Saving {stem}")
     pipeline = r.family.pipeline(r.comps)
-    with whole_model_on_device(r), (r.ema.applied() if r.ema else contextlib.nullcontext()):
+    # the self-check loads the file where each module is: idle ones stay in CPU RAM (FLUX's T5 would not fit)
+    with (r.ema.applied() if r.ema else contextlib.nullcontext()):
         if r.preset.network.type == "full":
             r.emit("saved", path=str(ckpt.export_full(folder, stem, pipeline)), format="diffusers-folder",
                    step=r.step)
@@ -242,10 +243,11 @@ def export_info(r: Run):
     from engine.models.lora_export import LoraExportInfo
 
     d = r.preset.dataset
-    prediction = {"v_prediction": "v"}.get(r.objective.name, r.objective.name)
+    prediction = {"v_prediction": "v"}.get(r.objective.name, r.objective.name) if r.family.writes_prediction_type else ""
     return LoraExportInfo(
         title=r.preset.output.run_name, base_model_version=by_prediction(r.family.kohya_base_model, r.objective.name),
-        architecture=by_prediction(r.family.modelspec_architecture, r.objective.name), prediction_type=prediction,
+        architecture=by_prediction(r.family.modelspec_architecture, r.comps.extra.get("variant", ""),
+                                   r.objective.name), prediction_type=prediction,
         implementation=r.family.modelspec_implementation, training_started_at=r.started_at,
         resolution_px=(d.resolution_px, d.resolution_px), text_encoder_names=r.family.text_encoder_names,
         # sd-scripts counts the epoch being trained from 1: a run stopped inside its first epoch says 1
@@ -264,21 +266,27 @@ def resume_state(r: Run) -> dict:
             "ema": r.ema.state_dict() if r.ema else None}
 
 
-def render_samples(r: Run) -> None:
-    """Sample images with the current weights (engine.sampling.render renders them); a sample event per image."""
-    sampling = r.preset.sampling
-    if not sampling.prompts:
-        return
+def render_samples(r: Run, final: bool = False) -> None:
+    """Sample images with the current weights (engine.sampling.render renders them); a sample event per image.
+    The final samples add the evaluation prompts file's."""
+    from engine.sampling.prompts import read_prompts_file
     from engine.sampling.render import sample_images
 
-    r.status("sampling", f"Rendering {len(sampling.prompts)} prompt(s) at step {r.step}")
+    sampling = r.preset.sampling
+    prompts = list(sampling.prompts) + (read_prompts_file(sampling.eval_prompts_file) if final else [])
+    if not prompts:
+        return
+    r.status("sampling", f"Rendering {len(prompts)} prompt(s) at step {r.step}")
     size = (sampling.width_px or r.preset.dataset.resolution_px, sampling.height_px or r.preset.dataset.resolution_px)
-    with whole_model_on_device(r), vae_in_pipeline_dtype(r), torch.no_grad():
+    cond = r.comps.extra.get("prompt_cond")
+    cond = cond if cond and all(p in cond for p in prompts) else None
+    with whole_model_on_device(r, text_encoders=cond is None), vae_in_pipeline_dtype(r), torch.no_grad():
         results = sample_images(
-            r.family.pipeline(r.comps), sampling.prompts, sampling.negative_prompt, sampling.seed, sampling.steps,
+            r.family.pipeline(r.comps), prompts, sampling.negative_prompt, sampling.seed, sampling.steps,
             sampling.guidance_scale, size[0], size[1], sampling.strengths, r.run_dir / "samples", r.step,
             extra_info={"Model": Path(r.preset.model.path).name, "LoRA": r.preset.output.run_name},
-            sampler=None if sampling.sampler == "default" else sampling.sampler)
+            sampler=None if sampling.sampler == "default" else sampling.sampler,
+            max_sequence_length=r.comps.extra.get("max_sequence_length", 77), prompt_cond=cond)
     for result in results:
         r.emit("sample", **result)
 
@@ -299,10 +307,12 @@ def vae_in_pipeline_dtype(r: Run):
 
 
 @contextlib.contextmanager
-def whole_model_on_device(r: Run):
-    """Sampling and the LoRA self-check need every module on the device for a moment."""
+def whole_model_on_device(r: Run, text_encoders: bool = True):
+    """Sampling and the LoRA self-check need every module on the device for a moment (the text encoders not when
+    the sample prompts are encoded already)."""
     for module in idle_modules(r):
-        module.to(r.device)
+        if text_encoders or module is r.comps.vae:
+            module.to(r.device)
     try:
         yield
     finally:

@@ -26,16 +26,33 @@ def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
 
 
-def uniform_t(n: int, generator: torch.Generator, device) -> torch.Tensor:
+def uniform_t(n: int, generator: torch.Generator, device, scale: float = 1.0) -> torch.Tensor:
     return torch.rand(n, generator=generator, device=device)
 
 
-def logit_normal_t(n: int, generator: torch.Generator, device) -> torch.Tensor:
-    """sigmoid(N(0, 1)): favours the middle noise levels (Esser et al. 2024, SD3)."""
-    return torch.sigmoid(torch.randn(n, generator=generator, device=device))
+def logit_normal_t(n: int, generator: torch.Generator, device, scale: float = 1.0) -> torch.Tensor:
+    """sigmoid(scale * N(0, 1)): favours the middle noise levels (Esser et al. 2024, SD3; sd-scripts' `sigmoid`)."""
+    return torch.sigmoid(scale * torch.randn(n, generator=generator, device=device))
 
 
-TIMESTEP_SAMPLING = {"uniform": uniform_t, "logit_normal": logit_normal_t}
+# The draws; the flow objective shifts them further for `shift` and `flux_shift` (Flow.sample_t).
+TIMESTEP_SAMPLING = {"uniform": uniform_t, "logit_normal": logit_normal_t, "sigmoid": logit_normal_t,
+                     "shift": logit_normal_t, "flux_shift": logit_normal_t}
+FLOW_ONLY_SAMPLING = ("shift", "flux_shift")
+
+
+def shift_t(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """t' = s t / (1 + (s - 1) t): s > 1 moves noise levels towards 1 (pure noise), where large images need more
+    training (SD3's shift; sd-scripts' discrete_flow_shift)."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def flux_shift_of(image_tokens: int, base: float = 0.5, top: float = 1.15, base_tokens: int = 256,
+                  top_tokens: int = 4096) -> float:
+    """FLUX's resolution-dependent shift e^mu, mu linear in the image's token count from 0.5 at 256 tokens (256 px)
+    to 1.15 at 4096 (1024 px): the same mu FluxPipeline's scheduler uses when it samples (use_dynamic_shifting)."""
+    mu = base + (top - base) * (image_tokens - base_tokens) / (top_tokens - base_tokens)
+    return math.exp(mu)
 
 
 class Epsilon:
@@ -46,10 +63,13 @@ class Epsilon:
 
     name = "epsilon"
 
-    def __init__(self, alphas_cumprod: torch.Tensor, timestep_sampling: str = "uniform"):
+    def __init__(self, alphas_cumprod: torch.Tensor, timestep_sampling: str = "uniform", sigmoid_scale: float = 1.0):
+        if timestep_sampling in FLOW_ONLY_SAMPLING:
+            raise ValueError(f"training.timestep_sampling: {timestep_sampling!r} is for flow models (objective flow)")
         self.alphas_cumprod = alphas_cumprod.double()
         self.num_steps = len(alphas_cumprod)
         self._draw = choose(TIMESTEP_SAMPLING, timestep_sampling, "training.timestep_sampling")
+        self.scale = sigmoid_scale
 
     def index(self, t: torch.Tensor) -> torch.Tensor:
         return torch.round(t.double() * (self.num_steps - 1)).long().clamp(0, self.num_steps - 1)
@@ -58,8 +78,8 @@ class Epsilon:
         acp = self.alphas_cumprod[self.index(t).cpu()].to(t.device)
         return acp.sqrt().float(), (1 - acp).sqrt().float()
 
-    def sample_t(self, n: int, generator: torch.Generator, device="cpu") -> torch.Tensor:
-        k = self.index(self._draw(n, generator, device))
+    def sample_t(self, n: int, generator: torch.Generator, device="cpu", image_tokens: int = 0) -> torch.Tensor:
+        k = self.index(self._draw(n, generator, device, self.scale))
         return k.float() / (self.num_steps - 1)
 
     def add_noise(self, x0, noise, t):
@@ -95,16 +115,27 @@ class VPrediction(Epsilon):
 
 class Flow:
     """Rectified flow / flow matching (FLUX; Liu et al. 2022, Lipman et al. 2023):
-    x_t = (1 - t) x0 + t noise, target = noise - x0 (the velocity of the straight path)."""
+    x_t = (1 - t) x0 + t noise, target = noise - x0 (the velocity of the straight path).
+
+    Noise levels (training.timestep_sampling): uniform; sigmoid / logit_normal = sigmoid(scale N(0, 1)); shift =
+    that, shifted by discrete_flow_shift; flux_shift = that, shifted by flux_shift_of(the batch's image tokens)."""
 
     name = "flow"
 
-    def __init__(self, timestep_sampling: str = "uniform"):
+    def __init__(self, timestep_sampling: str = "uniform", sigmoid_scale: float = 1.0,
+                 discrete_flow_shift: float = 3.1582):
         self._draw = choose(TIMESTEP_SAMPLING, timestep_sampling, "training.timestep_sampling")
+        self.sampling, self.scale, self.shift = timestep_sampling, sigmoid_scale, discrete_flow_shift
 
-    def sample_t(self, n: int, generator: torch.Generator, device="cpu") -> torch.Tensor:
+    def sample_t(self, n: int, generator: torch.Generator, device="cpu", image_tokens: int = 0) -> torch.Tensor:
+        """[n] noise levels; image_tokens (latent h * w / 4) is what flux_shift depends on."""
+        t = self._draw(n, generator, device, self.scale)
+        if self.sampling == "shift":
+            t = shift_t(t, self.shift)
+        elif self.sampling == "flux_shift":
+            t = shift_t(t, flux_shift_of(image_tokens or 4096))
         # keep away from the exact ends, where snr is 0 or infinite
-        return self._draw(n, generator, device).clamp(1e-4, 1 - 1e-4)
+        return t.clamp(1e-4, 1 - 1e-4)
 
     def add_noise(self, x0, noise, t):
         t = _expand(t, x0)
@@ -124,14 +155,15 @@ class Flow:
 OBJECTIVES = {"epsilon": Epsilon, "v_prediction": VPrediction, "flow": Flow}
 
 
-def make_objective(name: str, alphas_cumprod: torch.Tensor | None, timestep_sampling: str = "uniform"):
+def make_objective(name: str, alphas_cumprod: torch.Tensor | None, timestep_sampling: str = "uniform",
+                   sigmoid_scale: float = 1.0, discrete_flow_shift: float = 3.1582):
     """The objective `name`; the DDPM ones need the model's alphas_cumprod [N]."""
     cls = choose(OBJECTIVES, name, "training.objective")
     if cls is Flow:
-        return Flow(timestep_sampling)
+        return Flow(timestep_sampling, sigmoid_scale, discrete_flow_shift)
     if alphas_cumprod is None:
         raise ValueError(f"training.objective: {name!r} needs a model with a DDPM noise schedule")
-    return cls(alphas_cumprod, timestep_sampling)
+    return cls(alphas_cumprod, timestep_sampling, sigmoid_scale)
 
 
 def offset_noise(noise: torch.Tensor, offset: float, generator: torch.Generator) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 from engine.config.save import preset_to_dict
 from engine.events import EventWriter
 from engine.failures import UserError
+from engine.models.base_storage import check_quantize_supported
 from engine.training import checkpoints as ckpt
 
 
@@ -71,8 +72,11 @@ def setup(run_dir: Path, preset, events: EventWriter, resume: bool) -> Run:
     from engine.models.families import get_family
     from engine.models.families.detect import check_family
 
+    from engine.sampling.prompts import read_prompts_file
+
     quiet_libraries()
     training = preset.training
+    read_prompts_file(preset.sampling.eval_prompts_file)  # a wrong path fails now, not after the whole run
     device, mixed, weight_dtype = choose_precision(training, preset.network, events)
     events.emit("started", preset=preset_to_dict(preset), versions=versions(), device=device_name(device),
                 resume=resume)
@@ -80,11 +84,19 @@ def setup(run_dir: Path, preset, events: EventWriter, resume: bool) -> Run:
     torch.manual_seed(training.seed)  # adapter init and dropout: the same seed gives the same run
     family = get_family(preset.model.family)
     check_family(family.name, preset.model.path)
+    check_quantize_supported(preset.model.quantize_base, device)
     events.emit("status", phase="loading", text=f"Loading the {family.name} model from {preset.model.path}",
                 n=0, total=1)
-    comps = family.load(preset.model, weight_dtype, device)
+    comps = family.load(preset.model, weight_dtype, device,
+                        progress=lambda text, n, total: events.emit("status", phase="loading", text=text, n=n,
+                                                                    total=total))
     events.emit("status", phase="loading", text="Model loaded", n=1, total=1)
+    configure_for_training(comps, training)
     trainables = add_network(family, comps, preset.network, training.gradient_checkpointing)
+    if preset.network.type == "lora" and preset.network.init_from:
+        for message in load_initial_lora(family, comps, preset.network):
+            events.emit("warning", message=message)
+    store_base(comps, preset.model, weight_dtype, events)
     r = build_run(run_dir, preset, events, family, comps, trainables, device, mixed, weight_dtype)
     if resume:
         restore(r)
@@ -139,15 +151,32 @@ def warn_unsupported(preset, events) -> None:
     notes = []
     if preset.output.tensorboard:
         notes.append("output.tensorboard: TensorBoard logs are not written yet; the loss is in events.jsonl.")
-    if preset.model.quantize_base != "none":
-        notes.append(f"model.quantize_base: {preset.model.quantize_base} base weights are not implemented yet; "
-                     f"the base model loads unquantized.")
     for comp, opt in preset.optimizers.items():  # legal (re-saving a LoRA unchanged), but rarely what was meant
         if opt.lr == 0 and (comp == "unet" or preset.network.train_text_encoder):
             notes.append(f"optimizers.{comp}.lr is 0: this run will not change the {comp} at all "
                          f"(1e-4 is the usual LoRA learning rate).")
     for message in notes:
         events.emit("warning", message=message)
+
+
+def configure_for_training(comps, training) -> None:
+    """Training settings a family's predict/encode_text read (FLUX: the guidance value, the T5 length)."""
+    if "guidance_scale" in comps.extra:
+        comps.extra["guidance_scale"] = training.guidance_scale
+    if "max_sequence_length" in comps.extra and training.max_sequence_length:
+        comps.extra["max_sequence_length"] = training.max_sequence_length
+
+
+def store_base(comps, model_cfg, compute_dtype, events) -> None:
+    """model.quantize_base fp8: the frozen denoiser weights in float8 from here on (int8/nf4 happened at loading)."""
+    from engine.models.base_storage import store_in_fp8
+
+    if model_cfg.quantize_base != "fp8" or getattr(comps.denoiser, "easel_fp8", False):  # FLUX: done while loading
+        return
+    saved = store_in_fp8(comps.denoiser, compute_dtype, progress=lambda n, total: events.emit(
+        "status", phase="loading", text="Storing the base weights in fp8", n=n, total=total))
+    amount = f"{saved / 2**30:.2f} GB" if saved >= 2**30 else f"{saved / 2**20:.1f} MB"
+    events.emit("status", phase="loading", text=f"Base weights in fp8: {amount} saved", n=1, total=1)
 
 
 def add_network(family, comps, network, gradient_checkpointing: bool) -> dict:
@@ -161,15 +190,20 @@ def add_network(family, comps, network, gradient_checkpointing: bool) -> dict:
         comps.denoiser.requires_grad_(True)
         trainables = {"unet": [comps.denoiser]}
     else:
-        targets = list(network.targets) or list(family.lora_targets)
+        if family.lora_target_names is not None:
+            targets = family.lora_target_names(comps.denoiser, network)
+        else:
+            targets = list(network.targets) or list(family.lora_targets)
+        if not targets:
+            raise UserError(f"network.targets: {', '.join(network.targets)} match no layer of the {family.name} model.",
+                            "Leave network.targets empty for the family's default layers, or use module names "
+                            "such as to_q, to_k, to_v, to_out.0.")
         add_lora(comps.denoiser, network.rank, network.alpha, network.dropout, targets)
         trainables = {"unet": [comps.denoiser]}
         if network.train_text_encoder:
-            for te in comps.text_encoders:
+            for te in trainable_text_encoders(family, comps):
                 add_lora(te, network.rank, network.alpha, network.dropout, list(family.te_lora_targets))
-            trainables["text_encoder"] = list(comps.text_encoders)
-        if network.init_from:
-            load_initial_lora(family, comps, network)
+            trainables["text_encoder"] = trainable_text_encoders(family, comps)
     for modules in trainables.values():
         for module in modules:
             for p in module.parameters():
@@ -179,7 +213,7 @@ def add_network(family, comps, network, gradient_checkpointing: bool) -> dict:
     if gradient_checkpointing:
         comps.denoiser.enable_gradient_checkpointing()
         if network.train_text_encoder:
-            for te in comps.text_encoders:  # transformers 5 renamed it; keep working on both names
+            for te in trainable_text_encoders(family, comps):  # transformers 5 renamed it; keep working on both names
                 if hasattr(te, "activation_checkpointing_enable"):
                     te.activation_checkpointing_enable({"use_reentrant": False})
                 else:
@@ -187,8 +221,18 @@ def add_network(family, comps, network, gradient_checkpointing: bool) -> dict:
     return trainables
 
 
-def load_initial_lora(family, comps, network) -> None:
-    from engine.models.lora import load_lora_into, lora_file_info
+def trainable_text_encoders(family, comps) -> list:
+    """The text encoders a LoRA may train (FLUX: CLIP-L only; T5 is always frozen)."""
+    return list(comps.text_encoders[:family.trained_text_encoders])
+
+
+def load_initial_lora(family, comps, network) -> list[str]:
+    """Continue from network.init_from; returns what the user should know (as warnings).
+
+    A file with a text-encoder part loaded into a run that does not train the text encoder (the FLUX guide's phase 2:
+    ENABLE_TE=0 RESUME_FROM=phase1.safetensors) keeps that part: it is loaded into a frozen adapter, so the samples
+    use it and every file this run writes carries it."""
+    from engine.models.lora import add_lora, load_lora_into, lora_file_components, lora_file_info
 
     path = Path(network.init_from).expanduser()
     if not path.is_file():
@@ -197,8 +241,27 @@ def load_initial_lora(family, comps, network) -> None:
     if info.rank != network.rank:
         raise UserError(f"network.init_from: {path.name} has rank {info.rank} but network.rank is {network.rank}.",
                         f"Set network.rank: {info.rank} to continue training that LoRA.")
-    tes = dict(zip(family.text_encoder_names, comps.text_encoders)) if network.train_text_encoder else {}
+    notes = []
+    in_file = lora_file_components(path)
+    tes = {name: te for name, te in zip(family.text_encoder_names, trainable_text_encoders(family, comps))
+           if name in in_file}
+    carried = bool(tes) and not network.train_text_encoder
+    if carried:
+        for te in tes.values():
+            add_lora(te, info.rank, info.alpha, 0.0, list(family.te_lora_targets))
+        notes.append(f"{path.name} has a text-encoder LoRA and this run does not train the text encoder: it is "
+                     f"loaded frozen and carried into this run's files.")
     load_lora_into(comps.denoiser, tes, path, text_encoder_names=family.text_encoder_names)
+    if carried:
+        for te in tes.values():
+            te.requires_grad_(False)
+    trained_on = info.metadata.get("modelspec.architecture", "")
+    variant = comps.extra.get("variant")
+    if variant and "flux-1-" in trained_on and f"flux-1-{variant}" not in trained_on:
+        other = "schnell" if variant == "dev" else "dev"
+        notes.append(f"network.init_from: {path.name} was trained on FLUX.1-{other}, and this model is FLUX.1-{variant}: "
+                     f"the LoRA loads, but its look will differ (schnell is distilled for 4 steps, dev for guidance).")
+    return notes
 
 
 def build_run(run_dir, preset, events, family, comps, trainables, device, mixed, weight_dtype) -> Run:
@@ -211,6 +274,8 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
     warning = check_disk_before_run(run_dir, preset, comps, trainables)
     if warning:
         events.emit("warning", message=warning)
+    for module in (comps.vae, *comps.text_encoders):  # on the GPU while caching (FLUX loads everything to the CPU)
+        module.to(device)
     samples, batches = prepare_batches(preset.dataset, training, preset.network, family, comps, device,
                                        warn=lambda message: events.emit("warning", message=message),
                                        progress=lambda phase, text: lambda n, total: events.emit(
@@ -219,7 +284,8 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
                                 training.grad_accum)
     total = total_steps(training.max_steps, training.max_epochs, per_epoch)
     objective_name = training.objective if training.objective != "auto" else comps.prediction_type
-    objective = make_objective(objective_name, comps.alphas_cumprod, training.timestep_sampling)
+    objective = make_objective(objective_name, comps.alphas_cumprod, training.timestep_sampling,
+                               training.sigmoid_scale, training.discrete_flow_shift)
     accelerator = make_accelerator(mixed, device)
     optim = make_optimizer_set(preset, trainables, total, accelerator)
     params = [p for modules in trainables.values() for m in modules for p in m.parameters() if p.requires_grad]
@@ -231,8 +297,37 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
     r.trained_names = ckpt.trainable_names(named_trainables(r))
     if training.ema.enabled:
         r.ema = ckpt.Ema(params, training.ema.decay)
+    encode_sample_prompts(r)
     park_idle(r)
+    place_denoiser(r, preset.model.block_swap)
     return r
+
+
+def encode_sample_prompts(r: Run) -> None:
+    """FLUX: the sample prompts encoded now, while the frozen text encoders are still on the GPU, so sampling
+    never brings them back (Family.cached_sample_prompts)."""
+    from engine.data.cache import cache_text
+    from engine.sampling.prompts import read_prompts_file
+
+    if not r.family.cached_sample_prompts or r.batches.text_cache is None:
+        return
+    prompts = list(r.preset.sampling.prompts) + read_prompts_file(r.preset.sampling.eval_prompts_file)
+    if prompts:
+        r.comps.extra["prompt_cond"] = cache_text(prompts, lambda p: r.family.encode_text(r.comps, p),
+                                                  lambda n, total: r.status("caching", "Encoding the sample prompts",
+                                                                            n=n, total=total))
+
+
+def place_denoiser(r: Run, block_swap: int) -> None:
+    """The denoiser onto the device once the caches are built and the idle parts are parked; with block swap, the
+    swapped blocks' frozen weights stay in CPU RAM (engine/models/block_swap.py)."""
+    from engine.models.block_swap import move_except_swapped, swap_blocks
+
+    swap = swap_blocks(r.comps.denoiser, block_swap, r.device) if block_swap else None
+    move_except_swapped(r.comps.denoiser, r.device, swap)
+    r.comps.extra["block_swap"] = swap
+    if swap is not None:
+        r.status("loading", f"Block swap: {len(swap.blocks)} transformer blocks wait in CPU RAM between uses")
 
 
 def check_disk_before_run(run_dir: Path, preset, comps, trainables: dict) -> str | None:

@@ -5,13 +5,14 @@ A new family (FLUX, a small DiT) is one more file with a Family record (engine/m
 from __future__ import annotations
 
 from engine.models.families.base import Components, Family
+from engine.models.families.flux import FLUX
 from engine.models.families.sd import SD2, SD15
 from engine.models.families.sdxl import SDXL
 from engine.registry import choose
 
-FAMILIES: dict[str, Family] = {"sd15": SD15, "sd2": SD2, "sdxl": SDXL}
+FAMILIES: dict[str, Family] = {"sd15": SD15, "sd2": SD2, "sdxl": SDXL, "flux": FLUX}
 # In the preset schema already (so presets can be written and checked), not trainable yet.
-PLANNED = {"flux": "FLUX.1 support is the next family to land."}
+PLANNED: dict[str, str] = {}
 
 
 def get_family(name: str) -> Family:
@@ -19,7 +20,7 @@ def get_family(name: str) -> Family:
         from engine.failures import UserError
 
         raise UserError(f"model.family: {name!r} cannot be trained by this version of Easel yet: {PLANNED[name]}",
-                        "Its presets validate and dry-run already; train an sd15, sd2 or sdxl model meanwhile.")
+                        "Its presets validate and dry-run already; train another family meanwhile.")
     return choose(FAMILIES, name, "model.family")
 
 

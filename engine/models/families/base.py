@@ -52,8 +52,18 @@ class Family:
     # sd-scripts UNet copies the diffusers layout) or the original "ldm" ones (SDXL: input_blocks/middle_block/...)
     kohya_unet_names: str = "diffusers"
     modelspec_implementation: str = "diffusers"   # what sd-scripts writes: "diffusers" for SD1.x/SD2 LoRAs
+    # (denoiser, network config) -> full module paths of the LoRA targets, for denoisers whose targets are not simple
+    # name suffixes (FLUX: the block linears, not the embedders'); None: lora_targets / network.targets as suffixes
+    lora_target_names: Callable | None = None
+    trained_text_encoders: int | None = None     # how many of text_encoders can train (FLUX: CLIP-L, never T5); None: all
+    latent_multiple_px: int = 8                  # image sides must be multiples of this (FLUX packs 2x2 latents: 16)
+    # its pipeline takes encode_text's output for samples (prompt_embeds + pooled_prompt_embeds, no negative prompt),
+    # so frozen text encoders stay in CPU RAM while sampling (FLUX's T5 would not fit beside the transformer)
+    cached_sample_prompts: bool = False
+    writes_prediction_type: bool = True          # modelspec.prediction_type in LoRA headers (sd-scripts writes none for FLUX)
 
 
-def by_prediction(table: dict, prediction_type: str) -> str:
-    """A family's metadata value for the model's resolved prediction type (the epsilon entry when it has none)."""
-    return table.get(prediction_type, table["epsilon"])
+def by_prediction(table: dict, *keys: str) -> str:
+    """A family's metadata value for the first of `keys` it has (the model's variant, its resolved prediction
+    type); else its first entry (epsilon for the SD families)."""
+    return next((table[k] for k in keys if k in table), next(iter(table.values())))

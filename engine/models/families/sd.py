@@ -45,7 +45,7 @@ def components_from_pipe(pipe, model_cfg, text_encoders, tokenizers, vae_fp32: b
                       vae_dtype=pipe.vae.dtype)
 
 
-def load(model_cfg, dtype, device) -> Components:
+def load(model_cfg, dtype, device, progress=None) -> Components:
     from diffusers import StableDiffusionPipeline
 
     pipe = load_pipeline(StableDiffusionPipeline, model_cfg, dtype, safety_checker=None,

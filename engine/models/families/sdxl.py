@@ -10,7 +10,7 @@ from engine.models.families.sd import CLIP_ATTENTION, UNET_ATTENTION, components
     tokenize, unet_timestep
 
 
-def load(model_cfg, dtype, device) -> Components:
+def load(model_cfg, dtype, device, progress=None) -> Components:
     from diffusers import StableDiffusionXLPipeline
 
     from engine.models.loading import load_pipeline
