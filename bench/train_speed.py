@@ -36,15 +36,47 @@ def peak_memory_gb() -> float:
     return rss / 2**20
 
 
+class PhaseTimers:
+    """Wall time spent in the step's forward (batch_loss), backward and optimizer (step + zero_grad), added up while
+    the timers are installed; the rest of a step (fetching the batch, events, control files) is the overhead.
+    On a GPU each phase ends with a synchronize so the time is the phase's own (CPU runs are synchronous anyway)."""
+
+    def __init__(self):
+        self.seconds = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+
+    def wrap(self, owner, name: str, phase: str):
+        real = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            import torch
+
+            started = time.perf_counter()
+            out = real(*args, **kwargs)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.seconds[phase] += time.perf_counter() - started
+            return out
+
+        setattr(owner, name, timed)
+
+
 def bench_easel(preset_path: str, overrides: list[str], steps: int) -> dict:
+    from accelerate import Accelerator
+
     from engine.config.load import load_preset
     from engine.events import read_all
     from engine.runs import create_run_dir
     from engine.training import loop as train
+    from engine.training.optimizers import OptimizerSet
 
     settings = [*overrides, f"training.max_steps={steps}", "sampling.prompts=[]", "output.save_every_n_steps=0",
                 "output.save_every_n_minutes=0", "output.save_every_n_epochs=0"]
     preset = load_preset(preset_path, settings)
+    timers = PhaseTimers()
+    timers.wrap(train, "batch_loss", "forward")
+    timers.wrap(Accelerator, "backward", "backward")
+    timers.wrap(OptimizerSet, "step", "optimizer")
+    timers.wrap(OptimizerSet, "zero_grad", "optimizer")
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = create_run_dir(preset, root=Path(tmp))
         code = train.run(run_dir)
@@ -54,9 +86,14 @@ def bench_easel(preset_path: str, overrides: list[str], steps: int) -> dict:
     step_times = [e["t"] for e in events if e["kind"] == "step"]
     caching = [e["t"] for e in events if e["kind"] == "status" and e["phase"] in ("caching", "checking")]
     s_per_it = (step_times[-1] - step_times[0]) / (len(step_times) - 1)
+    # the phases summed over all steps, against the steps' wall time from the first step's start to the last event
+    wall = step_times[-1] - (step_times[0] - s_per_it)
+    inside = sum(timers.seconds.values())
     return {"loop": "easel", "s_per_it": s_per_it, "img_per_s": preset.training.batch_size * preset.training.grad_accum
             / s_per_it, "peak_memory_gb": peak_memory_gb(),
-            "one_off_caching_s": (caching[-1] - caching[0]) if caching else 0.0}
+            "one_off_caching_s": (caching[-1] - caching[0]) if caching else 0.0,
+            "phases_s": {k: v / len(step_times) for k, v in timers.seconds.items()},
+            "outside_share": max(0.0, wall - inside) / wall}
 
 
 def bench_plain(preset_path: str, overrides: list[str], steps: int) -> dict:
@@ -160,6 +197,8 @@ def main() -> int:
         print(f"{r['loop']:>6}: {r['s_per_it']:.4f} s/it  {r['img_per_s']:.1f} img/s  "
               f"peak memory {r['peak_memory_gb']:.2f} GB")
     print(f"easel one-off caching: {easel['one_off_caching_s']:.1f} s (skipped on later runs of the same data)")
+    phases = "  ".join(f"{k} {v * 1000:.1f} ms" for k, v in easel["phases_s"].items())
+    print(f"easel step breakdown: {phases}  outside those: {easel['outside_share'] * 100:.1f} % of the step")
     print(f"speed-up (img/s): {easel['img_per_s'] / plain['img_per_s']:.2f}x")
     return 0
 

@@ -159,6 +159,12 @@ class TrainingConfig:
     cache_latents: bool = opt(True, "Encode every image once and reuse the latents (much faster; off when "
                                     "random_crop or flip need fresh crops).", advanced=True)
     cache_text_embeddings: bool = opt(True, "Encode captions once when the text encoder is frozen.", advanced=True)
+    compile: bool = opt(False, "Compile the denoiser's repeated blocks with torch.compile (diffusers' regional "
+                               "compilation): faster steps on a GPU after a one-off compile of about a minute.",
+                        advanced=True)
+    auto_batch_size: bool = opt(False, "Before training, find the largest batch that fits the GPU's free memory at "
+                                       "the largest bucket (a few probing steps); replaces training.batch_size.",
+                                advanced=True)
     preserve_lr: bool = opt(False, "On resume, keep the learning rate the saved run had, even if the schedule or "
                                    "LR in the preset changed.", advanced=True)
 

@@ -190,7 +190,7 @@ class BatchSource:
         samples = [self.samples[i] for i in indices]
         captions = [caption_for_step(s, self.dataset, g) for s in samples]
         latents, size_cond = self._latents(indices, samples, g)
-        return {"latents": latents.to(self.device), "size_cond": size_cond.to(self.device),
+        return {"latents": latents.to(self.device, non_blocking=True), "size_cond": size_cond.to(self.device),
                 "cond": self._cond(captions),
                 "loss_weight": torch.tensor([s.loss_weight for s in samples], device=self.device),
                 "files": [str(s.image) for s in samples], "captions": captions}
@@ -198,7 +198,7 @@ class BatchSource:
     def _latents(self, indices, samples, g):
         if self.latents is not None:
             pairs = [self.latents[i] for i in indices]
-            return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+            return _pinned(torch.stack([p[0] for p in pairs]), self.device), torch.stack([p[1] for p in pairs])
         pairs = [load_pixels(s.image, s.size, s.bucket, self.dataset.random_crop, self.dataset.flip, g)
                  for s in samples]
         with torch.no_grad():
@@ -208,8 +208,15 @@ class BatchSource:
     def _cond(self, captions: list[str]) -> dict:
         if self.text_cache is not None and all(c in self.text_cache for c in captions):
             keys = self.text_cache[captions[0]].keys()
-            return {k: torch.stack([self.text_cache[c][k] for c in captions]).to(self.device) for k in keys}
+            return {k: _pinned(torch.stack([self.text_cache[c][k] for c in captions]), self.device).to(
+                self.device, non_blocking=True) for k in keys}
         return self.encode_text(captions)
+
+
+def _pinned(batch: torch.Tensor, device: str) -> torch.Tensor:
+    """A batch stacked from the CPU caches, in page-locked memory when it goes to a GPU: the copy then runs
+    without a host sync (non_blocking) while the GPU still works on the previous step."""
+    return batch.pin_memory() if device == "cuda" and batch.device.type == "cpu" else batch
 
 
 def prepare_batches(dataset, training, network, family, comps, device, warn, progress):

@@ -7,6 +7,7 @@ samples). Exit codes: 0 done or stopped on request, 1 failed, 2 the preset is wr
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from pathlib import Path
@@ -118,26 +119,34 @@ def loop(r: Run) -> str:
         if epoch_ended:
             r.epoch, r.cursor = r.epoch + 1, 0
         report_step(r, loss, time.perf_counter() - started)
+        if r.compile_timer is not None:
+            r.compile_timer.add(time.perf_counter() - started)
         if at_boundary(r, epoch_ended) == "stop":
             return "stopped"
     return "done"
 
 
 def optimizer_step(r: Run, group: list[list[int]]) -> float:
-    """One optimizer step over `group` (grad_accum batches, fewer at an epoch's end); returns the mean loss."""
-    losses = []
+    """One optimizer step over `group` (grad_accum batches, fewer at an epoch's end); returns the mean loss.
+
+    The losses stay on the device until every micro-batch is done: one host sync per step (for the step event and
+    the NaN check), not one per micro-batch, so the GPU is never idle waiting for Python between backward passes."""
+    losses, files = [], []
     for k, indices in enumerate(group):
         with r.accelerator.autocast():
             batch = r.batches(indices, r.epoch, r.cursor + k)
             loss = batch_loss(r, batch)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(r.step + 1, loss.item(), batch["files"])
         r.accelerator.backward(loss / len(group))
-        losses.append(loss.item())
+        losses.append(loss.detach())
+        files.append(batch["files"])
+    values = torch.stack(losses).float().tolist()  # the step's one sync
+    for value, batch_files in zip(values, files):
+        if not math.isfinite(value):  # before the optimizer step: the weights keep their last good values
+            raise NonFiniteLoss(r.step + 1, value, batch_files)
     clip = r.preset.training.clip_grad_norm
     if clip > 0:
         r.accelerator.clip_grad_norm_(r.params, clip)
-    mean = sum(losses) / len(losses)
+    mean = sum(values) / len(values)
     r.optim.step(mean)
     r.optim.zero_grad()
     if r.ema is not None:
@@ -277,6 +286,7 @@ def render_samples(r: Run, final: bool = False) -> None:
     if not prompts:
         return
     r.status("sampling", f"Rendering {len(prompts)} prompt(s) at step {r.step}")
+    started = time.perf_counter()
     size = (sampling.width_px or r.preset.dataset.resolution_px, sampling.height_px or r.preset.dataset.resolution_px)
     cond = r.comps.extra.get("prompt_cond")
     cond = cond if cond and all(p in cond for p in prompts) else None
@@ -289,6 +299,9 @@ def render_samples(r: Run, final: bool = False) -> None:
             max_sequence_length=r.comps.extra.get("max_sequence_length", 77), prompt_cond=cond)
     for result in results:
         r.emit("sample", **result)
+    # training s/it never includes this: the step timer stops before at_boundary
+    r.status("sampling", f"{len(results)} sample(s) in {time.perf_counter() - started:.1f} s", seconds=round(
+        time.perf_counter() - started, 2))
 
 
 @contextlib.contextmanager

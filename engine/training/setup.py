@@ -19,6 +19,7 @@ from engine.events import EventWriter
 from engine.failures import UserError
 from engine.models.base_storage import check_quantize_supported
 from engine.training import checkpoints as ckpt
+from engine.training.speed import CompileTimer, compile_repeated_blocks, enable_tf32, prefer_channels_last
 
 
 # --------------------------------------------------------------------------------------------------- the run state
@@ -47,6 +48,7 @@ class Run:
     s_per_it: float = 0.0
     cadence: object = None
     ema: object = None        # checkpoints.Ema when training.ema.enabled
+    compile_timer: object = None  # speed.CompileTimer when training.compile compiled something
     trained_names: dict = field(default_factory=dict)  # named_trainables key -> the names of its trained params
     started_at: float = field(default_factory=time.time)  # when training began (kept across resumes)
     _epoch_cache: dict = field(default_factory=dict)
@@ -119,6 +121,7 @@ def choose_precision(training, network, events) -> tuple[str, str, torch.dtype]:
             events.emit("warning", message=f"No CUDA GPU found: training on the CPU in fp32 (training.precision "
                                            f"{training.precision} needs a GPU). This is slow except for tiny models.")
         return "cpu", "no", torch.float32
+    enable_tf32()
     if training.precision == "bf16" and not torch.cuda.is_bf16_supported():
         raise UserError("training.precision: bf16 is not supported by this GPU.",
                         "Use training.precision: fp16 (cards older than RTX 30xx).")
@@ -280,13 +283,21 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
                                        warn=lambda message: events.emit("warning", message=message),
                                        progress=lambda phase, text: lambda n, total: events.emit(
                                            "status", phase=phase, text=text, n=n, total=total))
+    status = lambda phase, text, **progress: events.emit("status", phase=phase, text=text, **progress)  # noqa: E731
+    encode_sample_prompts(family, comps, preset.sampling, batches, status)
+    park(idle_parts(comps, batches, device))
+    place_denoiser(comps, device, preset.model.block_swap, training, status)
+    accelerator = make_accelerator(mixed, device)
+    if training.auto_batch_size:
+        preset = choose_batch_size(run_dir, preset, family, comps, batches, samples, device, weight_dtype,
+                                   accelerator, events)
+        training = preset.training
     per_epoch = steps_per_epoch(batches_per_epoch(bucket_counts(samples), training.batch_size),
                                 training.grad_accum)
     total = total_steps(training.max_steps, training.max_epochs, per_epoch)
     objective_name = training.objective if training.objective != "auto" else comps.prediction_type
     objective = make_objective(objective_name, comps.alphas_cumprod, training.timestep_sampling,
                                training.sigmoid_scale, training.discrete_flow_shift)
-    accelerator = make_accelerator(mixed, device)
     optim = make_optimizer_set(preset, trainables, total, accelerator)
     params = [p for modules in trainables.values() for m in modules for p in m.parameters() if p.requires_grad]
     r = Run(run_dir=run_dir, preset=preset, events=events, family=family, comps=comps, objective=objective,
@@ -297,37 +308,87 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
     r.trained_names = ckpt.trainable_names(named_trainables(r))
     if training.ema.enabled:
         r.ema = ckpt.Ema(params, training.ema.decay)
-    encode_sample_prompts(r)
-    park_idle(r)
-    place_denoiser(r, preset.model.block_swap)
+    if training.compile and r.comps.extra.get("compiled"):
+        r.compile_timer = CompileTimer(lambda seconds: r.status(
+            "training", f"torch.compile: {seconds:.0f} s one-off compile time in the first step"))
     return r
 
 
-def encode_sample_prompts(r: Run) -> None:
+def encode_sample_prompts(family, comps, sampling, batches, status) -> None:
     """FLUX: the sample prompts encoded now, while the frozen text encoders are still on the GPU, so sampling
     never brings them back (Family.cached_sample_prompts)."""
     from engine.data.cache import cache_text
     from engine.sampling.prompts import read_prompts_file
 
-    if not r.family.cached_sample_prompts or r.batches.text_cache is None:
+    if not family.cached_sample_prompts or batches.text_cache is None:
         return
-    prompts = list(r.preset.sampling.prompts) + read_prompts_file(r.preset.sampling.eval_prompts_file)
+    prompts = list(sampling.prompts) + read_prompts_file(sampling.eval_prompts_file)
     if prompts:
-        r.comps.extra["prompt_cond"] = cache_text(prompts, lambda p: r.family.encode_text(r.comps, p),
-                                                  lambda n, total: r.status("caching", "Encoding the sample prompts",
-                                                                            n=n, total=total))
+        comps.extra["prompt_cond"] = cache_text(prompts, lambda p: family.encode_text(comps, p),
+                                                lambda n, total: status("caching", "Encoding the sample prompts",
+                                                                        n=n, total=total))
 
 
-def place_denoiser(r: Run, block_swap: int) -> None:
+def place_denoiser(comps, device: str, block_swap: int, training, status) -> None:
     """The denoiser onto the device once the caches are built and the idle parts are parked; with block swap, the
-    swapped blocks' frozen weights stay in CPU RAM (engine/models/block_swap.py)."""
+    swapped blocks' frozen weights stay in CPU RAM (engine/models/block_swap.py). Then the GPU speed-ups that
+    cost no quality (engine/training/speed.py) and, when asked, torch.compile."""
     from engine.models.block_swap import move_except_swapped, swap_blocks
 
-    swap = swap_blocks(r.comps.denoiser, block_swap, r.device) if block_swap else None
-    move_except_swapped(r.comps.denoiser, r.device, swap)
-    r.comps.extra["block_swap"] = swap
+    swap = swap_blocks(comps.denoiser, block_swap, device) if block_swap else None
+    move_except_swapped(comps.denoiser, device, swap)
+    comps.extra["block_swap"] = swap
     if swap is not None:
-        r.status("loading", f"Block swap: {len(swap.blocks)} transformer blocks wait in CPU RAM between uses")
+        status("loading", f"Block swap: {len(swap.blocks)} transformer blocks wait in CPU RAM between uses")
+    if device == "cuda":
+        prefer_channels_last(comps.denoiser)
+    if training.compile:
+        comps.extra["compiled"] = compile_repeated_blocks(comps.denoiser)
+        if not comps.extra["compiled"]:
+            status("loading", "training.compile: this model has no repeated blocks to compile; it runs as is")
+
+
+def choose_batch_size(run_dir, preset, family, comps, batches, samples, device, weight_dtype, accelerator, events):
+    """training.auto_batch_size: probe the largest batch that fits the GPU at the largest bucket, write it into the
+    run's preset.yaml (so a resume trains the same batches) and return the preset with it."""
+    import dataclasses
+
+    from engine.config.save import save_preset
+
+    if device != "cuda":
+        events.emit("warning", message=f"training.auto_batch_size needs a CUDA GPU to measure; training with "
+                                       f"training.batch_size {preset.training.batch_size}.")
+        return preset
+    largest = max(range(len(samples)), key=lambda i: samples[i].bucket[0] * samples[i].bucket[1])
+    free, _ = torch.cuda.mem_get_info()
+    limit = free + torch.cuda.memory_allocated()
+    trained = [p for p in comps.denoiser.parameters() if p.requires_grad]
+    optimizer_state = 2 * sum(p.numel() * 4 for p in trained)  # AdamW's two fp32 moments, not yet allocated
+
+    def try_batch(n: int) -> int:
+        torch.cuda.reset_peak_memory_stats()
+        with accelerator.autocast():
+            batch = batches([largest] * n, 0, 0)
+            x = batch["latents"].to(device, weight_dtype)
+            pred = family.predict(comps, x, torch.full((n,), 0.5, device=device), batch["cond"], batch["size_cond"])
+        accelerator.backward(pred.float().square().mean())
+        for p in trained:
+            p.grad = None
+        return torch.cuda.max_memory_allocated() + optimizer_state
+
+    from engine.training.speed import largest_fitting_batch
+
+    n, peak = largest_fitting_batch(try_batch, limit)
+    if n == 0:
+        raise torch.cuda.OutOfMemoryError("not even a batch of 1 fits at the largest bucket")
+    training = dataclasses.replace(preset.training, batch_size=n, auto_batch_size=False)
+    preset = dataclasses.replace(preset, training=training)
+    save_preset(preset, run_dir / "preset.yaml")
+    events.emit("status", phase="loading", text=f"Auto batch size: {n} (peak {peak / 2**30:.1f} of "
+                                                f"{limit / 2**30:.1f} GB at {samples[largest].bucket[0]}x"
+                                                f"{samples[largest].bucket[1]} px); written into preset.yaml",
+                n=1, total=1, batch_size=n)
+    return preset
 
 
 def check_disk_before_run(run_dir: Path, preset, comps, trainables: dict) -> str | None:
@@ -432,15 +493,23 @@ def named_trainables(r: Run) -> dict:
 
 
 def idle_modules(r: Run) -> list:
+    return idle_parts(r.comps, r.batches, r.device)
+
+
+def idle_parts(comps, batches, device: str) -> list:
     """On a GPU, the VAE and frozen text encoders are idle once their caches are built: they wait in CPU RAM."""
-    if r.device != "cuda":
+    if device != "cuda":
         return []
-    idle = [] if r.batches.latents is None else [r.comps.vae]
-    return idle + (list(r.comps.text_encoders) if r.batches.text_cache is not None else [])
+    idle = [] if batches.latents is None else [comps.vae]
+    return idle + (list(comps.text_encoders) if batches.text_cache is not None else [])
 
 
 def park_idle(r: Run) -> None:
-    if idle_modules(r):
-        for module in idle_modules(r):
+    park(idle_modules(r))
+
+
+def park(modules: list) -> None:
+    if modules:
+        for module in modules:
             module.to("cpu")
         torch.cuda.empty_cache()
