@@ -131,9 +131,31 @@ def _print_dry_run(preset) -> int:
     if not preset.dataset.path or not Path(preset.dataset.path).is_dir():
         print(f"dataset folder not found: {preset.dataset.path or '(dataset.path is empty)'} — set dataset.path "
               f"(or DATA_DIR) to your image folder")
+        _print_fit(preset, images=0)
         return 2
-    print(describe(make_plan(preset.dataset, preset.training, preset.sampling, preset.output)))
+    plan = make_plan(preset.dataset, preset.training, preset.sampling, preset.output)
+    print(describe(plan))
+    _print_fit(preset, images=plan.images + plan.reg_images)
     return 0
+
+
+def _print_fit(preset, images: int) -> None:
+    """Will it fit: the predicted peak VRAM and RAM against this PC's free memory (engine/models/fit.py)."""
+    from engine.models.fit import FAMILIES, advice, describe_fit, estimate, fit_settings, model_sizes
+    from engine.system_doctor import memory_now, query_nvidia_smi
+
+    print("# will it fit (an estimate from the model's files; nothing loaded)")
+    if preset.model.family not in FAMILIES:
+        print(f"no memory estimate for model.family {preset.model.family} yet")
+        return
+    sizes, settings = model_sizes(preset.model), fit_settings(preset, captions=images)
+    fit = estimate(sizes, settings)
+    _, gpus = query_nvidia_smi()
+    now = memory_now()
+    free = now["gpu_free_gb"][0] if now["gpu_free_gb"] else None   # the engine trains on the first GPU
+    name = gpus[0]["name"] if gpus else None
+    options = advice(sizes, settings, free) if free is not None else []
+    print("\n".join(describe_fit(fit, options, name, free, now["ram_total_gb"], now["ram_free_gb"])))
 
 
 def _run(run_dir: Path, resume: bool) -> int:

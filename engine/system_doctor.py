@@ -67,23 +67,47 @@ def version_numbers(text) -> tuple[int, ...]:
     return tuple(int(p) for p in str(text or "").strip().split(".") if p.isdigit())
 
 
+def _smi_rows(fields: str) -> list[list[str]] | None:
+    """nvidia-smi's CSV rows (one per GPU) for --query-gpu=`fields`; None when it does not run or refuses them."""
+    try:
+        proc = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"], check=False,
+                              capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if proc.returncode != 0:
+        return None
+    return [[c.strip() for c in line.split(",")] for line in proc.stdout.splitlines() if line.strip()]
+
+
 def query_nvidia_smi() -> tuple[str | None, list[dict]]:
     """(driver version, [{'name', 'compute', 'vram_gb'}]) from nvidia-smi, or (None, []) without an NVIDIA driver.
     Drivers older than 510 do not know the compute_cap field: then it is asked without it."""
     for fields in ("name,driver_version,compute_cap,memory.total", "name,driver_version,memory.total"):
-        try:
-            proc = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"], check=False,
-                                  capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=30)
-        except (OSError, subprocess.SubprocessError):
-            return None, []
-        if proc.returncode == 0:
-            rows = [[c.strip() for c in line.split(",")] for line in proc.stdout.splitlines() if line.strip()]
+        rows = _smi_rows(fields)
+        if rows is not None:
             rows = [row if len(row) == 4 else [*row[:2], "", *row[2:]] for row in rows if len(row) >= 3]
             mib = [(r[3].split() or [""])[0] for r in rows]     # '24576 MiB', or '[N/A]'
             gpus = [{"name": r[0], "compute": version_numbers(r[2])[:2] or None,
                      "vram_gb": round(int(m) / 1024, 1) if m.isdigit() else None} for r, m in zip(rows, mib)]
             return (rows[0][1] if rows else None), gpus
     return None, []
+
+
+def memory_now() -> dict:
+    """What a run could use right now, torch-free (the dry run's fit check): {'gpu_free_gb': [per GPU, None where
+    not known], 'ram_total_gb', 'ram_free_gb'} from nvidia-smi's memory.free (what the desktop and other programs
+    leave) and psutil's available RAM; [] / None without a driver or psutil."""
+    rows = _smi_rows("memory.free") or []
+    mib = [(row[0].split() or [""])[0] if row else "" for row in rows]   # '11876 MiB', or '[N/A]'
+    found = {"gpu_free_gb": [round(int(m) / 1024, 1) if m.isdigit() else None for m in mib],
+             "ram_total_gb": None, "ram_free_gb": None}
+    try:
+        import psutil
+        memory = psutil.virtual_memory()
+        found.update(ram_total_gb=round(memory.total / 2**30, 1), ram_free_gb=round(memory.available / 2**30, 1))
+    except Exception:  # noqa: BLE001, S110 - psutil missing or failing: RAM is not compared
+        pass
+    return found
 
 
 def _torch_facts() -> dict:

@@ -135,8 +135,8 @@ def cache_text(captions: list[str], encode_text, status, chunk: int = 16, cache_
         status(len(out), len(unique))
         part = todo[start:start + chunk]
         cond = encode_text(part)
-        for j, caption in enumerate(part):
-            out[caption] = {k: v[j].detach() for k, v in cond.items()}
+        for j, caption in enumerate(part):  # kept in CPU RAM (FLUX: 4 MB per caption), copied per batch
+            out[caption] = {k: v[j].detach().cpu() for k, v in cond.items()}
             if cache_dir is not None:
                 cache_dir = _write_text_file(cache_dir, encoder_id, caption, out[caption], warn)
     status(len(unique), len(unique))
@@ -228,7 +228,7 @@ def prepare_batches(dataset, training, network, family, comps, device, warn, pro
     from engine.failures import UserError
 
     samples = collect_samples(dataset, warn)
-    encode_image = no_grad(lambda px: family.encode_image(comps, px))
+    encode_image = no_grad(on_device_first([comps.vae], device, lambda px: family.encode_image(comps, px)))
     fresh_crops = dataset.random_crop or dataset.flip
     if training.cache_latents and not fresh_crops:
         found = cache_latents(samples, encode_image, cache_dir_for(dataset.path), module_fingerprint(comps.vae),
@@ -242,8 +242,9 @@ def prepare_batches(dataset, training, network, family, comps, device, warn, pro
     if not samples:
         raise UserError(f"dataset.path: none of the images in {dataset.path} could be read.",
                         "Check that the files are real JPEG/PNG/WebP images (open one in an image viewer).")
-    encode_text = lambda captions: family.encode_text(comps, captions)  # noqa: E731
-    text_cache = None
+    encode_text = on_device_first(list(comps.text_encoders), device,
+                                  lambda captions: family.encode_text(comps, captions))
+    text_cache, encoder_id = None, ""
     if training.cache_text_embeddings and not network.train_text_encoder and not dataset.shuffle_tags:
         captions = [s.caption for s in samples] + ([""] if dataset.caption_dropout > 0 else [])
         encoder_id = f"{family.name}|{comps.extra.get('max_sequence_length', '')}|" + \
@@ -252,8 +253,23 @@ def prepare_batches(dataset, training, network, family, comps, device, warn, pro
                                 cache_dir=cache_dir_for(dataset.path, "text"), encoder_id=encoder_id, warn=warn)
     if not network.train_text_encoder:
         encode_text = no_grad(encode_text)
-    return samples, BatchSource(samples, dataset, training.seed, encode_image, encode_text, latents, text_cache,
-                                device)
+    source = BatchSource(samples, dataset, training.seed, encode_image, encode_text, latents, text_cache, device)
+    source.text_cache_dir, source.encoder_id = cache_dir_for(dataset.path, "text"), encoder_id  # for sample prompts
+    return samples, source
+
+
+def on_device_first(modules: list, device: str, fn):
+    """fn, with `modules` moved to the device the first time it is called: a run whose caches are all on disk never
+    brings the VAE or the text encoders (FLUX's T5: 9.5 GB) onto the GPU at all."""
+    moved = []
+
+    def wrapped(*args):
+        if not moved:
+            for module in modules:
+                module.to(device)
+            moved.append(True)
+        return fn(*args)
+    return wrapped
 
 
 def reindex(samples, found):

@@ -14,6 +14,7 @@ read and before the text encoders are, so CPU RAM never holds a bf16 transformer
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from engine.failures import UserError
@@ -51,9 +52,10 @@ def load_flux_pipeline(model_cfg, dtype, progress):
 def _store(transformer, model_cfg, dtype, progress):
     """fp8 storage as soon as the transformer is read (int8 / nf4 happened while reading)."""
     if model_cfg.quantize_base == "fp8":
-        saved = store_in_fp8(transformer, dtype, lambda n, total: progress(
-            "Storing the transformer in fp8, block by block", n, total))
-        progress(f"Transformer in fp8: {saved / 2**30:.2f} GB of RAM saved", 1, 1)
+        store_in_fp8(transformer, dtype, lambda n, total: progress("Storing the transformer in fp8, block by block",
+                                                                   n, total))
+        size = sum(p.numel() * p.element_size() for p in transformer.parameters())
+        progress(f"Transformer in fp8: {size / 2**30:.2f} GB", 1, 1)
         transformer.easel_fp8 = True  # setup's store_base sees it is done
     return transformer
 
@@ -103,7 +105,8 @@ def _from_files(model_cfg, transformer_file: Path, dtype, quantization, progress
     for n, part in enumerate(PARTS):
         progress(f"Loading {part} from {files[part].name if part in files else config / part}", n, len(PARTS))
         if part in files:
-            loaded[part] = _load_part(part, files[part], config, dtype, quantization if part == "transformer" else None)
+            loaded[part] = _load_part(part, files[part], config, dtype, quantization if part == "transformer" else None,
+                                      fp8=model_cfg.quantize_base == "fp8")
         else:
             loaded[part] = _load_from_folder(part, config, dtype)
         if part == "transformer":
@@ -180,7 +183,7 @@ def _load_from_folder(part: str, config: Path, dtype):
     return cls.from_pretrained(config, subfolder=part, dtype=dtype, local_files_only=True)
 
 
-def _load_part(part: str, file: Path, config: Path, dtype, quantization=None):
+def _load_part(part: str, file: Path, config: Path, dtype, quantization=None, fp8: bool = False):
     from safetensors.torch import load_file
 
     if part == "vae":
@@ -194,10 +197,28 @@ def _load_part(part: str, file: Path, config: Path, dtype, quantization=None):
         return FluxTransformer2DModel.from_single_file(str(file), config=str(config), subfolder="transformer",
                                                        quantization_config=quantization, dtype=dtype,
                                                        local_files_only=True)
-    state = load_file(str(file))
     if part == "transformer":
-        return _transformer_from_state(state, config, dtype, file)
-    return _text_encoder_from_state(part, state, config, dtype, file)
+        return _transformer_from_state(_read_transformer(file, dtype, fp8), config, dtype, file)
+    return _text_encoder_from_state(part, load_file(str(file)), config, dtype, file)
+
+
+def _read_transformer(file: Path, dtype, fp8: bool) -> dict:
+    """The file's tensors one at a time, each straight into the dtype it will be kept in: with fp8 storage the
+    blocks' linear weights go to float8 as they are read, so RAM holds ~12 GB for FLUX-dev instead of a 24 GB
+    bf16 copy first (layerwise casting then leaves them as they are)."""
+    import torch
+    from safetensors import safe_open
+
+    state = {}
+    with safe_open(str(file), "pt") as f:
+        for key in f.keys():
+            stored_in_fp8 = fp8 and _BLOCK_LINEAR.match(key.removeprefix("model.diffusion_model.")) is not None
+            state[key] = f.get_tensor(key).to(torch.float8_e4m3fn if stored_in_fp8 else dtype)
+    return state
+
+
+# BFL block tensors that layerwise casting keeps in fp8: every Linear's weight and bias (not the RMSNorm scales)
+_BLOCK_LINEAR = re.compile(r"^(double_blocks|single_blocks)\.\d+\.(?!.*norm\.)[\w.]+\.(weight|bias)$")
 
 
 def _transformer_from_state(state: dict, config: Path, dtype, file: Path):
@@ -216,8 +237,6 @@ def _transformer_from_state(state: dict, config: Path, dtype, file: Path):
                         f"{', '.join(sorted(missing | unexpected)[:3])}).",
                         "Use the config folder of the same model (FLUX.1-dev for flux1-dev files, FLUX.1-schnell "
                         "for flux1-schnell files).")
-    for key in list(state):  # one tensor at a time: a full bf16 copy beside an fp8 file's tensors would double RAM
-        state[key] = state[key].to(dtype)
     model.load_state_dict(state, strict=True, assign=True)
     return model
 

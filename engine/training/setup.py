@@ -277,8 +277,6 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
     warning = check_disk_before_run(run_dir, preset, comps, trainables)
     if warning:
         events.emit("warning", message=warning)
-    for module in (comps.vae, *comps.text_encoders):  # on the GPU while caching (FLUX loads everything to the CPU)
-        module.to(device)
     samples, batches = prepare_batches(preset.dataset, training, preset.network, family, comps, device,
                                        warn=lambda message: events.emit("warning", message=message),
                                        progress=lambda phase, text: lambda n, total: events.emit(
@@ -323,10 +321,11 @@ def encode_sample_prompts(family, comps, sampling, batches, status) -> None:
     if not family.cached_sample_prompts or batches.text_cache is None:
         return
     prompts = list(sampling.prompts) + read_prompts_file(sampling.eval_prompts_file)
-    if prompts:
-        comps.extra["prompt_cond"] = cache_text(prompts, lambda p: family.encode_text(comps, p),
+    if prompts:  # cached on disk like the captions: a second run never moves the text encoders to the GPU
+        comps.extra["prompt_cond"] = cache_text(prompts, batches.encode_text,
                                                 lambda n, total: status("caching", "Encoding the sample prompts",
-                                                                        n=n, total=total))
+                                                                        n=n, total=total),
+                                                cache_dir=batches.text_cache_dir, encoder_id=batches.encoder_id)
 
 
 def place_denoiser(comps, device: str, block_swap: int, training, status) -> None:
