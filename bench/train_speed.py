@@ -96,14 +96,26 @@ def bench_easel(preset_path: str, overrides: list[str], steps: int) -> dict:
             "outside_share": max(0.0, wall - inside) / wall}
 
 
+def load_square(path, res: int):
+    """What the diffusers example does per image per step: open, resize the short side to res, centre-crop, [-1, 1]."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    im = Image.open(path).convert("RGB")
+    scale = res / min(im.size)
+    im = im.resize((max(res, round(im.width * scale)), max(res, round(im.height * scale))), Image.BILINEAR)
+    left, top = (im.width - res) // 2, (im.height - res) // 2
+    return torch.from_numpy(np.asarray(im.crop((left, top, left + res, top + res)), np.float32)).permute(2, 0, 1) \
+        / 127.5 - 1
+
+
 def bench_plain(preset_path: str, overrides: list[str], steps: int) -> dict:
     """A loop as diffusers' LoRA example writes it (no caches, everything encoded every step)."""
-    import numpy as np
     import torch
     import torch.nn.functional as F
     from diffusers import DDPMScheduler, StableDiffusionPipeline
     from peft import LoraConfig
-    from PIL import Image
 
     from engine.config.load import load_preset
     from engine.data.layout import find_items, read_caption
@@ -123,12 +135,7 @@ def bench_plain(preset_path: str, overrides: list[str], steps: int) -> dict:
     res, bs = p.dataset.resolution_px, p.training.batch_size
 
     def load(path):
-        im = Image.open(path).convert("RGB")
-        scale = res / min(im.size)
-        im = im.resize((max(res, round(im.width * scale)), max(res, round(im.height * scale))), Image.BILINEAR)
-        left, top = (im.width - res) // 2, (im.height - res) // 2
-        return torch.from_numpy(np.asarray(im.crop((left, top, left + res, top + res)), np.float32)).permute(2, 0, 1) \
-            / 127.5 - 1
+        return load_square(path, res)
 
     times = []
     for step in range(steps):
