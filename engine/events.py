@@ -17,6 +17,7 @@ KINDS = {
     "step": ("step", "total_steps", "epoch", "loss", "lr", "s_per_it", "eta_s", "vram_gb"),
     "sample": ("path", "prompt", "strength", "step"),
     "saved": ("path", "format", "step"),
+    "val": ("step", "val_loss", "best"),   # the held-out loss (fixed noise and levels) and the lowest so far
     "warning": ("message",),
     "error": ("message", "hint", "traceback"),
     "stopped": ("step",),

@@ -1,5 +1,11 @@
 """Shared test set-up. Nothing may reach the network: models are tiny, random and built on disk by the tests."""
 import os
+import sys
+from pathlib import Path
+
+# tests/ is a package (see __init__.py), so pytest puts the Easel folder on sys.path, not tests/: the shared test
+# helpers (dataset_factory, run_control, ...) are imported by their bare names, so put tests/ there too.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 os.environ["HF_HUB_OFFLINE"] = "1"           # before anything imports huggingface_hub
 os.environ["TRANSFORMERS_OFFLINE"] = "1"

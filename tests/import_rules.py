@@ -13,7 +13,7 @@ import ast
 from pathlib import Path
 
 HELPERS = {"atomic", "events", "registry", "failures", "lock"}          # engine/<name>.py: the small shared helpers
-ENTRY_POINTS = {"__init__", "__main__", "cli", "demo", "lr_preview", "runs", "system_doctor"}   # engine/<name>.py: may import any part
+ENTRY_POINTS = {"__init__", "__main__", "cli", "demo", "lr_preview", "runs", "system_doctor", "tensorboard_view"}   # engine/<name>.py: may import any part
 
 # part -> the parts it may import (besides itself). Read it as the layers: entry points → rl → training →
 # sampling → models / dataset_doctor → captions → data → config → helpers.

@@ -25,7 +25,7 @@ def test_the_issue_example_names_all_three_problems_with_suggestions(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_preset(path)
     text = str(info.value)
-    assert "model.family: 'sdx' is not one of sd15, sd2, sdxl, flux (did you mean 'sdxl'?)" in text
+    assert "model.family: 'sdx' is not one of sd15, sd2, sdxl, flux, dit (did you mean 'sdxl'?)" in text
     assert "training.batch_size: -1 is out of range; allowed 1..512" in text
     assert "trainng: unknown key (did you mean 'training'?)" in text
     assert str(path) in text
@@ -44,6 +44,8 @@ def test_the_issue_example_names_all_three_problems_with_suggestions(tmp_path):
     ({"network": {"te_two_phase": True}}, "network.te_two_phase", "train_text_encoder"),
     ({"model": {"family": "flux"}, "training": {"objective": "epsilon"}}, "training.objective", "use 'flow'"),
     ({"training": {"timestep_sampling": "flux_shift"}}, "training.timestep_sampling", "flow"),
+    ({"training": {"flow_path": "cosine"}}, "training.flow_path", "from scratch"),
+    ({"validation": {"fraction": 0.9}}, "validation.fraction", "out of range"),
     ({"model": {"t5_path": "t5xxl_fp16.safetensors"}}, "model.t5_path", "FLUX"),
     ({"model": {"family": "flux", "block_swap": 8}, "training": {"gradient_checkpointing": False}},
      "model.block_swap", "gradient_checkpointing"),
@@ -133,7 +135,8 @@ def test_saved_yaml_has_stable_key_order_and_version():
     text = dump_preset(Preset())
     assert text.startswith(f"version: {CURRENT_VERSION}\nmodel:\n")
     sections = [line[:-1] for line in text.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
-    assert sections == ["model", "dataset", "network", "training", "optimizers", "schedules", "sampling", "output"]
+    assert sections == ["model", "dataset", "network", "training", "optimizers", "schedules", "sampling", "validation",
+                        "output"]
     assert "&id" not in text  # no YAML anchors in a file people read
 
 

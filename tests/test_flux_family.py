@@ -20,7 +20,7 @@ from engine.models.tiny import build_tiny, write_flux_files
 from engine.runs import create_run_dir
 from engine.training import loop as train
 from dataset_factory import make_clean_dataset
-from run_control import stop_at
+from run_control import stop_then_resume
 
 PRESET = "presets/flux-identity-fast.yaml"
 FAST = ["schedules.unet.warmup_steps=0", "optimizers.unet.lr=1e-3", "training.grad_accum=1",
@@ -216,11 +216,7 @@ def test_resume_equals_an_uninterrupted_flux_run(flux, tmp_path, monkeypatch):
     assert code == 0
     preset = load_preset(PRESET, [*FAST, *file_overrides(flux, "files")], env=env_for(flux, "files", tmp_path, 6))
     stopped = create_run_dir(preset, root=tmp_path / "b")
-    real_report = train.report_step
-    stop_at(monkeypatch, 3)
-    assert train.run(stopped) == 0
-    monkeypatch.setattr(train, "report_step", real_report)
-    assert train.run(stopped, resume=True) == 0
+    stop_then_resume(stopped, monkeypatch, 3)
     a = load_file(straight / "flux-identity-fast.diffusers.safetensors")
     b = load_file(stopped / "flux-identity-fast.diffusers.safetensors")
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
@@ -368,3 +364,16 @@ def test_the_guides_two_phases_by_hand_carry_the_text_encoder_lora_frozen_into_p
     assert set(second) == set(first)
     assert all(torch.equal(first[k], second[k]) for k in te_keys)                  # frozen, carried unchanged
     assert any(not torch.equal(first[k], second[k]) for k in set(first) - te_keys)  # the transformer trained on
+
+
+def test_a_flux_lora_run_with_a_validation_split_keeps_its_best_files(flux, tmp_path):
+    run_dir, code, events = train_run(flux, "files", tmp_path, "validation.fraction=0.34", "validation.keep_best=1",
+                                      "output.save_every_n_steps=2", steps=4)
+    assert code == 0, events[-1]
+    vals = [e for e in events if e["kind"] == "val"]
+    assert [e["step"] for e in vals] == [2, 4]
+    assert any("2 held-out image(s), 4 to train on" in e.get("text", "") for e in events)
+    best = sorted(p.name for p in (run_dir / "checkpoints" / "best").iterdir())
+    loss = min(e["val_loss"] for e in vals)
+    assert any(f"val_loss{loss:.4f}.safetensors" in name for name in best)            # kohya, self-checked
+    assert any(name.endswith(f"val_loss{loss:.4f}.diffusers.safetensors") for name in best)

@@ -18,7 +18,8 @@ from ui.fields import Form, UNBOUND, to_widget
 def form():
     with gr.Blocks():
         f = Form()
-        for section in ("model", "dataset", "network", "training", "optimizers", "schedules", "sampling", "output"):
+        for section in ("model", "dataset", "network", "training", "optimizers", "schedules", "sampling", "validation",
+                        "output"):
             f.section(section)
     return f
 
@@ -113,7 +114,7 @@ def test_widgets_carry_the_schema_metadata(form):
     assert form.specs["dataset.resolution_px"].label == "Resolution (px)"
     assert form.specs["optimizers.unet.lr"].label == "Learning rate"
     family = form.widgets["model.family"]
-    assert isinstance(family, gr.Dropdown) and [c[0] for c in family.choices] == ["sd15", "sd2", "sdxl", "flux"]
+    assert isinstance(family, gr.Dropdown) and [c[0] for c in family.choices] == ["sd15", "sd2", "sdxl", "flux", "dit"]
     assert isinstance(form.widgets["training.ema.enabled"], gr.Checkbox)
     assert form.widgets["output.formats"].multiselect
     assert "dataset.flip" in form.accordion_of and "dataset.resolution_px" not in form.accordion_of

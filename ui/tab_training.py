@@ -65,6 +65,8 @@ def build(form: Form) -> dict:
     form.section("network", advanced_label="Advanced network options")
     gr.Markdown("### Training")
     form.section("training", advanced_label="Advanced training options")
+    gr.Markdown("### Validation (a held-out split picks the best checkpoints)")
+    form.section("validation", advanced_label="Advanced validation options")
     gr.Markdown("### Output")
     form.section("output", advanced_label="Advanced output options")
     return {"profile_buttons": buttons}

@@ -14,10 +14,12 @@ from engine.config.optim_specs import OPTIMIZER_PARAMS, SCHEDULE_PARAMS
 
 CURRENT_VERSION = 1
 
-FAMILIES = ("sd15", "sd2", "sdxl", "flux")
+FAMILIES = ("sd15", "sd2", "sdxl", "flux", "dit")
 QUANTIZE_BASE = ("none", "fp8", "int8", "nf4")
 TIMESTEP_SAMPLING = ("uniform", "logit_normal", "sigmoid", "shift", "flux_shift")
-OBJECTIVES = ("auto", "epsilon", "v_prediction", "flow")
+OBJECTIVES = ("auto", "epsilon", "v_prediction", "sample", "flow")
+FLOW_PATHS = ("condot", "cosine", "vp", "linear_vp")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PRECISIONS = ("bf16", "fp16", "fp32")
 EXPORT_FORMATS = ("kohya", "diffusers")
 # The optimizer and schedule names; their parameters are in engine/config/optim_specs.py.
@@ -40,6 +42,26 @@ def opt(default, help, *, unit=None, min=None, max=None, choices=None, choice_la
 
 
 @dataclass(frozen=True)
+class DitConfig:
+    """A small DiT trained from scratch (model.family: dit), built on diffusers' DiT transformer."""
+    depth: int = opt(6, "Transformer blocks.", min=1, max=64)
+    width: int = opt(384, "Hidden width (a multiple of heads).", min=32, max=4096)
+    heads: int = opt(6, "Attention heads.", min=1, max=64)
+    patch_size: int = opt(2, "Side of the square patches the image is cut into (tokens = (size / patch)^2).",
+                          unit="px", min=1, max=32)
+    space: str = opt("pixel", "Train on pixels, or on the latents of model.vae_path's VAE (8x smaller).",
+                     choices=("pixel", "latent"))
+    conditioning: str = opt("none", "none: unconditional; class: one class per sub-folder of the dataset; channels: "
+                                    "named .npz arrays stacked as context channels.",
+                            choices=("none", "class", "channels"))
+    context_arrays: list = opt([], "conditioning channels: the .npz arrays stacked as context channels, in order.")
+    target_array: str = opt("", "conditioning channels: the .npz array the model learns to generate.")
+    coordinate_grid: bool = opt(False, "conditioning channels: add a 2-channel (y, x) coordinate grid to the context.")
+    array_aliases: list = opt(["robot=robot_image"], "Legacy .npz key names, as old=new (the guide's data uses "
+                                                     "'robot' for 'robot_image').", advanced=True)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     family: str = opt("sd15", "Model family of the base model.", choices=FAMILIES)
     path: str = opt("", "Base model: a diffusers folder, a single .safetensors/.ckpt file, or a Hub id "
@@ -59,6 +81,7 @@ class ModelConfig:
                                "from model.path's folder.", advanced=True)
     t5_path: str = opt("", "FLUX from single files: the T5-XXL text encoder file (t5xxl_fp16.safetensors or "
                            "t5xxl_fp8_e4m3fn.safetensors). Empty: from model.path's folder.", advanced=True)
+    dit: DitConfig = field(default_factory=DitConfig)
     block_swap: int = opt(0, "FLUX: keep this many transformer blocks in CPU RAM and bring each to the GPU while it "
                              "runs (less VRAM, slower; 0 = off).", unit="blocks", min=0, max=57, advanced=True)
 
@@ -148,6 +171,13 @@ class TrainingConfig:
                                              "(sd-scripts' FLUX default 3.1582).", min=0.01, max=100.0, advanced=True)
     guidance_scale: float = opt(1.0, "FLUX dev: the guidance value given to the guidance embedding while training "
                                      "(1.0 as sd-scripts and the FLUX guide use).", min=0.0, max=100.0, advanced=True)
+    flow_path: str = opt("condot", "Flow matching from scratch (DiT): the probability path of the flow-matching "
+                                   "package: condot (straight, optimal-transport), cosine, vp, linear_vp.",
+                         choices=FLOW_PATHS, advanced=True)
+    num_train_timesteps: int = opt(1000, "DDPM from scratch (DiT): noise steps of the schedule.", min=2,
+                                   max=100_000, advanced=True)
+    beta_schedule: str = opt("linear", "DDPM from scratch (DiT): diffusers' beta schedule.", choices=BETA_SCHEDULES,
+                             advanced=True)
     max_sequence_length: int = opt(0, "FLUX: T5 tokens per caption (0 = the model's: 512 dev, 256 schnell).",
                                    unit="tokens", min=0, max=512, advanced=True)
     noise_offset: float = opt(0.0, "Adds a small constant to the noise so the model learns very dark and bright "
@@ -209,8 +239,28 @@ class SamplingConfig:
     width_px: int = opt(0, "Sample width (0 = training resolution).", unit="px", min=0, max=4096, advanced=True)
     height_px: int = opt(0, "Sample height (0 = training resolution).", unit="px", min=0, max=4096, advanced=True)
     strengths: list = opt([1.0], "LoRA strengths to render each prompt at, e.g. 0.5 0.8 1.0 1.2.")
-    sampler: str = opt("default", "Sampler; default uses the model's own scheduler.",
-                       choices=("default", "euler", "ddim", "dpmpp_2m", "flow_euler"), advanced=True)
+    sampler: str = opt("default", "Sampler; default uses the model's own scheduler. Flow models from scratch: euler, "
+                                  "midpoint, rk4 (fixed steps) or dopri5 (adaptive, atol/rtol); DDPM ones: ddim "
+                                  "(ddim_eta) or ddpm.",
+                       choices=("default", "euler", "ddim", "dpmpp_2m", "flow_euler", "midpoint", "rk4", "dopri5",
+                                "ddpm"), advanced=True)
+    ddim_eta: float = opt(0.0, "DDIM: 0 is deterministic, 1 is DDPM-like.", min=0.0, max=1.0, advanced=True)
+    atol: float = opt(1e-5, "dopri5: absolute tolerance.", min=0.0, max=1.0, advanced=True)
+    rtol: float = opt(1e-5, "dopri5: relative tolerance.", min=0.0, max=1.0, advanced=True)
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """A held-out split: its loss on fixed noise and noise levels, comparable across steps, picks the best files."""
+    fraction: float = opt(0.0, "Share of the dataset held out for validation (0 = none, unless folder is set).",
+                          min=0.0, max=0.5)
+    folder: str = opt("", "A separate validation folder (same layout as the dataset); overrides fraction.")
+    every_n_steps: int = opt(0, "Validate every N steps (0 = at every checkpoint save and at the end).",
+                             unit="steps", min=0, max=10_000_000)
+    keep_best: int = opt(3, "Keep the K checkpoints with the lowest validation loss (named with it).", min=0,
+                         max=1000)
+    seed: int = opt(1234, "Seed of the fixed validation noise and noise levels.", min=0, max=2**32 - 1,
+                    advanced=True)
 
 
 @dataclass(frozen=True)
@@ -231,7 +281,8 @@ class OutputConfig:
     keep_last: int = opt(3, "Keep only the newest N checkpoints (0 = keep all). The final file is always kept.",
                          min=0, max=10_000, advanced=True)
     save_precision: str = opt("fp16", "Precision of the saved LoRA tensors.", choices=PRECISIONS, advanced=True)
-    tensorboard: bool = opt(False, "Also write TensorBoard logs into the run folder.", advanced=True)
+    tensorboard: bool = opt(True, "Also write TensorBoard logs into the run folder (runs/<run>/tensorboard/; "
+                                  "python -m engine tensorboard shows them).", advanced=True)
 
 
 def _defaults(table: dict, kind: str) -> dict:
@@ -263,4 +314,5 @@ class Preset:
                             metadata={"help": "Learning-rate schedule per component.",
                                       "item": ScheduleConfig, "keys": COMPONENTS})
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)

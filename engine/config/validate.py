@@ -31,6 +31,13 @@ def validate(p: Preset) -> list[tuple[str, str]]:
                                           f"not {p.model.family!r}"))
     if n.te_two_phase and not n.train_text_encoder:
         out.append(("network.te_two_phase", "needs network.train_text_encoder: true"))
+    if t.flow_path != "condot" and p.model.family != "dit":
+        out.append(("training.flow_path", f"{t.flow_path!r} is for models trained from scratch (family dit); a "
+                                          f"pretrained {p.model.family} model was trained on the straight path: "
+                                          f"keep 'condot'"))
+    if objective == "sample" and p.model.family != "dit":
+        out.append(("training.objective", f"'sample' (x0 prediction) is for models trained from scratch (family "
+                                          f"dit); {p.model.family} predicts what its base model was trained on"))
     flow = p.model.family == "flux" or objective == "flow"
     if t.timestep_sampling in ("shift", "flux_shift") and not flow:
         out.append(("training.timestep_sampling", f"{t.timestep_sampling!r} shifts flow-matching noise levels; "

@@ -185,22 +185,27 @@ class BatchSource:
         self.encode_image, self.encode_text = encode_image, encode_text
         self.latents, self.text_cache, self.device = latents, text_cache, device
 
-    def __call__(self, indices: list[int], epoch: int, batch_index: int) -> dict:
+    val_indices: list = []
+
+    def __call__(self, indices: list[int], epoch: int, batch_index: int, fixed: bool = False) -> dict:
+        """The batch of `indices`; fixed (validation): the captions as written and the centre crop, no flip,
+        no dropout or shuffle, so the same batch is the same every time."""
         g = step_generator(self.seed, epoch, batch_index)
         samples = [self.samples[i] for i in indices]
-        captions = [caption_for_step(s, self.dataset, g) for s in samples]
-        latents, size_cond = self._latents(indices, samples, g)
+        captions = [s.caption if fixed else caption_for_step(s, self.dataset, g) for s in samples]
+        latents, size_cond = self._latents(indices, samples, g, fixed)
         return {"latents": latents.to(self.device, non_blocking=True), "size_cond": size_cond.to(self.device),
                 "cond": self._cond(captions),
                 "loss_weight": torch.tensor([s.loss_weight for s in samples], device=self.device),
                 "files": [str(s.image) for s in samples], "captions": captions}
 
-    def _latents(self, indices, samples, g):
+    def _latents(self, indices, samples, g, fixed: bool = False):
         if self.latents is not None:
             pairs = [self.latents[i] for i in indices]
             return _pinned(torch.stack([p[0] for p in pairs]), self.device), torch.stack([p[1] for p in pairs])
-        pairs = [load_pixels(s.image, s.size, s.bucket, self.dataset.random_crop, self.dataset.flip, g)
-                 for s in samples]
+        augment = not fixed
+        pairs = [load_pixels(s.image, s.size, s.bucket, augment and self.dataset.random_crop,
+                             augment and self.dataset.flip, g) for s in samples]
         with torch.no_grad():
             latents = self.encode_image(torch.stack([p[0] for p in pairs]).to(self.device))
         return latents.float(), torch.stack([p[1] for p in pairs])
@@ -219,15 +224,22 @@ def _pinned(batch: torch.Tensor, device: str) -> torch.Tensor:
     return batch.pin_memory() if device == "cuda" and batch.device.type == "cpu" else batch
 
 
-def prepare_batches(dataset, training, network, family, comps, device, warn, progress):
-    """(samples, BatchSource) with latents and text embeddings cached where the settings allow.
+def prepare_batches(dataset, training, network, family, comps, device, warn, progress, validation=None):
+    """(training samples, BatchSource) with latents and text embeddings cached where the settings allow.
 
     warn(message) reports skipped files; progress(phase, text) returns the n/total callback of a phase.
+    With a validation split, the BatchSource covers the training samples and then the validation ones: its
+    `val_indices` are theirs (the training samples' indices are the same in both lists).
     """
-    from engine.data.samples import collect_samples
+    from engine.data.samples import collect_samples, split_validation
     from engine.failures import UserError
 
     samples = collect_samples(dataset, warn)
+    held = []
+    if validation is not None:
+        samples, held = split_validation(samples, dataset, validation, warn)
+    held_ids = {id(s) for s in held}
+    samples = samples + held
     encode_image = no_grad(on_device_first([comps.vae], device, lambda px: family.encode_image(comps, px)))
     fresh_crops = dataset.random_crop or dataset.flip
     if training.cache_latents and not fresh_crops:
@@ -255,7 +267,12 @@ def prepare_batches(dataset, training, network, family, comps, device, warn, pro
         encode_text = no_grad(encode_text)
     source = BatchSource(samples, dataset, training.seed, encode_image, encode_text, latents, text_cache, device)
     source.text_cache_dir, source.encoder_id = cache_dir_for(dataset.path, "text"), encoder_id  # for sample prompts
-    return samples, source
+    source.val_indices = [i for i, s in enumerate(samples) if id(s) in held_ids]
+    train = [s for s in samples if id(s) not in held_ids]
+    if not train:
+        raise UserError(f"dataset.path: none of the training images in {dataset.path} could be read.",
+                        "Check that the files are real JPEG/PNG/WebP images (open one in an image viewer).")
+    return train, source
 
 
 def on_device_first(modules: list, device: str, fn):

@@ -1,6 +1,7 @@
 """The training data: which samples exist, their buckets and captions, and the order they are seen in.
 
     collect_samples(dataset, warn) -> list[Sample]     dataset (+ regularization) images, bucketed, captions read
+    split_validation(samples, dataset, validation, warn) -> (train, validation) the held-out split
     epoch_batches(samples, batch_size, seed, epoch)    the batches of one epoch: lists of sample indices
     caption_for_step(sample, dataset, rng)             caption dropout and tag shuffle, per use
     load_pixels(path, bucket, random_crop, flip, rng)  the image as a [-1, 1] tensor plus its SDXL size conditioning
@@ -83,6 +84,37 @@ def collect_samples(dataset, warn) -> list[Sample]:
         # regularization images teach the class without the trigger: no trigger is added to them
         samples += _folder_samples(reg_root, dataset, dataset.reg_repeats, dataset.reg_weight, "", warn)
     return samples
+
+
+def split_validation(samples: list[Sample], dataset, validation, warn) -> tuple[list[Sample], list[Sample]]:
+    """(training samples, validation samples). validation.folder: its images (same layout, the trigger added, never
+    trained on); else validation.fraction of the dataset's own images (not the regularization ones), picked by
+    validation.seed so the split is the same every run and on resume."""
+    from engine.failures import UserError
+
+    if validation.folder:
+        root = Path(validation.folder).expanduser()
+        if not root.is_dir():
+            raise UserError(f"validation.folder: the validation folder does not exist: {root}",
+                            "Fix the path, or leave it empty (validation.fraction then holds out part of the "
+                            "dataset).")
+        held = _folder_samples(root, dataset, 1, 1.0, dataset.trigger, warn)
+        if not held:
+            raise UserError(f"validation.folder: no usable images in {root}",
+                            "Put a few images with captions there (the same layout as the dataset).")
+        return samples, held
+    own = [i for i, s in enumerate(samples) if s.loss_weight == 1.0]
+    count = round(validation.fraction * len(own))
+    if validation.fraction > 0 and count == 0 and len(own) > 1:
+        count = 1
+    if count == 0:
+        return samples, []
+    if count >= len(own):
+        raise UserError(f"validation.fraction: {validation.fraction} of {len(own)} images leaves none to train on.",
+                        "Lower validation.fraction (0.1 is usual) or add images.")
+    order = sorted(own, key=lambda i: str(samples[i].image))
+    picked = set(order[k] for k in torch.randperm(len(order), generator=_generator(validation.seed))[:count].tolist())
+    return [s for i, s in enumerate(samples) if i not in picked], [samples[i] for i in sorted(picked)]
 
 
 def _generator(*keys: int) -> torch.Generator:

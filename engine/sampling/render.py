@@ -87,18 +87,24 @@ def lora_strength(pipeline, strength: float):
 @contextlib.contextmanager
 def _training_state_preserved(pipeline):
     """eval() for sampling (LoRA dropout off), then restore train modes and the global RNG streams."""
-    components = _components(pipeline)
-    modes = [{name: m.training for name, m in c.named_modules()} for c in components]
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        try:
-            for c in components:
-                c.eval()
-            yield
-        finally:
-            for c, mode in zip(components, modes):
-                for name, m in c.named_modules():
-                    m.training = mode.get(name, m.training)
+    with torch.random.fork_rng(devices=devices), eval_mode(_components(pipeline)):
+        yield
+
+
+@contextlib.contextmanager
+def eval_mode(modules):
+    """Every module (and submodule) in eval mode, then each back in the exact mode it had (LoRA dropout off for
+    samples and validation, without touching the frozen parts' own modes)."""
+    modes = [{name: m.training for name, m in c.named_modules()} for c in modules]
+    try:
+        for c in modules:
+            c.eval()
+        yield
+    finally:
+        for c, mode in zip(modules, modes):
+            for name, m in c.named_modules():
+                m.training = mode.get(name, m.training)
 
 
 def _components(pipeline) -> list[torch.nn.Module]:

@@ -41,7 +41,10 @@ def run(run_dir: Path, resume: bool = False) -> int:
 
 
 def run_locked(run_dir: Path, resume: bool, lock: RunLock) -> int:
-    events = EventWriter(run_dir / "events.jsonl", echo=console_line)
+    from engine.training.tensorboard_sink import TensorBoardSink
+
+    tensorboard = TensorBoardSink(run_dir / "tensorboard")
+    events = EventWriter(run_dir / "events.jsonl", echo=lambda event: (console_line(event), tensorboard(event)))
     preset = None
     try:
         if lock.took_over:
@@ -73,6 +76,7 @@ def run_locked(run_dir: Path, resume: bool, lock: RunLock) -> int:
         return 1
     finally:
         events.close()
+        tensorboard.close()
 
 
 def console_line(event: dict) -> None:
@@ -87,6 +91,8 @@ def console_line(event: dict) -> None:
         text = f"[{event['phase']}] {event['text']}{progress}"
     elif kind in ("warning", "error"):
         text = f"{kind.upper()}: {event['message']}" + (f"\n  hint: {event['hint']}" if event.get("hint") else "")
+    elif kind == "val":
+        text = f"validation at step {event['step']}: val_loss {event['val_loss']:.4f}  (best {event['best']:.4f})"
     elif kind in ("saved", "sample"):
         text = f"{kind}: {event['path']}"
     else:
@@ -194,7 +200,10 @@ def at_boundary(r: Run, epoch_ended: bool) -> str:
         save_checkpoint(r)
         r.emit("stopped", step=r.step)
         return "stop"
-    if "save_now" in asked or (not last and r.cadence.due(r.step, epoch_ended, r.epoch)):
+    saving = "save_now" in asked or (not last and r.cadence.due(r.step, epoch_ended, r.epoch))
+    if not last and validation_due(r, saving):
+        validate(r)  # before the checkpoint, so its resume state knows the best files
+    if saving:
         save_checkpoint(r)
         (control / "save_now").unlink(missing_ok=True)
     every = r.preset.sampling.every_n_steps
@@ -213,6 +222,8 @@ def finish(r: Run, outcome: str) -> None:
         r.emit("done", step=r.step)
         return
     render_samples(r, final=True)
+    if r.best is not None:
+        validate(r)
     save_network(r, r.run_dir, r.preset.output.run_name)
     ckpt.save_state(r.run_dir / "state", resume_state(r))
     r.emit("done", step=r.step)
@@ -246,6 +257,27 @@ def save_network(r: Run, folder: Path, stem: str) -> None:
             r.emit("saved", path=str(path), format=fmt, step=r.step)
 
 
+def validation_due(r: Run, saving: bool) -> bool:
+    """validation.every_n_steps, or (0) with every checkpoint save; never without a validation split."""
+    if r.best is None:
+        return False
+    every = r.preset.validation.every_n_steps
+    return r.step % every == 0 if every else saving
+
+
+def validate(r: Run) -> None:
+    """The held-out loss; a new best (among the K lowest) is saved to checkpoints/best/ under its loss."""
+    from engine.training.validation import validation_loss
+
+    r.status("validating", f"Validation loss at step {r.step}")
+    loss = validation_loss(r)
+    if r.best.admits(loss):
+        stem = r.best.stem(r.preset.output.run_name, r.epoch + (1 if r.cursor else 0), r.step, loss)
+        save_network(r, r.best.folder, stem)
+        r.best.add(loss, r.step, stem)
+    r.emit("val", step=r.step, val_loss=loss, best=r.best.best)
+
+
 def export_info(r: Run):
     from engine.data.samples import tag_frequency
     from engine.models.families.base import by_prediction
@@ -272,7 +304,7 @@ def resume_state(r: Run) -> dict:
             "started_at": r.started_at, "network": network_shape(r.preset.network),
             "samples": len(r.samples), "weights": ckpt.trained_weights(named_trainables(r), r.trained_names),
             "optim": r.optim.state_dict(), "rng": ckpt.rng_state(r.noise_gen),
-            "ema": r.ema.state_dict() if r.ema else None}
+            "ema": r.ema.state_dict() if r.ema else None, "best": r.best.state_dict() if r.best else None}
 
 
 def render_samples(r: Run, final: bool = False) -> None:

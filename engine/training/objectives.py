@@ -1,7 +1,7 @@
 """Training objectives: how noise is added, what the model must predict, how noise levels are drawn.
 
 One time convention everywhere: t in [0, 1] is the noise level (0 = the clean image, 1 = pure noise).
-Each objective gives
+Each objective (Epsilon, VPrediction, Sample on a DDPM schedule; Flow; PathFlow on paths.py's paths) gives
     add_noise(x0, noise, t) -> x_t          the noisy input
     target(x0, noise, t)    -> y            what the model is trained to output at x_t
     sample_t(n, generator)  -> t [n]        the noise levels of one batch
@@ -19,6 +19,7 @@ import math
 import torch
 
 from engine.registry import choose
+from engine.training.paths import from_library, make_path
 
 
 def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -113,6 +114,19 @@ class VPrediction(Epsilon):
         return torch.clamp(snr, max=gamma) / (snr + 1)
 
 
+class Sample(Epsilon):
+    """x0 prediction (diffusers' prediction_type "sample"): target = x0. Same noising as Epsilon."""
+
+    name = "sample"
+
+    def target(self, x0, noise, t):
+        return x0
+
+    def min_snr_weight(self, t, gamma: float):
+        # The x0 loss is 1 / snr times the epsilon loss, so Min-SNR-gamma's weight is min(snr, gamma) itself.
+        return torch.clamp(self.snr(t), max=gamma)
+
+
 class Flow:
     """Rectified flow / flow matching (FLUX; Liu et al. 2022, Lipman et al. 2023):
     x_t = (1 - t) x0 + t noise, target = noise - x0 (the velocity of the straight path).
@@ -137,6 +151,10 @@ class Flow:
         # keep away from the exact ends, where snr is 0 or infinite
         return t.clamp(1e-4, 1 - 1e-4)
 
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B] -> (1 - t, t) [B]: the weights of x0 and noise in x_t (as every objective gives them)."""
+        return 1 - t, t
+
     def add_noise(self, x0, noise, t):
         t = _expand(t, x0)
         return (1 - t) * x0 + t * noise
@@ -152,14 +170,48 @@ class Flow:
         return torch.clamp(snr, max=gamma) / snr
 
 
-OBJECTIVES = {"epsilon": Epsilon, "v_prediction": VPrediction, "flow": Flow}
+class PathFlow(Flow):
+    """Flow matching on a probability path of the flow-matching package (paths.py: condot, cosine, vp, linear_vp):
+    x_t = a_t x0 + s_t noise, target = d x_t / d t, with a_t, s_t the library's alpha, sigma at its time 1 - t. Noise levels are drawn as Flow draws them
+    (training.timestep_sampling, kept away from the exact ends, where linear_vp's velocity is infinite).
+    `name` stays "flow": what the model predicts (a velocity) is what the saved file's metadata says."""
+
+    name = "flow"
+
+    def __init__(self, flow_path: str = "condot", timestep_sampling: str = "uniform", sigmoid_scale: float = 1.0,
+                 discrete_flow_shift: float = 3.1582):
+        self.path = make_path(flow_path)
+        self.flow_path = flow_path
+        super().__init__(timestep_sampling, sigmoid_scale, discrete_flow_shift)
+
+    def add_noise(self, x0, noise, t):
+        return from_library(self.path, x0, noise, t.to(x0.dtype))[0]
+
+    def target(self, x0, noise, t):
+        return from_library(self.path, x0, noise, t.to(x0.dtype))[1]
+
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B] -> (a_t, s_t) [B]: the weights of x0 and noise in x_t."""
+        out = self.path.scheduler(1 - t)
+        return out.alpha_t, out.sigma_t
+
+    def snr(self, t):
+        a, s = self.alpha_sigma(t)
+        return (a / s) ** 2
+    # min_snr_weight: Flow's clamp(snr, gamma) / snr, on this path's snr
+
+
+OBJECTIVES = {"epsilon": Epsilon, "v_prediction": VPrediction, "sample": Sample, "flow": Flow}
 
 
 def make_objective(name: str, alphas_cumprod: torch.Tensor | None, timestep_sampling: str = "uniform",
-                   sigmoid_scale: float = 1.0, discrete_flow_shift: float = 3.1582):
-    """The objective `name`; the DDPM ones need the model's alphas_cumprod [N]."""
+                   sigmoid_scale: float = 1.0, discrete_flow_shift: float = 3.1582, flow_path: str = "condot"):
+    """The objective `name`; the DDPM ones need the model's alphas_cumprod [N]. For "flow", flow_path picks the
+    probability path: condot is `Flow` (FLUX, SD2 reflow), the others the flow-matching package's (paths.py)."""
     cls = choose(OBJECTIVES, name, "training.objective")
     if cls is Flow:
+        if flow_path != "condot":
+            return PathFlow(flow_path, timestep_sampling, sigmoid_scale, discrete_flow_shift)
         return Flow(timestep_sampling, sigmoid_scale, discrete_flow_shift)
     if alphas_cumprod is None:
         raise ValueError(f"training.objective: {name!r} needs a model with a DDPM noise schedule")
@@ -179,3 +231,20 @@ def scaled_linear_alphas_cumprod(beta_start: float, beta_end: float, num_steps: 
     """alphas_cumprod of SD's 'scaled_linear' schedule (betas linear in sqrt space)."""
     betas = torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), num_steps, dtype=torch.float64) ** 2
     return torch.cumprod(1 - betas, dim=0)
+
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+
+def ddpm_alphas_cumprod(num_train_timesteps: int = 1000, beta_schedule: str = "linear",
+                        beta_start: float = 0.0001, beta_end: float = 0.02) -> torch.Tensor:
+    """alphas_cumprod [N] (float64) of diffusers' DDPMScheduler, for a DDPM model trained from scratch.
+
+    beta_schedule: linear / scaled_linear (betas linear in sqrt space, SD's) between beta_start and beta_end, or
+    squaredcos_cap_v2 (Nichol & Dhariwal 2021's cosine, which ignores beta_start / beta_end)."""
+    from diffusers import DDPMScheduler
+
+    choose(dict.fromkeys(BETA_SCHEDULES), beta_schedule, "training.beta_schedule")
+    scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
+                              beta_start=beta_start, beta_end=beta_end)
+    return scheduler.alphas_cumprod.double()

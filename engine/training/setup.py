@@ -49,6 +49,7 @@ class Run:
     cadence: object = None
     ema: object = None        # checkpoints.Ema when training.ema.enabled
     compile_timer: object = None  # speed.CompileTimer when training.compile compiled something
+    best: object = None       # validation.Best when there is a validation split
     trained_names: dict = field(default_factory=dict)  # named_trainables key -> the names of its trained params
     started_at: float = field(default_factory=time.time)  # when training began (kept across resumes)
     _epoch_cache: dict = field(default_factory=dict)
@@ -152,8 +153,6 @@ def device_name(device: str) -> str:
 def warn_unsupported(preset, events) -> None:
     """Settings this engine does not act on yet: said plainly instead of silently ignored."""
     notes = []
-    if preset.output.tensorboard:
-        notes.append("output.tensorboard: TensorBoard logs are not written yet; the loss is in events.jsonl.")
     for comp, opt in preset.optimizers.items():  # legal (re-saving a LoRA unchanged), but rarely what was meant
         if opt.lr == 0 and (comp == "unet" or preset.network.train_text_encoder):
             notes.append(f"optimizers.{comp}.lr is 0: this run will not change the {comp} at all "
@@ -277,10 +276,12 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
     warning = check_disk_before_run(run_dir, preset, comps, trainables)
     if warning:
         events.emit("warning", message=warning)
+    v = preset.validation
     samples, batches = prepare_batches(preset.dataset, training, preset.network, family, comps, device,
                                        warn=lambda message: events.emit("warning", message=message),
                                        progress=lambda phase, text: lambda n, total: events.emit(
-                                           "status", phase=phase, text=text, n=n, total=total))
+                                           "status", phase=phase, text=text, n=n, total=total),
+                                       validation=v if (v.folder or v.fraction > 0) else None)
     status = lambda phase, text, **progress: events.emit("status", phase=phase, text=text, **progress)  # noqa: E731
     encode_sample_prompts(family, comps, preset.sampling, batches, status)
     park(idle_parts(comps, batches, device))
@@ -295,7 +296,7 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
     total = total_steps(training.max_steps, training.max_epochs, per_epoch)
     objective_name = training.objective if training.objective != "auto" else comps.prediction_type
     objective = make_objective(objective_name, comps.alphas_cumprod, training.timestep_sampling,
-                               training.sigmoid_scale, training.discrete_flow_shift)
+                               training.sigmoid_scale, training.discrete_flow_shift, flow_path=training.flow_path)
     optim = make_optimizer_set(preset, trainables, total, accelerator)
     params = [p for modules in trainables.values() for m in modules for p in m.parameters() if p.requires_grad]
     r = Run(run_dir=run_dir, preset=preset, events=events, family=family, comps=comps, objective=objective,
@@ -306,6 +307,11 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
     r.trained_names = ckpt.trainable_names(named_trainables(r))
     if training.ema.enabled:
         r.ema = ckpt.Ema(params, training.ema.decay)
+    if batches.val_indices:
+        from engine.training.validation import Best
+
+        r.best = Best(run_dir / "checkpoints" / "best", preset.validation.keep_best)
+        r.status("loading", f"Validation: {len(batches.val_indices)} held-out image(s), {len(samples)} to train on")
     if training.compile and r.comps.extra.get("compiled"):
         r.compile_timer = CompileTimer(lambda seconds: r.status(
             "training", f"torch.compile: {seconds:.0f} s one-off compile time in the first step"))
@@ -446,6 +452,8 @@ def restore(r: Run) -> None:
     ckpt.restore_rng(state["rng"], r.noise_gen)
     if r.ema is not None and state.get("ema") is not None:
         r.ema.load_state_dict(state["ema"])
+    if r.best is not None:
+        r.best.load_state_dict(state.get("best"))
     r.step, r.epoch, r.cursor = state["step"], state["epoch"], state["cursor"]
     r.started_at = state.get("started_at", r.started_at)
     freeze_finished_components(r)
