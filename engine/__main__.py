@@ -13,6 +13,7 @@ COMMANDS = {
     "validate": ("engine.cli:validate", "check presets: python -m engine validate PRESET..."),
     "train": ("engine.cli:train", "train: python -m engine train PRESET|RUN_DIR [--dry-run] [--resume RUN_DIR] [--set k=v]"),
     "demo": ("engine.demo:cli", "build a tiny model + dataset and train it end to end: python -m engine demo [FOLDER]"),
+    "sample": ("engine.training.sample_run:cli", "render a DiT run's saved model: python -m engine sample RUN_DIR [--steps N] [--sampler S] [--out DIR]"),
     "check": ("engine.dataset_doctor.check_dataset:cli", "dataset doctor: python -m engine check DATASET [--trigger T] [--json]"),
     "fix": ("engine.dataset_doctor.fixes:cli", "apply dataset fixes (journaled, undoable): python -m engine fix DATASET ..."),
     "caption": ("engine.captions.captioning:cli", "caption images with a local model: python -m engine caption DATASET --model M"),

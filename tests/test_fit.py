@@ -93,10 +93,13 @@ def test_trained_params_equal_the_lora_layers_the_engine_adds(tiny_flux):
 def test_the_copied_family_data_agrees_with_the_family_records():
     from engine.models.families import FAMILIES, flux
 
-    assert set(fit.FAMILIES) == set(FAMILIES)
+    # the DiT trained from scratch (sized by model.dit, a few MB) has no fit estimate yet: fit.py covers the others
+    assert set(fit.FAMILIES) == set(FAMILIES) - {"dit"}
     assert set(fit.FLUX_TARGETS) == set(flux.DOUBLE_BLOCK_LINEARS + flux.SINGLE_BLOCK_LINEARS)
     assert set(fit.FAMILIES["flux"].modulation_targets) == {t for v in flux.MODULATION_LINEARS.values() for t in v}
     for name, family in FAMILIES.items():
+        if name == "dit":
+            continue
         memory = fit.FAMILIES[name]
         assert memory.te_lora_targets == family.te_lora_targets, name
         assert memory.text_encoders == family.text_encoder_names, name

@@ -65,12 +65,12 @@ def test_edits_are_validated_next_to_their_fields_and_mark_the_preset_unsaved(ap
     values = form_values(app, base, {baseline_state: dump_preset(base), path_state: None})
     out = wiring_edit(dict(values))
     assert 'class="clean">saved' in _status(out)
-    values[form.widgets["dataset.resolution_px"]] = 50
+    values[form.widgets["dataset.resolution_px"]] = 20  # below the 32 px minimum
     values[form.widgets["model.family"]] = "sdxl"
     out = wiring_edit(dict(values))
     assert "unsaved" in _status(out) and "1 problem" in _status(out)
     info = out[form.widgets["dataset.resolution_px"]]["info"]
-    assert info.startswith("⚠ dataset.resolution_px: 50 is out of range")
+    assert info.startswith("⚠ dataset.resolution_px: 20 is out of range")
     assert out[form.widgets["model.family"]]["info"].startswith("Model family")
 
 

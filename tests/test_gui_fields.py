@@ -70,7 +70,8 @@ def candidates(spec):
 
 # Keys whose non-default value needs another key set too (the preset's cross-field rules).
 FLUX = {"model.family": "flux", "dataset.resolution_px": 512, "dataset.bucket_step_px": 64}
-COMPANIONS = {"dataset.use_reg": {"dataset.reg_path": "reg images"},
+DIT = {"model.family": "dit", "network.type": "full"}  # flow paths are for models trained from scratch
+COMPANIONS = {"training.flow_path": DIT, "dataset.use_reg": {"dataset.reg_path": "reg images"},
               "network.te_two_phase": {"network.train_text_encoder": True},
               "model.clip_l_path": FLUX, "model.t5_path": FLUX, "model.block_swap": FLUX}
 
@@ -155,7 +156,7 @@ def test_form_yaml_form_round_trip_per_field(form, key):
 
 
 def test_bad_form_values_name_their_key(form):
-    values = form_values(form, Preset(), "dataset.resolution_px", 50)
+    values = form_values(form, Preset(), "dataset.resolution_px", 20)
     values[form.widgets["sampling.strengths"]] = "0.5, lots"
     values[form.widgets["optimizers.unet.params"]] = "betas: [0.9, 0.99]\nbetaz: 1"
     with pytest.raises(ConfigError) as err:
@@ -165,7 +166,7 @@ def test_bad_form_values_name_their_key(form):
     assert {form.key_of_problem(k) for k in keys} == {"dataset.resolution_px", "sampling.strengths",
                                                       "optimizers.unet.params"}
     updates = form.problem_updates(err.value.problems)
-    assert updates[form.widgets["dataset.resolution_px"]]["info"].startswith("⚠ dataset.resolution_px: 50 is out of range")
+    assert updates[form.widgets["dataset.resolution_px"]]["info"].startswith("⚠ dataset.resolution_px: 20 is out of range")
     assert "has-problem" in updates[form.widgets["optimizers.unet.params"]]["elem_classes"]
     assert updates[form.accordion_of["optimizers.unet.params"]] == gr.update(open=True)
 

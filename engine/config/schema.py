@@ -94,7 +94,7 @@ class DatasetConfig:
     caption_ext: str = opt(".txt", "Extension of the caption files.", advanced=True)
     repeats: int = opt(1, "How many times each image is seen per epoch.", min=1, max=1000)
     resolution_px: int = opt(512, "Training resolution: images are bucketed to about this many pixels squared.",
-                             unit="px", min=64, max=4096, env="RESOLUTION")
+                             unit="px", min=32, max=4096, env="RESOLUTION")
     bucketing: bool = opt(True, "Group images by aspect ratio instead of cropping them square.")
     min_bucket_px: int = opt(256, "Smallest bucket side.", unit="px", min=64, max=4096, advanced=True,
                              env="MIN_BUCKET_RESO")

@@ -8,12 +8,14 @@ def validate(p: Preset) -> list[tuple[str, str]]:
     """Problems that involve more than one field (single fields are checked while loading)."""
     out = []
     d, t, n = p.dataset, p.training, p.network
-    multiple = 16 if p.model.family == "flux" else 8
+    # FLUX packs 2x2 latents; the DiT cuts pixels into patch_size squares; the SD VAEs downsample 8x
+    dit_multiple = p.model.dit.patch_size * (8 if p.model.dit.space == "latent" else 1)  # latents: 8x smaller
+    multiple = {"flux": 16, "dit": dit_multiple}.get(p.model.family, 8)
     if d.resolution_px % multiple:
         out.append(("dataset.resolution_px", f"{d.resolution_px} must be a multiple of {multiple} for "
                                              f"{p.model.family}"))
     if d.bucketing and d.bucket_step_px % multiple:
-        why = " (its latents are packed in 2x2 patches)" if multiple == 16 else ""
+        why = " (its latents are packed in 2x2 patches)" if p.model.family == "flux" else ""
         out.append(("dataset.bucket_step_px", f"{d.bucket_step_px} must be a multiple of {multiple} for "
                                               f"{p.model.family}{why}"))
     if d.bucketing and not d.min_bucket_px <= d.resolution_px <= d.max_bucket_px:
@@ -29,6 +31,21 @@ def validate(p: Preset) -> list[tuple[str, str]]:
     if p.model.family in ("sd15", "sdxl") and objective == "flow":
         out.append(("training.objective", f"'flow' (rectified flow) needs a v-prediction base model: family sd2, "
                                           f"not {p.model.family!r}"))
+    if p.model.family == "dit" and n.type != "full":
+        out.append(("network.type", f"{n.type!r} cannot train family 'dit': a DiT trained from scratch has no base "
+                                    f"model to adapt; use network.type: full"))
+    if p.model.family == "dit" and p.model.dit.space == "latent" and not p.model.vae_path and not p.model.path:
+        out.append(("model.vae_path", "model.dit.space latent trains on a VAE's latents: set model.vae_path (e.g. "
+                                      "an SD model's vae/ folder)"))
+    if p.model.family == "dit" and p.model.dit.width % p.model.dit.heads:
+        out.append(("model.dit.width", f"{p.model.dit.width} must be a multiple of model.dit.heads "
+                                       f"({p.model.dit.heads})"))
+    if p.model.family == "dit" and p.sampling.sampler != "default":
+        flow_samplers, ddpm_samplers = ("euler", "midpoint", "rk4", "dopri5"), ("ddim", "ddpm")
+        allowed = flow_samplers if objective in ("flow", "auto") else ddpm_samplers
+        if p.sampling.sampler not in allowed:
+            out.append(("sampling.sampler", f"{p.sampling.sampler!r} cannot sample a DiT trained with objective "
+                                            f"{objective!r}: use one of default, {', '.join(allowed)}"))
     if n.te_two_phase and not n.train_text_encoder:
         out.append(("network.te_two_phase", "needs network.train_text_encoder: true"))
     if t.flow_path != "condot" and p.model.family != "dit":

@@ -234,7 +234,10 @@ def prepare_batches(dataset, training, network, family, comps, device, warn, pro
     from engine.data.samples import collect_samples, split_validation
     from engine.failures import UserError
 
-    samples = collect_samples(dataset, warn)
+    conditioning = comps.extra.get("conditioning")  # the DiT's: none | class (captions unused) ; None: text
+    samples = collect_samples(dataset, warn, by_class=conditioning == "class", captions=conditioning is None)
+    if conditioning == "class" and not comps.extra.get("class_names"):  # a new DiT: one class per sub-folder
+        comps.extra["class_names"] = sorted({s.caption for s in samples})
     held = []
     if validation is not None:
         samples, held = split_validation(samples, dataset, validation, warn)
@@ -257,7 +260,10 @@ def prepare_batches(dataset, training, network, family, comps, device, warn, pro
     encode_text = on_device_first(list(comps.text_encoders), device,
                                   lambda captions: family.encode_text(comps, captions))
     text_cache, encoder_id = None, ""
-    if training.cache_text_embeddings and not network.train_text_encoder and not dataset.shuffle_tags:
+    # no text encoders (the DiT's class labels): nothing worth caching, and a cache keyed by caption alone could
+    # give one class name another dataset's index
+    if training.cache_text_embeddings and not network.train_text_encoder and not dataset.shuffle_tags and \
+            comps.text_encoders:
         captions = [s.caption for s in samples] + ([""] if dataset.caption_dropout > 0 else [])
         encoder_id = f"{family.name}|{comps.extra.get('max_sequence_length', '')}|" + \
             module_fingerprint(*comps.text_encoders)

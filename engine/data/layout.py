@@ -11,7 +11,8 @@ A caption belongs to the image with the same file name stem; extensions are matc
 (`Photo.JPG` and `photo.TXT` are fine on every OS).
 
 API (stable; keep it small):
-    find_items(root, caption_ext=".txt") -> list[Item]        every supported image, sorted, with its caption or None
+    find_items(root, caption_ext=".txt", by_class=False) -> list[Item]  every supported image, sorted, with its
+                                                               caption or None (by_class: per sub-folder)
     caption_path_for(root, image, caption_ext=".txt") -> Path where the caption of `image` is (or should be created)
     orphan_captions(root, caption_ext=".txt") -> list[Path]   caption files whose image is missing
     unsupported_images(root) -> list[Path]                    image-like files Easel will not train on
@@ -36,6 +37,7 @@ class Item:
 
     image: Path
     caption: Path | None
+    label: str | None = None   # find_items(by_class=True): the sub-folder (class) the image is in
 
     def to_dict(self) -> dict:
         return {"image": str(self.image), "caption": None if self.caption is None else str(self.caption)}
@@ -73,9 +75,17 @@ def caption_path_for(root: Path, image: Path, caption_ext: str = ".txt") -> Path
     return existing if existing is not None else caption_dir(root) / (Path(image).stem + caption_ext)
 
 
-def find_items(root: Path, caption_ext: str = ".txt") -> list[Item]:
-    """Every supported image of the dataset at `root`, sorted by name, each with its caption file or None."""
+def find_items(root: Path, caption_ext: str = ".txt", by_class: bool = False) -> list[Item]:
+    """Every supported image of the dataset at `root`, sorted by name, each with its caption file or None.
+    by_class: instead, the images of each sub-folder of the image folder (a class per sub-folder, its name the
+    Item's label; Easel's own and hidden folders skipped), sorted by class then name; captions are not read."""
     root = Path(root)
+    if by_class:
+        top = image_dir(root)
+        subs = sorted(p for p in top.iterdir() if p.is_dir() and p.name not in EASEL_DIRS
+                      and not p.name.startswith(".")) if top.is_dir() else []
+        return [Item(image=p, caption=None, label=sub.name) for sub in subs for p in _files(sub)
+                if p.suffix.lower() in SUPPORTED_IMAGE_EXTS]
     captions = _captions_by_stem(root, caption_ext)
     images = [p for p in _files(image_dir(root)) if p.suffix.lower() in SUPPORTED_IMAGE_EXTS]
     return [Item(image=p, caption=captions.get(p.stem.lower())) for p in images]

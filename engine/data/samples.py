@@ -43,22 +43,27 @@ def with_trigger(caption: str, trigger: str) -> str:
     return f"{trigger}, {caption}" if caption else trigger
 
 
-def _folder_samples(folder: Path, dataset, repeats: int, loss_weight: float, trigger: str, warn) -> list[Sample]:
+def _folder_samples(folder: Path, dataset, repeats: int, loss_weight: float, trigger: str, warn,
+                    by_class: bool = False) -> list[Sample]:
     samples = []
-    for item in find_items(folder, dataset.caption_ext):
+    for item in find_items(folder, dataset.caption_ext, by_class=by_class):
         try:
             size = image_size(item.image)
         except Exception as e:  # noqa: BLE001 - any unreadable file is skipped, never fatal
             warn(f"Skipped {item.image}: it cannot be read as an image ({type(e).__name__}: {e}).")
             continue
         caption = read_caption(item.caption) if item.caption else ""
+        if by_class:  # the class name is the caption (the DiT's class conditioning); no trigger
+            caption, trigger = item.label, ""
         samples.append(Sample(item.image, with_trigger(caption, trigger), size, bucket_of(size, dataset),
                               repeats, loss_weight))
     return samples
 
 
-def collect_samples(dataset, warn) -> list[Sample]:
-    """Every training sample of the DatasetConfig section; `warn(message)` reports skipped files."""
+def collect_samples(dataset, warn, by_class: bool = False, captions: bool = True) -> list[Sample]:
+    """Every training sample of the DatasetConfig section; `warn(message)` reports skipped files.
+    by_class: the images of dataset.path's sub-folders, each captioned with its folder's name (the DiT's classes);
+    captions False: a model that reads no captions (no warning about missing ones)."""
     from engine.failures import UserError
 
     root = Path(dataset.path).expanduser()
@@ -68,12 +73,16 @@ def collect_samples(dataset, warn) -> list[Sample]:
     if not dataset.path or not root.is_dir():
         raise UserError(f"dataset.path: the dataset folder does not exist: {root if dataset.path else '(empty)'}",
                         "Set dataset.path (or DATA_DIR) to the folder with your images and .txt captions.")
-    samples = _folder_samples(root, dataset, dataset.repeats, 1.0, dataset.trigger, warn)
+    samples = _folder_samples(root, dataset, dataset.repeats, 1.0, dataset.trigger, warn, by_class)
+    if not samples and by_class:
+        raise UserError(f"dataset.path: no usable images in sub-folders of {root} (model.dit.conditioning: class "
+                        f"reads one class per sub-folder).",
+                        "Put each class's images in its own sub-folder, e.g. circle/ and square/.")
     if not samples:
         raise UserError(f"dataset.path: no usable images (.jpg, .jpeg, .png, .webp) in {root}",
                         "Put the images in that folder (or in its images/ subfolder) with a .txt caption each.")
     missing = [s.image.name for s in samples if not s.caption]
-    if missing:
+    if missing and captions:
         warn(f"{len(missing)} image(s) have no caption and train with an empty one: {', '.join(missing[:5])}"
              + (" ..." if len(missing) > 5 else ""))
     if dataset.use_reg:

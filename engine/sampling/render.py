@@ -62,6 +62,22 @@ def sample_images(pipeline, prompts: list[str], negative_prompt: str, seed: int,
     return results
 
 
+def save_samples(images: list, prompts: list[str], sampling, size: tuple[int, int], out_dir: Path, step: int,
+                 extra_info: dict | None = None) -> list[dict]:
+    """PNGs of images a family rendered itself (one per prompt, strength 1: no LoRA), named and described as
+    sample_images names them; one dict per image (path, prompt, strength, step)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for i, (image, prompt) in enumerate(zip(images, prompts)):
+        path = out_dir / f"step{step:06d}_p{i:02d}_s1.00.png"
+        settings = {"Steps": sampling.steps, "Sampler": sampling.sampler, "Seed": sampling.seed + i,
+                    "Size": f"{size[0]}x{size[1]}", "Training step": step, **(extra_info or {})}
+        _save_png(image, path, prompt, "", settings)
+        results.append({"path": str(path), "prompt": prompt, "strength": 1.0, "step": step})
+    return results
+
+
 @contextlib.contextmanager
 def lora_strength(pipeline, strength: float):
     """Scale every LoRA layer of the pipeline by `strength` (0 = base model), restoring the exact scales after.

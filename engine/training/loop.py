@@ -311,7 +311,6 @@ def render_samples(r: Run, final: bool = False) -> None:
     """Sample images with the current weights (engine.sampling.render renders them); a sample event per image.
     The final samples add the evaluation prompts file's."""
     from engine.sampling.prompts import read_prompts_file
-    from engine.sampling.render import sample_images
 
     sampling = r.preset.sampling
     prompts = list(sampling.prompts) + (read_prompts_file(sampling.eval_prompts_file) if final else [])
@@ -320,6 +319,36 @@ def render_samples(r: Run, final: bool = False) -> None:
     r.status("sampling", f"Rendering {len(prompts)} prompt(s) at step {r.step}")
     started = time.perf_counter()
     size = (sampling.width_px or r.preset.dataset.resolution_px, sampling.height_px or r.preset.dataset.resolution_px)
+    if r.family.scratch_sampler:  # no diffusers pipeline (the DiT): engine/sampling/scratch.py
+        results = render_family_samples(r, prompts, size)
+    else:
+        results = render_pipeline_samples(r, prompts, size)
+    for result in results:
+        r.emit("sample", **result)
+    # training s/it never includes this: the step timer stops before at_boundary
+    r.status("sampling", f"{len(results)} sample(s) in {time.perf_counter() - started:.1f} s", seconds=round(
+        time.perf_counter() - started, 2))
+
+
+def render_family_samples(r: Run, prompts: list[str], size: tuple[int, int]) -> list[dict]:
+    """A model without a pipeline (the DiT): its EMA weights when on; the global RNG is left as it was, so a
+    resumed run draws what an uninterrupted one does."""
+    from engine.sampling.render import save_samples
+    from engine.sampling.scratch import render
+
+    sampling = r.preset.sampling
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []), \
+            (r.ema.applied() if r.ema else contextlib.nullcontext()), whole_model_on_device(r):
+        images = render(r.family, r.comps, prompts, sampling, sampling.seed, size)
+    return save_samples(images, prompts, sampling, size, r.run_dir / "samples", r.step,
+                        extra_info={"Model": r.family.name, "Run": r.preset.output.run_name})
+
+
+def render_pipeline_samples(r: Run, prompts: list[str], size: tuple[int, int]) -> list[dict]:
+    """The family's diffusers pipeline, at every LoRA strength (engine/sampling/render.py)."""
+    from engine.sampling.render import sample_images
+
+    sampling = r.preset.sampling
     cond = r.comps.extra.get("prompt_cond")
     cond = cond if cond and all(p in cond for p in prompts) else None
     with whole_model_on_device(r, text_encoders=cond is None), vae_in_pipeline_dtype(r), torch.no_grad():
@@ -329,11 +358,7 @@ def render_samples(r: Run, final: bool = False) -> None:
             extra_info={"Model": Path(r.preset.model.path).name, "LoRA": r.preset.output.run_name},
             sampler=None if sampling.sampler == "default" else sampling.sampler,
             max_sequence_length=r.comps.extra.get("max_sequence_length", 77), prompt_cond=cond)
-    for result in results:
-        r.emit("sample", **result)
-    # training s/it never includes this: the step timer stops before at_boundary
-    r.status("sampling", f"{len(results)} sample(s) in {time.perf_counter() - started:.1f} s", seconds=round(
-        time.perf_counter() - started, 2))
+    return results
 
 
 @contextlib.contextmanager

@@ -94,7 +94,7 @@ def setup(run_dir: Path, preset, events: EventWriter, resume: bool) -> Run:
                         progress=lambda text, n, total: events.emit("status", phase="loading", text=text, n=n,
                                                                     total=total))
     events.emit("status", phase="loading", text="Model loaded", n=1, total=1)
-    configure_for_training(comps, training)
+    configure_for_training(comps, training, family)
     trainables = add_network(family, comps, preset.network, training.gradient_checkpointing)
     if preset.network.type == "lora" and preset.network.init_from:
         for message in load_initial_lora(family, comps, preset.network):
@@ -161,8 +161,11 @@ def warn_unsupported(preset, events) -> None:
         events.emit("warning", message=message)
 
 
-def configure_for_training(comps, training) -> None:
-    """Training settings a family's predict/encode_text read (FLUX: the guidance value, the T5 length)."""
+def configure_for_training(comps, training, family=None) -> None:
+    """Training settings a family's predict/encode_text read (FLUX: the guidance value, the T5 length; the DiT:
+    its objective and DDPM schedule)."""
+    if family is not None and family.configure is not None:
+        family.configure(comps, training)
     if "guidance_scale" in comps.extra:
         comps.extra["guidance_scale"] = training.guidance_scale
     if "max_sequence_length" in comps.extra and training.max_sequence_length:
@@ -188,6 +191,9 @@ def add_network(family, comps, network, gradient_checkpointing: bool) -> dict:
     for module in (comps.denoiser, comps.vae, *comps.text_encoders):
         module.requires_grad_(False)
     comps.vae.eval()
+    if network.type != "full" and family.name == "dit":
+        raise UserError(f"network.type: {network.type} cannot train family 'dit': a DiT trained from scratch has "
+                        f"no base model to adapt.", "Set network.type: full.")
     if network.type == "full":
         comps.denoiser.requires_grad_(True)
         trainables = {"unet": [comps.denoiser]}
@@ -297,6 +303,8 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
     objective_name = training.objective if training.objective != "auto" else comps.prediction_type
     objective = make_objective(objective_name, comps.alphas_cumprod, training.timestep_sampling,
                                training.sigmoid_scale, training.discrete_flow_shift, flow_path=training.flow_path)
+    if "objective" in comps.extra:  # the DiT's timestep depends on it (t * 1000 for flow, the DDPM step k)
+        comps.extra["objective"] = objective
     optim = make_optimizer_set(preset, trainables, total, accelerator)
     params = [p for modules in trainables.values() for m in modules for p in m.parameters() if p.requires_grad]
     r = Run(run_dir=run_dir, preset=preset, events=events, family=family, comps=comps, objective=objective,

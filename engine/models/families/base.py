@@ -61,6 +61,11 @@ class Family:
     # so frozen text encoders stay in CPU RAM while sampling (FLUX's T5 would not fit beside the transformer)
     cached_sample_prompts: bool = False
     writes_prediction_type: bool = True          # modelspec.prediction_type in LoRA headers (sd-scripts writes none for FLUX)
+    # no diffusers pipeline for samples (the DiT trained from scratch): engine/sampling/scratch.py samples `predict`
+    # with the ODE / DDIM samplers instead; configure(comps, training) takes the objective from the preset
+    scratch_sampler: bool = False
+    configure: Callable | None = None
+    decode_image: Callable | None = None         # scratch_sampler: (comps, x0 the model's space) -> pixels [-1, 1]
 
 
 def by_prediction(table: dict, *keys: str) -> str:
