@@ -200,14 +200,21 @@ def main() -> int:
     plain = min((r for r in runs if r["loop"] == "plain"), key=lambda r: r["s_per_it"])
     print(f"preset: {preset}   steps: {args.steps}   best of {args.repeats}   "
           f"threads: {os.environ.get('OMP_NUM_THREADS', 'default')}")
+    print_results(easel, plain)
+    return 0
+
+
+def print_results(easel: dict, plain: dict, extra_lines: tuple = ()) -> None:
+    """The two loops' s/it, img/s and peak memory, Easel's caching and step breakdown, then the ratio."""
     for r in (easel, plain):
         print(f"{r['loop']:>6}: {r['s_per_it']:.4f} s/it  {r['img_per_s']:.1f} img/s  "
               f"peak memory {r['peak_memory_gb']:.2f} GB")
     print(f"easel one-off caching: {easel['one_off_caching_s']:.1f} s (skipped on later runs of the same data)")
     phases = "  ".join(f"{k} {v * 1000:.1f} ms" for k, v in easel["phases_s"].items())
     print(f"easel step breakdown: {phases}  outside those: {easel['outside_share'] * 100:.1f} % of the step")
+    for line in extra_lines:
+        print(line)
     print(f"speed-up (img/s): {easel['img_per_s'] / plain['img_per_s']:.2f}x")
-    return 0
 
 
 if __name__ == "__main__":

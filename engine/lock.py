@@ -98,9 +98,11 @@ class RunLock:
             time.sleep(0.05)
             return
         try:
-            owner = self._read()  # again, under the guard: it may be a live lock by now
-            if owner is None or not _alive(owner):
-                self.took_over = owner or {"pid": None}
+            # again, under the guard: it may be a live lock by now. A missing file is left alone: another engine
+            # may create its lock right now (that needs no guard), and unlinking here would delete it.
+            owner = self._read()
+            if owner is not None and not _alive(owner):
+                self.took_over = {"pid": None} if owner.get("unreadable") else owner
                 self.path.unlink(missing_ok=True)
         finally:
             guard.unlink(missing_ok=True)
@@ -116,7 +118,9 @@ class RunLock:
                 fresh = time.time() - self.path.stat().st_mtime < 5.0
             except OSError:
                 return None
-            return {"pid": None, "started": time.time(), "host": None, "taking": True} if fresh else None
+            if fresh:
+                return {"pid": None, "started": time.time(), "host": None, "taking": True}
+            return {"pid": None, "started": 0.0, "host": None, "unreadable": True}  # stale: taken over
 
     def __exit__(self, *exc) -> None:
         if self._read() == self.mine:

@@ -118,17 +118,13 @@ def test_ddim_eta_0_sampling_of_the_saved_model_is_deterministic(tmp_path, shape
 
 
 def test_a_resumed_dit_run_ends_where_an_uninterrupted_one_does(tmp_path, shapes, monkeypatch):
-    from run_control import stop_at
+    from run_control import stop_then_resume
 
     preset = load_preset(FLOW, [f"dataset.path={shapes}", *TINY, "training.max_steps=6", "model.dit.conditioning=none"])
     straight = create_run_dir(preset, root=tmp_path / "a")
     assert train.run(straight) == 0
     interrupted = create_run_dir(preset, root=tmp_path / "b")
-    real_report = train.report_step
-    stop_at(monkeypatch, 3)
-    assert train.run(interrupted) == 0
-    monkeypatch.setattr(train, "report_step", real_report)
-    assert train.run(interrupted, resume=True) == 0
+    stop_then_resume(interrupted, monkeypatch, 3)
     by_step = lambda run: {e["step"]: e["loss"] for e in read_all(run / "events.jsonl") if e["kind"] == "step"}  # noqa
     assert by_step(interrupted) == pytest.approx(by_step(straight), rel=1e-5)
     from safetensors.torch import load_file

@@ -46,6 +46,22 @@ def validate(p: Preset) -> list[tuple[str, str]]:
         if p.sampling.sampler not in allowed:
             out.append(("sampling.sampler", f"{p.sampling.sampler!r} cannot sample a DiT trained with objective "
                                             f"{objective!r}: use one of default, {', '.join(allowed)}"))
+    dit = p.model.dit
+    if p.model.family == "dit" and dit.conditioning == "channels":
+        if not dit.target_array:
+            out.append(("model.dit.target_array", "conditioning channels needs the name of the .npz array to "
+                                                  "generate (e.g. target_goal)"))
+        if dit.space != "pixel":
+            out.append(("model.dit.space", "conditioning channels trains on the .npz arrays themselves: use pixel"))
+        if dit.target_array and dit.target_array in dit.context_arrays:
+            out.append(("model.dit.context_arrays", f"{dit.target_array!r} is the target_array; the model would "
+                                                    f"see what it has to generate"))
+        if p.validation.folder:
+            out.append(("validation.folder", "conditioning channels holds out part of its .npz files: use "
+                                             "validation.fraction"))
+        bad = [a for a in dit.array_aliases if "=" not in str(a) or not all(str(a).split("=", 1))]
+        if bad:
+            out.append(("model.dit.array_aliases", f"{bad[0]!r} is not old=new (e.g. robot=robot_image)"))
     if n.te_two_phase and not n.train_text_encoder:
         out.append(("network.te_two_phase", "needs network.train_text_encoder: true"))
     if t.flow_path != "condot" and p.model.family != "dit":

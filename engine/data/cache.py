@@ -234,7 +234,11 @@ def prepare_batches(dataset, training, network, family, comps, device, warn, pro
     from engine.data.samples import collect_samples, split_validation
     from engine.failures import UserError
 
-    conditioning = comps.extra.get("conditioning")  # the DiT's: none | class (captions unused) ; None: text
+    conditioning = comps.extra.get("conditioning")  # the DiT's: none | class | channels (no captions); None: text
+    if conditioning == "channels":  # .npz arrays, not images: engine/data/npz.py
+        from engine.data.npz import prepare_npz_batches
+
+        return prepare_npz_batches(dataset, training, comps, device, validation)
     samples = collect_samples(dataset, warn, by_class=conditioning == "class", captions=conditioning is None)
     if conditioning == "class" and not comps.extra.get("class_names"):  # a new DiT: one class per sub-folder
         comps.extra["class_names"] = sorted({s.caption for s in samples})
