@@ -64,6 +64,7 @@ from functools import partial
 from pathlib import Path
 
 from engine.models.base_storage import FP8_SKIP_PATTERNS
+from engine.models.flux_bfl import diffusers_modules_of
 
 GB = 2**30
 MARGIN = 0.15                 # the stated uncertainty of the estimate
@@ -94,24 +95,8 @@ Tensors = dict  # name -> (shape tuple, safetensors dtype string such as "BF16")
 _BLOCK = re.compile(r"^(?:model\.diffusion_model\.)?(transformer_blocks|double_blocks|single_transformer_blocks|"
                     r"single_blocks)\.(\d+)\.")
 _DOUBLE_KINDS = ("transformer_blocks", "double_blocks")
-# A BFL-format FLUX block linear -> the diffusers linears it holds (the fused q/k/v split: every part but the last
-# has `hidden` rows, the last the rest), so that LoRA targets count the same whatever the file's layout.
-_BFL_LINEARS = {
-    "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"), "img_attn.proj": ("attn.to_out.0",),
-    "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"), "txt_attn.proj": ("attn.to_add_out",),
-    "img_mlp.0": ("ff.net.0.proj",), "img_mlp.2": ("ff.net.2",),
-    "txt_mlp.0": ("ff_context.net.0.proj",), "txt_mlp.2": ("ff_context.net.2",),
-    "img_mod.lin": ("norm1.linear",), "txt_mod.lin": ("norm1_context.linear",),
-    "linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"), "linear2": ("proj_out",),
-    "modulation.lin": ("norm.linear",),
-}
-_BFL_BLOCKS = {"double_blocks": "transformer_blocks", "single_blocks": "single_transformer_blocks"}
+_BFL_BLOCKS = ("double_blocks", "single_blocks")
 _EMBEDDING_KEYS = ("shared.weight", "embed_tokens.weight", "token_embedding.weight")   # text encoders: (vocab, width)
-# BFL names of the layers outside the blocks, as the diffusers names FP8_SKIP_PATTERNS is written against
-_BFL_OUTSIDE = {"img_in": "x_embedder", "txt_in": "context_embedder", "time_in": "time_text_embed",
-                "vector_in": "time_text_embed", "guidance_in": "time_text_embed",
-                "final_layer.adaLN_modulation": "norm_out", "final_layer.linear": "proj_out"}
-
 
 # ------------------------------------------------------------------------------------------------ model sizes
 
@@ -147,14 +132,13 @@ def read_header(file: Path) -> Tensors:
 
 
 def _bfl_to_diffusers(name: str, shape: tuple, hidden: int) -> list[tuple[str, int, int]]:
-    """A BFL-named FLUX block linear as the diffusers linears it holds: [(name, in, out)]."""
-    match = _BLOCK.match(name)
-    parts = _BFL_LINEARS.get(name[match.end():].removesuffix(".weight"), ()) if match else ()
-    if not parts:
+    """A BFL-named FLUX block linear as the diffusers linears it holds (engine/models/flux_bfl.py's map; of a fused
+    one, every part but the last has `hidden` rows): [(name, in, out)]."""
+    if not _BLOCK.match(name):
         return []
-    prefix = f"{_BFL_BLOCKS[match[1]]}.{match[2]}"
+    parts = diffusers_modules_of(name.removesuffix(".weight"))
     rows = [hidden] * (len(parts) - 1) + [shape[0] - hidden * (len(parts) - 1)]
-    return [(f"{prefix}.{part}", shape[1], out) for part, out in zip(parts, rows)]
+    return [(part, shape[1], out) for part, out in zip(parts, rows)]
 
 
 def component_from_tensors(name: str, tensors: Tensors, source: str) -> Component:
@@ -194,8 +178,8 @@ def component_from_tensors(name: str, tensors: Tensors, source: str) -> Componen
 def _kept_out_of_fp8(key: str, bfl: bool) -> bool:
     """True for a layer store_in_fp8 leaves in the compute dtype (engine/models/base_storage.py's patterns)."""
     module = key.removeprefix("model.diffusion_model.").rsplit(".", 1)[0]
-    if bfl:
-        module = next((new + module[len(old):] for old, new in _BFL_OUTSIDE.items() if module.startswith(old)), module)
+    if bfl and not _BLOCK.match(module + "."):
+        module = next(iter(diffusers_modules_of(module)), module)  # the diffusers name FP8_SKIP_PATTERNS is written in
     return not _BLOCK.match(module + ".") and any(re.search(p, module) for p in FP8_SKIP_PATTERNS)
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import re
 
-import torch
+# torch is imported inside the functions that move tensors: the name tables serve engine/models/fit.py, which
+# reads only file headers and stays torch-free.
 
 # BFL name -> diffusers name, for the tensors that are renamed only ({i} is the block index).
 _RENAMES = {
@@ -63,13 +64,17 @@ _REVERSE_RENAME_PATTERNS = [(_pattern(d), b) for b, d in _RENAMES.items()]
 _FUSED_PATTERNS = [(_pattern(b), parts) for b, parts in FUSED.items()]
 
 
-def _swap_halves(t: torch.Tensor) -> torch.Tensor:
+def _swap_halves(t):
+    import torch
+
     first, second = t.chunk(2, dim=0)
     return torch.cat([second, first], dim=0)
 
 
 def bfl_to_diffusers(state: dict) -> dict:
     """A BFL-layout FLUX transformer state dict -> FluxTransformer2DModel names (widths read from the tensors)."""
+    import torch
+
     state = {k.removeprefix(PREFIXES[0]): v for k, v in state.items()}
     inner = state["img_in.weight"].shape[0]
     out = {}
@@ -95,6 +100,8 @@ def bfl_to_diffusers(state: dict) -> dict:
 
 def diffusers_to_bfl(state: dict) -> dict:
     """The reverse of bfl_to_diffusers (for writing the files a ComfyUI user has, in tests)."""
+    import torch
+
     reverse = {}
     for template, parts in FUSED.items():
         for n, part in enumerate(parts):
@@ -135,6 +142,16 @@ def bfl_module_of(path: str) -> tuple[str, int | None] | None:
         if m:
             return template.replace("{i}", m[1]), n
     return None
+
+
+def diffusers_modules_of(module: str) -> tuple[str, ...]:
+    """The FluxTransformer2DModel modules a BFL module holds, in order along its output rows: one for a renamed
+    module, the parts of a fused one (`single_blocks.0.linear1` -> to_q, to_k, to_v, proj_mlp); () if unknown."""
+    module = module.removeprefix(PREFIXES[0])
+    if module == _FINAL_MODULATION[0]:
+        return (_FINAL_MODULATION[1],)
+    renamed = _renamed(module)
+    return (renamed,) if renamed is not None else _fused(module) or ()
 
 
 def _renamed(module: str, patterns=_RENAME_PATTERNS) -> str | None:
