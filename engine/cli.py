@@ -70,6 +70,11 @@ def train(argv: list[str]) -> int:
         return 2
     if args.target.is_dir():
         return _train_in(args.target, overrides, dry_run)
+    if _under_launcher():  # every process would make its own run folder
+        print(f"error: under accelerate launch, name a run folder, not a preset: set training.num_gpus in "
+              f"{args.target.name} and start it with python -m engine train {args.target} (Easel starts accelerate "
+              f"launch itself), or launch an existing run folder", file=sys.stderr)
+        return 2
     try:
         preset = load_preset(args.target, overrides, env)
     except ConfigError as e:
@@ -123,7 +128,7 @@ def _resume(run_dir: Path, dry_run: bool) -> int:
 
 
 def _print_dry_run(preset) -> int:
-    from engine.data.plan import describe, make_plan
+    from engine.data.plan import describe, plan_of
 
     print("# resolved preset")
     print(dump_preset(preset))
@@ -133,7 +138,7 @@ def _print_dry_run(preset) -> int:
               f"(or DATA_DIR) to your image folder")
         _print_fit(preset, images=0)
         return 2
-    plan = make_plan(preset.dataset, preset.training, preset.sampling, preset.output)
+    plan = plan_of(preset)
     print(describe(plan))
     _print_fit(preset, images=plan.images + plan.reg_images)
     return 0
@@ -158,7 +163,18 @@ def _print_fit(preset, images: int) -> None:
     print("\n".join(describe_fit(fit, options, name, free, now["ram_total_gb"], now["ram_free_gb"])))
 
 
+def _under_launcher() -> bool:
+    from engine.training.distributed import under_launcher
+
+    return under_launcher()
+
+
 def _run(run_dir: Path, resume: bool) -> int:
+    from engine.training.distributed import relaunch, under_launcher
+
+    num_gpus = load_preset(run_dir / "preset.yaml").training.num_gpus
+    if num_gpus > 1 and not under_launcher():  # one engine process per GPU, started by accelerate launch
+        return relaunch(run_dir, resume, num_gpus)
     from engine.training.loop import run  # imports torch: only now that a run really starts
 
     return run(run_dir, resume=resume)

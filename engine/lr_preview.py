@@ -31,9 +31,9 @@ def run_steps(preset) -> int:
     """The run's optimizer steps: training.max_steps, or max_epochs x the dataset's steps per epoch."""
     if preset.training.max_steps > 0:
         return preset.training.max_steps
-    from engine.data.plan import make_plan  # reads the dataset's image headers: only when epochs decide the length
+    from engine.data.plan import plan_of  # reads the dataset's image headers: only when epochs decide the length
 
-    total = make_plan(preset.dataset, preset.training, preset.sampling, preset.output).total_steps
+    total = plan_of(preset).total_steps
     if total <= 0:
         raise ConfigError([("training.max_epochs", f"the dataset {preset.dataset.path!r} has no trainable images, so "
                                                    "the run length is unknown; set training.max_steps")])

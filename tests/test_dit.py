@@ -174,3 +174,13 @@ def test_the_dit_demo_preset_validates_and_its_measure_tells_shapes_from_noise(t
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(noise)
     assert histogram_distance(dataset[:4], dataset) == 0
     assert histogram_distance([noise], dataset) > 0.8
+
+
+def test_the_dry_run_plan_counts_the_images_of_class_folders(classes):
+    """The plan (dry run, LR plot) reads the dataset as the trainer does: one class per sub-folder."""
+    from engine.data.plan import plan_of
+
+    preset = load_preset(FLOW, [f"dataset.path={classes}", *TINY, "model.dit.conditioning=class",
+                                "training.max_steps=0", "training.max_epochs=3"])
+    plan = plan_of(preset)
+    assert plan.images == 8 and plan.steps_per_epoch == 1 and plan.total_steps == 3  # 8 images, batch 8

@@ -180,3 +180,33 @@ def test_a_resumed_channels_run_ends_where_an_uninterrupted_one_does(tmp_path, m
     by_step = lambda run: {e["step"]: e["loss"] for e in read_all(run / "events.jsonl") if e["kind"] == "step"}
     assert len(by_step(straight)) == 4
     assert by_step(interrupted) == pytest.approx(by_step(straight), rel=1e-5)
+
+
+def test_the_sample_command_renders_a_channels_run_beside_its_truths(tmp_path, scenes):
+    """python -m engine sample RUN_DIR reads the run's .npz contexts: the same sample files as during training."""
+    import subprocess
+    import sys
+
+    run_dir, code, events = start(tmp_path, scenes, "training.max_steps=2", "sampling.prompts=[a, b]",
+                                  "sampling.steps=2", "validation.fraction=0.25")
+    assert code == 0, errors(events)
+    result = subprocess.run([sys.executable, "-m", "engine", "sample", str(run_dir), "--steps", "2"],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, encoding="utf-8",
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONIOENCODING": "utf-8"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    paths = result.stdout.split()
+    assert len(paths) == 2
+    trained = [e["path"] for e in events if e["kind"] == "sample"]
+    for rendered, during in zip(paths, trained):
+        picture, before = np.asarray(Image.open(rendered)), np.asarray(Image.open(during))
+        assert picture.shape == (SIZE, 2 * SIZE, 3)
+        assert np.array_equal(picture[:, SIZE:], before[:, SIZE:])  # the same ground truth on the right
+        assert np.abs(picture[:, :SIZE].astype(float) - before[:, :SIZE]).mean() < 1  # the final model, same seed
+
+
+def test_the_dry_run_plan_counts_the_npz_files(scenes):
+    from engine.data.plan import plan_of
+
+    preset = load_preset(FLOW, [f"dataset.path={scenes}", *TINY, "training.max_steps=0", "training.max_epochs=2"])
+    plan = plan_of(preset)
+    assert plan.images == 16 and plan.bucket_counts == {f"{SIZE}x{SIZE}": 16} and plan.total_steps == 4

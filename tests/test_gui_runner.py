@@ -190,3 +190,11 @@ def test_run_view_folds_events(tmp_path):
     assert view.finished == "error" and view.error["hint"] == "Lower the batch size"
     assert len(view.saved) == 1 and view.output_files() == []  # the file does not exist
     assert format_seconds(3725) == "1h 02m" and format_seconds(75) == "1m 15s"
+
+
+def test_the_log_says_how_many_gpus_train_and_the_effective_batch(tmp_path):
+    w = EventWriter(tmp_path / "run" / "events.jsonl")
+    w.emit("started", preset={}, versions={}, device="cuda:0 RTX 4090 (24 GB)", processes=2, effective_batch=8)
+    view = RunView(tmp_path / "run")
+    view.poll()
+    assert view.log[0].split(" ", 1)[1] == "started on cuda:0 RTX 4090 (24 GB) and 1 more GPU(s), effective batch 8"

@@ -106,10 +106,11 @@ def _preset_bar(ctx: AppContext) -> dict:
         save_as = gr.Button("Save as", scale=0, min_width=100, elem_id="preset-save-as")
         reset = gr.Button("Reset", scale=0, min_width=70, elem_id="preset-reset")
         demo_button = gr.Button("Demo", variant="secondary", scale=0, min_width=70, elem_id="demo")
+        lora_demo_button = gr.Button("LoRA demo", variant="secondary", scale=0, min_width=100, elem_id="lora-demo")
     status = gr.Markdown(elem_id="preset-status")
     problems = gr.Markdown(elem_id="preset-problems")
     return {"dropdown": dropdown, "load": load, "save": save, "name": name, "save_as": save_as, "reset": reset,
-            "demo": demo_button, "status": status, "problems": problems,
+            "demo": demo_button, "lora_demo": lora_demo_button, "status": status, "problems": problems,
             "baseline": gr.State(dump_preset(Preset())), "path": gr.State(None),
             # the last loaded or saved preset file, kept by the browser: a reload or a GUI restart shows it again
             "remember": gr.BrowserState(None, storage_key="easel-last-preset", secret="easel-local")}

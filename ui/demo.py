@@ -1,7 +1,11 @@
-"""The Demo button: the engine builds a tiny model and a generated dataset, the form loads that preset, a run starts.
+"""The demo buttons: the engine writes a demo preset and its generated dataset, the form loads it, a run starts.
 
-`python -m engine demo --prepare-only FOLDER` (engine/demo.py) writes FOLDER/demo-preset.yaml and prints its path
-on the last stdout line. It imports torch, so it runs in a subprocess like everything heavy.
+Demo: a small DiT learns the 16 coloured shapes from scratch; its samples turn from noise into the shapes within
+about two minutes on a CPU, so a newcomer sees training work. LoRA demo: the LoRA workflow (trigger word, captions,
+LoRA files) on a tiny random SD1.5 model, whose samples stay noise because its base model knows nothing.
+
+`python -m engine demo --prepare-only [--dit] FOLDER` (engine/demo.py) writes the preset and prints its path on the
+last stdout line. It imports torch, so it runs in a subprocess like everything heavy.
 """
 from __future__ import annotations
 
@@ -18,10 +22,23 @@ from ui.fields import format_problems
 PREPARE_TIMEOUT_S = 300
 
 
-def prepare(demo_dir: Path, cwd: Path) -> Path:
+# button -> (engine demo flags, what the status says while preparing, once loaded, once started)
+DEMOS = {
+    "demo": (["--dit"], "Preparing the demo: 16 pictures of coloured shapes…", "demo loaded",
+             "Demo run started: a small DiT learns to draw the coloured shapes from scratch on the CPU. Its samples "
+             "below start as noise and turn into the shapes within about two minutes."),
+    "lora_demo": ([], "Preparing the LoRA demo: building a tiny model and 16 images (takes a few seconds)…",
+                  "LoRA demo loaded",
+                  "LoRA demo started: a LoRA trains on a tiny random model (its samples stay noise: the random base "
+                  "model knows nothing). It shows the LoRA workflow and files; the Demo button shows learning."),
+}
+
+
+def prepare(demo_dir: Path, cwd: Path, flags: list[str] = ()) -> Path:
     """Run the engine's demo preparation; the demo preset's path, or RuntimeError with the engine's words."""
     demo_dir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([sys.executable, "-m", "engine", "demo", "--prepare-only", str(demo_dir)], cwd=str(cwd),
+    proc = subprocess.run([sys.executable, "-m", "engine", "demo", "--prepare-only", *flags, str(demo_dir)],
+                          cwd=str(cwd),
                           capture_output=True, text=True, encoding="utf-8", errors="replace",
                           timeout=PREPARE_TIMEOUT_S, stdin=subprocess.DEVNULL,
                           env={**os.environ, "PYTHONIOENCODING": "utf-8"})  # Windows pipes default to cp1252
@@ -36,13 +53,22 @@ def wire(ctx, form, bar: dict, run: dict, wiring) -> None:
     outputs = [*wiring.load_outputs, *[run[k] for k in ("view", "message", "folder", "progress", "log", "loss",
                                                          "samples", "files", "error", "engine_log")]]
 
+    for button, (flags, preparing, loaded, started) in DEMOS.items():
+        handler = demo_handler(ctx, bar, run, wiring, flags, preparing, loaded, started)
+        wiring.after_load(bar[button].click(handler, outputs=outputs)).then(None, js=SHOW_RUN_TAB)
+
+
+SHOW_RUN_TAB = ("() => { const t = [...document.querySelectorAll('button[role=tab]')].find(b => "
+                "b.textContent.trim() === 'Run'); if (t) t.click(); }")
+
+
+def demo_handler(ctx, bar: dict, run: dict, wiring, flags: list[str], preparing: str, loaded: str, started: str):
     def on_demo():
-        yield {bar["status"]: "Preparing the demo: building a tiny model and 16 images (takes a few seconds)…",
-               run["message"]: "Preparing the demo…"}
+        yield {bar["status"]: preparing, run["message"]: preparing}
         try:
             if runner.active_run(ctx.runs_root) is not None:
                 raise runner.RunBusy("A run is still training; stop it before starting the demo.")
-            path = prepare(ctx.demo_dir, ctx.project_root)
+            path = prepare(ctx.demo_dir, ctx.project_root, flags)
             preset = load_preset(path)
         except ConfigError as exc:
             yield {bar["problems"]: "**The demo preset has problems:**\n" + format_problems(exc.problems)}
@@ -51,16 +77,13 @@ def wire(ctx, form, bar: dict, run: dict, wiring) -> None:
             yield {bar["problems"]: f"**Demo:** {exc}", run["message"]: f"**Demo:** {exc}"}
             return
         ctx.allow(Path(preset.dataset.path))
-        updates = wiring.loaded(preset, str(path), "demo loaded")
+        updates = wiring.loaded(preset, str(path), loaded)
         try:
             view = tab_run.start_new(preset, ctx)
         except (runner.RunBusy, OSError) as exc:
             yield {**updates, run["message"]: f"**Could not start:** {exc}"}
             return
         view.poll()
-        yield {**updates, run["view"]: view, run["message"]: "Demo run started: a tiny model learns coloured shapes on the CPU.",
-               **tab_run.render(view, run, force=True)}
+        yield {**updates, run["view"]: view, run["message"]: started, **tab_run.render(view, run, force=True)}
 
-    wiring.after_load(bar["demo"].click(on_demo, outputs=outputs)).then(None, js="() => { const t = [...document.querySelectorAll("
-                                                         "'button[role=tab]')].find(b => b.textContent.trim() "
-                                                         "=== 'Run'); if (t) t.click(); }")
+    return on_demo

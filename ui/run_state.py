@@ -35,7 +35,9 @@ def event_line(e: dict) -> str | None:
     stamp = time.strftime("%H:%M:%S", time.localtime(e.get("t", 0)))
     kind = e.get("kind")
     if kind == "started":
-        return f"{stamp} started on {e.get('device', '?')}"
+        gpus = e.get("processes") or 1
+        spread = f" and {gpus - 1} more GPU(s), effective batch {e.get('effective_batch')}" if gpus > 1 else ""
+        return f"{stamp} started on {e.get('device', '?')}{spread}"
     if kind == "status":
         n, total = e.get("n"), e.get("total")
         count = f" ({n}/{total})" if n is not None and total else ""
@@ -145,10 +147,13 @@ class RunView:
                 for e in rows]
 
     def output_files(self) -> list[str]:
-        """The saved LoRA files that still exist (older checkpoints may have been pruned by keep_last)."""
+        """The saved files that still exist (older checkpoints may have been pruned by keep_last); a saved folder
+        (a full fine-tune, the DiT) by its weight files."""
         seen: dict[str, None] = {}
         for e in self.saved:
             path = Path(str(e.get("path", "")))
             if path.is_file():
                 seen[str(path)] = None
+            elif path.is_dir():
+                seen.update((str(f), None) for f in sorted(path.rglob("*.safetensors")))
         return list(seen)

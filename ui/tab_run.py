@@ -40,9 +40,9 @@ def build() -> dict:
         with gr.Column(scale=2):
             loss = gr.LinePlot(x="step", y="loss", height=280, elem_id="run-loss", x_title="step",
                                y_title="loss", label="Loss")
-    samples = gr.Gallery(label="Samples (newest step first; each prompt at each LoRA strength)", columns=8,
+    samples = gr.Gallery(label="Samples (newest step first; a LoRA's at each strength)", columns=8,
                          height="auto", elem_id="run-samples", object_fit="contain", preview=False)
-    files = gr.File(label="Output files (LoRA .safetensors)", file_count="multiple", interactive=False,
+    files = gr.File(label="Output files (.safetensors)", file_count="multiple", interactive=False,
                     elem_id="run-files", visible=False)
     with gr.Accordion("Engine output (engine.log)", open=False):
         engine_log = gr.Textbox(lines=12, max_lines=12, autoscroll=True, interactive=False, show_label=False,

@@ -154,6 +154,9 @@ class TrainingConfig:
     batch_size: int = opt(1, "Images per batch.", min=1, max=512, env="BATCH_SIZE")
     grad_accum: int = opt(1, "Batches accumulated per optimizer step (effective batch = batch x this).", min=1,
                           max=1024, env="GRAD_ACCUM")
+    num_gpus: int = opt(1, "GPUs that train together, one engine process each (through accelerate launch); every "
+                           "GPU trains batch_size images per batch, so the effective batch is batch x "
+                           "grad_accum x this.", min=1, max=64, env="NUM_GPUS", advanced=True)
     precision: str = opt("bf16", "Mixed precision. bf16 is the safe default on RTX 30xx and newer; fp16 for older "
                                  "cards; fp32 on CPU.", choices=PRECISIONS)
     gradient_checkpointing: bool = opt(True, "Recompute activations in the backward pass: much less VRAM, ~20% "

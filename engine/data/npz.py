@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+# torch is imported inside the functions that build tensors: the dry run and the GUI's LR plot read the headers only
+if TYPE_CHECKING:
+    import torch
 
 
 def npz_files(root: Path) -> list[Path]:
@@ -93,6 +97,8 @@ def array_size(path: Path, name: str, aliases: dict[str, str]) -> tuple[int, int
 
 def coordinate_grid(height: int, width: int) -> torch.Tensor:
     """[2, H, W]: channel 0 the row (y), channel 1 the column (x), each from -1 to 1 across the image."""
+    import torch
+
     ys = torch.linspace(-1.0, 1.0, height)
     xs = torch.linspace(-1.0, 1.0, width)
     y, x = torch.meshgrid(ys, xs, indexing="ij")
@@ -102,6 +108,8 @@ def coordinate_grid(height: int, width: int) -> torch.Tensor:
 def load_arrays(path: Path, spec: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(target [Ct, H, W], context [Cc, H, W]) float32 for one file: the context arrays in the preset's order, then
     the (y, x) grid when coordinate_grid is on. Arrays of different sizes are a UserError."""
+    import torch
+
     from engine.failures import UserError
 
     names = [spec["target_array"], *spec["context_arrays"]]
@@ -156,12 +164,16 @@ class ArraySource:
     text_cache = None
 
     def __init__(self, samples, spec: dict, device="cpu"):
+        import torch
+
         self.samples, self.spec, self.device = samples, spec, device
         self.val_indices: list = []
         self.encode_text = lambda captions: {"class_labels": torch.zeros(len(captions), dtype=torch.long)}
         self.text_cache_dir, self.encoder_id = None, ""
 
     def __call__(self, indices: list[int], epoch: int, batch_index: int, fixed: bool = False) -> dict:
+        import torch
+
         samples = [self.samples[i] for i in indices]
         pairs = [load_arrays(s.image, self.spec) for s in samples]
         target = torch.stack([p[0] for p in pairs])
@@ -179,6 +191,8 @@ def prepare_npz_batches(dataset, training, comps, device, validation=None):
     """(training samples, ArraySource) for conditioning channels; the DiT's channel counts fitted to the first
     file, and comps.extra["sample_cond"] (context + ground truth of the first SAMPLE_FILES validation files, then
     training files) for the samples."""
+    import torch
+
     from engine.data.samples import split_validation
     from engine.failures import UserError
 

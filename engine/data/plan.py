@@ -2,7 +2,8 @@
 
 An epoch shows every image `repeats` times (and every regularization image `reg_repeats` times), in batches that
 hold one bucket each; the last batch of a bucket may be smaller. So with bucket sample counts n_b:
-    batches_per_epoch = Σ_b ceil(n_b / batch_size)      steps_per_epoch = ceil(batches_per_epoch / grad_accum)
+    batches_per_epoch = Σ_b ceil(n_b / batch_size)
+    steps_per_epoch = ceil(batches_per_epoch / (grad_accum × num_gpus))
 """
 from __future__ import annotations
 
@@ -55,10 +56,12 @@ class Plan:
         return asdict(self)
 
 
-def count_buckets(folder: str, caption_ext: str, repeats: int, dataset, counts: Counter, unreadable: list) -> int:
-    """Add the folder's samples per epoch to `counts` by bucket; return its number of readable images."""
+def count_buckets(folder: str, caption_ext: str, repeats: int, dataset, counts: Counter, unreadable: list,
+                  by_class: bool = False) -> int:
+    """Add the folder's samples per epoch to `counts` by bucket; return its number of readable images.
+    by_class: the images of its sub-folders (the DiT's classes)."""
     n = 0
-    for item in find_items(Path(folder), caption_ext):
+    for item in find_items(Path(folder), caption_ext, by_class=by_class):
         try:
             size = image_size(item.image)
         except Exception:  # the trainer skips such files with a warning; the plan counts what it will train
@@ -69,16 +72,42 @@ def count_buckets(folder: str, caption_ext: str, repeats: int, dataset, counts: 
     return n
 
 
-def make_plan(dataset, training, sampling, output) -> Plan:
-    """The plan of a run from the preset's sections (reads image headers, not pixels)."""
+def count_arrays(folder: str, repeats: int, counts: Counter, target_array: str, aliases) -> int:
+    """The .npz files of a DiT on condition channels, each in the bucket of its target array's own size."""
+    from engine.data.npz import array_size, npz_files, parse_aliases  # numpy and torch: only for .npz datasets
+
+    files = npz_files(Path(folder).expanduser()) if Path(folder).expanduser().is_dir() else []
+    for path in files:
+        counts[array_size(path, target_array, parse_aliases(aliases))] += repeats
+    return len(files)
+
+
+def dataset_conditioning(model) -> str | None:
+    """How the trainer reads dataset.path: None for captioned images; the DiT's model.dit.conditioning (none,
+    class: one sub-folder per class, channels: .npz files)."""
+    return model.dit.conditioning if model.family == "dit" else None
+
+
+def plan_of(preset) -> "Plan":
+    return make_plan(preset.dataset, preset.training, preset.sampling, preset.output,
+                     dataset_conditioning(preset.model), preset.model.dit)
+
+
+def make_plan(dataset, training, sampling, output, conditioning: str | None = None, dit=None) -> Plan:
+    """The plan of a run from the preset's sections (reads image headers, not pixels); conditioning as
+    dataset_conditioning says (dit: model.dit, for the .npz array names)."""
     counts: Counter = Counter()
     unreadable: list = []
-    images = count_buckets(dataset.path, dataset.caption_ext, dataset.repeats, dataset, counts, unreadable)
+    if conditioning == "channels":
+        images = count_arrays(dataset.path, dataset.repeats, counts, dit.target_array, dit.array_aliases)
+    else:
+        images = count_buckets(dataset.path, dataset.caption_ext, dataset.repeats, dataset, counts, unreadable,
+                               by_class=conditioning == "class")
     reg = 0
     if dataset.use_reg and dataset.reg_path:
         reg = count_buckets(dataset.reg_path, dataset.caption_ext, dataset.reg_repeats, dataset, counts, unreadable)
     batches = batches_per_epoch(counts, training.batch_size)
-    per_epoch = steps_per_epoch(batches, training.grad_accum)
+    per_epoch = steps_per_epoch(batches, training.grad_accum * training.num_gpus)  # each GPU its own batches
     total = total_steps(training.max_steps, training.max_epochs, per_epoch)
     epoch_ends = [e * per_epoch for e in cadence(output.save_every_n_epochs, math.ceil(total / per_epoch))] \
         if per_epoch else []

@@ -27,7 +27,11 @@ CONTROL_REQUESTS = ("stop", "save_now", "sample_now")
 
 
 def run(run_dir: Path, resume: bool = False) -> int:
+    from engine.training.distributed import is_main_process
+
     run_dir = Path(run_dir)
+    if not is_main_process():  # another GPU's process under accelerate launch: the main one owns the folder
+        return run_locked(run_dir, resume, lock=None)
     try:
         with RunLock(run_dir) as lock:
             return run_locked(run_dir, resume, lock)
@@ -40,17 +44,21 @@ def run(run_dir: Path, resume: bool = False) -> int:
         return 2
 
 
-def run_locked(run_dir: Path, resume: bool, lock: RunLock) -> int:
+def run_locked(run_dir: Path, resume: bool, lock: RunLock | None) -> int:
+    """The run in this process; `lock` is None in the processes of a multi-GPU run that are not the main one: they
+    write no events and no files (engine/training/distributed.py)."""
+    from engine.training.distributed import WorkerEvents, rank
     from engine.training.tensorboard_sink import TensorBoardSink
 
-    tensorboard = TensorBoardSink(run_dir / "tensorboard")
-    events = EventWriter(run_dir / "events.jsonl", echo=lambda event: (console_line(event), tensorboard(event)))
+    tensorboard = TensorBoardSink(run_dir / "tensorboard") if lock else None
+    events = EventWriter(run_dir / "events.jsonl", echo=lambda event: (console_line(event), tensorboard(event))) \
+        if lock else WorkerEvents(rank())
     preset = None
     try:
-        if lock.took_over:
+        if lock and lock.took_over:
             events.emit("warning", message=f"Took over the run folder from an engine that is no longer running "
                                            f"(process {lock.took_over.get('pid')}).")
-        removed = ckpt.remove_unfinished_files(run_dir)
+        removed = ckpt.remove_unfinished_files(run_dir) if lock else []
         if removed:
             events.emit("warning", message=f"Removed {len(removed)} unfinished file(s) an interrupted save left "
                                            f"behind: {', '.join(p.name for p in removed)}.")
@@ -76,7 +84,8 @@ def run_locked(run_dir: Path, resume: bool, lock: RunLock) -> int:
         return 1
     finally:
         events.close()
-        tensorboard.close()
+        if tensorboard:
+            tensorboard.close()
 
 
 def console_line(event: dict) -> None:
@@ -108,7 +117,7 @@ def console_line(event: dict) -> None:
 def loop(r: Run) -> str:
     """Train until total_steps; 'done', 'stopped' when control/stop asked for it, 'finished before' when a resumed
     run had nothing left to do."""
-    accum = r.preset.training.grad_accum
+    per_step = r.preset.training.grad_accum * r.processes.world  # batches per step, over all GPUs
     if r.step >= r.total_steps:
         return "finished before"
     if r.step == 0 and r.preset.sampling.at_start:
@@ -116,7 +125,7 @@ def loop(r: Run) -> str:
     r.status("training", f"Training {r.total_steps} steps from step {r.step}")
     while r.step < r.total_steps:
         batches = r.epoch_batches()
-        group = batches[r.cursor:r.cursor + accum]
+        group = batches[r.cursor:r.cursor + per_step]
         started = time.perf_counter()
         loss = optimizer_step(r, group)
         r.cursor += len(group)
@@ -133,22 +142,27 @@ def loop(r: Run) -> str:
 
 
 def optimizer_step(r: Run, group: list[list[int]]) -> float:
-    """One optimizer step over `group` (grad_accum batches, fewer at an epoch's end); returns the mean loss.
+    """One optimizer step over `group` (grad_accum batches per GPU, fewer at an epoch's end); returns the mean loss.
 
     The losses stay on the device until every micro-batch is done: one host sync per step (for the step event and
-    the NaN check), not one per micro-batch, so the GPU is never idle waiting for Python between backward passes."""
+    the NaN check), not one per micro-batch, so the GPU is never idle waiting for Python between backward passes.
+    With several GPUs each process trains its share of the group and DDP averages the gradients."""
     losses, files = [], []
-    for k, indices in enumerate(group):
-        with r.accelerator.autocast():
-            batch = r.batches(indices, r.epoch, r.cursor + k)
-            loss = batch_loss(r, batch)
-        r.accelerator.backward(loss / len(group))
+    mine = r.processes.share(group)
+    trained = [m for comp, modules in r.trainables.items() if r.optim.trainable(comp) for m in modules]
+    for k, (number, indices) in enumerate(mine):
+        with r.processes.training_forward(r.comps, trained, last_micro_batch=k == len(mine) - 1):
+            with r.accelerator.autocast():
+                batch = r.batches(indices, r.epoch, r.cursor + number)
+                loss = batch_loss(r, batch)
+            r.accelerator.backward(loss / len(mine))
         losses.append(loss.detach())
         files.append(batch["files"])
-    values = torch.stack(losses).float().tolist()  # the step's one sync
-    for value, batch_files in zip(values, files):
-        if not math.isfinite(value):  # before the optimizer step: the weights keep their last good values
-            raise NonFiniteLoss(r.step + 1, value, batch_files)
+    values = r.processes.all_losses(torch.stack(losses).float(), r.accelerator).tolist()  # the step's one sync
+    if not all(math.isfinite(v) for v in values):  # before the optimizer step: the weights keep their last values
+        files = [f for process_files in r.processes.gather(files) for f in process_files]
+        value, batch_files = next((v, f) for v, f in zip(values, files) if not math.isfinite(v))
+        raise NonFiniteLoss(r.step + 1, value, batch_files)
     clip = r.preset.training.clip_grad_norm
     if clip > 0:
         r.accelerator.clip_grad_norm_(r.params, clip)
@@ -189,28 +203,34 @@ def report_step(r: Run, loss: float, seconds: float) -> None:
 
 
 def at_boundary(r: Run, epoch_ended: bool) -> str:
-    """Control files first (stop, save_now, sample_now: acted on, then deleted), then the save and sample cadence."""
-    control = r.run_dir / "control"
-    asked = {name for name in CONTROL_REQUESTS if (control / name).exists()}
-    last = r.step >= r.total_steps  # the final save and samples come in finish()
-    if "stop" in asked:
-        (control / "stop").unlink(missing_ok=True)
-        if last:  # a stop that arrives with the last step: finish normally, so the final LoRA is written
-            return "continue"
+    """Stop, validate, save, sample: as boundary_plan says (the main process's plan, in every process)."""
+    plan = r.processes.same_everywhere(boundary_plan(r, epoch_ended) if r.processes.is_main else None)
+    if plan["stop"]:
         save_checkpoint(r)
         r.emit("stopped", step=r.step)
         return "stop"
-    saving = "save_now" in asked or (not last and r.cadence.due(r.step, epoch_ended, r.epoch))
-    if not last and validation_due(r, saving):
+    if plan["validate"]:
         validate(r)  # before the checkpoint, so its resume state knows the best files
-    if saving:
+    if plan["save"]:
         save_checkpoint(r)
-        (control / "save_now").unlink(missing_ok=True)
-    every = r.preset.sampling.every_n_steps
-    if "sample_now" in asked or (not last and every > 0 and r.step % every == 0):
+    if plan["sample"]:
         render_samples(r)
-        (control / "sample_now").unlink(missing_ok=True)
     return "continue"
+
+
+def boundary_plan(r: Run, epoch_ended: bool) -> dict:
+    """Control files first (stop, save_now, sample_now: taken, then deleted), then the save and sample cadence."""
+    control = r.run_dir / "control"
+    asked = {name for name in CONTROL_REQUESTS if (control / name).exists()}
+    for name in asked:
+        (control / name).unlink(missing_ok=True)
+    last = r.step >= r.total_steps  # the final save and samples come in finish()
+    # a stop that arrives with the last step: finish normally, so the final LoRA is written
+    stop = "stop" in asked and not last
+    saving = "save_now" in asked or (not last and r.cadence.due(r.step, epoch_ended, r.epoch))
+    every = r.preset.sampling.every_n_steps
+    return {"stop": stop, "save": saving and not stop, "validate": not stop and not last and validation_due(r, saving),
+            "sample": not stop and ("sample_now" in asked or (not last and every > 0 and r.step % every == 0))}
 
 
 def finish(r: Run, outcome: str) -> None:
@@ -224,8 +244,9 @@ def finish(r: Run, outcome: str) -> None:
     render_samples(r, final=True)
     if r.best is not None:
         validate(r)
-    save_network(r, r.run_dir, r.preset.output.run_name)
-    ckpt.save_state(r.run_dir / "state", resume_state(r))
+    if r.processes.is_main:
+        save_network(r, r.run_dir, r.preset.output.run_name)
+    save_resume_state(r)
     r.emit("done", step=r.step)
 
 
@@ -235,10 +256,18 @@ def save_checkpoint(r: Run) -> None:
     """A numbered checkpoint in checkpoints/ (the oldest beyond keep_last go) plus the resume state."""
     output = r.preset.output
     folder = r.run_dir / "checkpoints"
-    save_network(r, folder, ckpt.checkpoint_stem(output.run_name, r.step))
-    ckpt.prune(folder, output.run_name, output.keep_last)
-    ckpt.save_state(r.run_dir / "state", resume_state(r))
+    if r.processes.is_main:
+        save_network(r, folder, ckpt.checkpoint_stem(output.run_name, r.step))
+        ckpt.prune(folder, output.run_name, output.keep_last)
+    save_resume_state(r)
     r.cadence.saved()
+
+
+def save_resume_state(r: Run) -> None:
+    """state/ (main process), with every process's random state: a resumed multi-GPU run draws the same noise."""
+    rngs = r.processes.gather(ckpt.rng_state(r.noise_gen))
+    if r.processes.is_main:
+        ckpt.save_state(r.run_dir / "state", resume_state(r, rngs))
 
 
 def save_network(r: Run, folder: Path, stem: str) -> None:
@@ -269,6 +298,8 @@ def validate(r: Run) -> None:
     """The held-out loss; a new best (among the K lowest) is saved to checkpoints/best/ under its loss."""
     from engine.training.validation import validation_loss
 
+    if not r.processes.is_main:  # the others go on to the next step and wait there for the main process
+        return
     r.status("validating", f"Validation loss at step {r.step}")
     loss = validation_loss(r)
     if r.best.admits(loss):
@@ -299,11 +330,12 @@ def export_info(r: Run):
                "ss_v_parameterization": str(r.objective.name == "v_prediction")})
 
 
-def resume_state(r: Run) -> dict:
+def resume_state(r: Run, rngs: list[dict]) -> dict:
+    """`rngs`: every process's random state, the main process's first."""
     return {"step": r.step, "epoch": r.epoch, "cursor": r.cursor, "total_steps": r.total_steps,
             "started_at": r.started_at, "network": network_shape(r.preset.network),
             "samples": len(r.samples), "weights": ckpt.trained_weights(named_trainables(r), r.trained_names),
-            "optim": r.optim.state_dict(), "rng": ckpt.rng_state(r.noise_gen),
+            "optim": r.optim.state_dict(), "rng": rngs[0], "rng_processes": rngs if len(rngs) > 1 else None,
             "ema": r.ema.state_dict() if r.ema else None, "best": r.best.state_dict() if r.best else None}
 
 
@@ -314,7 +346,7 @@ def render_samples(r: Run, final: bool = False) -> None:
 
     sampling = r.preset.sampling
     prompts = list(sampling.prompts) + (read_prompts_file(sampling.eval_prompts_file) if final else [])
-    if not prompts:
+    if not prompts or not r.processes.is_main:
         return
     r.status("sampling", f"Rendering {len(prompts)} prompt(s) at step {r.step}")
     started = time.perf_counter()

@@ -1,6 +1,7 @@
 """`python -m engine sample RUN_DIR [--steps N] [--sampler S] [--eta E] [--out DIR]`: samples from the model a
 run saved, for families that render their own (the DiT trained from scratch): the final model
-(RUN_DIR/NAME-diffusers), else the newest checkpoint's. Prompts, seed and size are the run's sampling settings."""
+(RUN_DIR/NAME-diffusers), else the newest checkpoint's. Prompts, seed and size are the run's sampling settings; a
+DiT on condition channels takes its contexts from the run's .npz files and shows each sample beside its truth."""
 from __future__ import annotations
 
 import argparse
@@ -52,6 +53,8 @@ def render_run(run_dir: Path, steps: int | None = None, sampler: str | None = No
     comps = family.load(dataclasses.replace(preset.model, path=str(folder)), torch.float32, device)
     comps.denoiser.to(device)
     comps.vae.to(device)
+    if comps.extra.get("conditioning") == "channels":
+        load_sample_contexts(preset, comps, device)
     settings = comps.extra["dit_settings"]
     comps.extra["objective"] = make_objective(settings["objective"], comps.alphas_cumprod,
                                               flow_path=settings["flow_path"])
@@ -62,6 +65,15 @@ def render_run(run_dir: Path, steps: int | None = None, sampler: str | None = No
     images = render(family, comps, prompts, sampling, sampling.seed, size)
     return save_samples(images, prompts, sampling, size, out_dir or run_dir / "samples-cli", step,
                         extra_info={"Model": folder.name})
+
+
+def load_sample_contexts(preset, comps, device: str) -> None:
+    """conditioning channels: the contexts (and ground truths, shown beside each sample) of the run's sample
+    files, read from its dataset.path as training read them: the first validation files first."""
+    from engine.data.npz import prepare_npz_batches
+
+    v = preset.validation
+    prepare_npz_batches(preset.dataset, preset.training, comps, device, validation=v if v.fraction > 0 else None)
 
 
 def cli(argv: list[str]) -> int:

@@ -50,6 +50,7 @@ class Run:
     ema: object = None        # checkpoints.Ema when training.ema.enabled
     compile_timer: object = None  # speed.CompileTimer when training.compile compiled something
     best: object = None       # validation.Best when there is a validation split
+    processes: object = None  # distributed.Processes: this process among the run's (one GPU: rank 0 of 1)
     trained_names: dict = field(default_factory=dict)  # named_trainables key -> the names of its trained params
     started_at: float = field(default_factory=time.time)  # when training began (kept across resumes)
     _epoch_cache: dict = field(default_factory=dict)
@@ -77,12 +78,16 @@ def setup(run_dir: Path, preset, events: EventWriter, resume: bool) -> Run:
 
     from engine.sampling.prompts import read_prompts_file
 
+    from engine.training.distributed import start
+
     quiet_libraries()
     training = preset.training
     read_prompts_file(preset.sampling.eval_prompts_file)  # a wrong path fails now, not after the whole run
+    processes = start()  # with several GPUs: joins the other processes and picks this one's GPU
     device, mixed, weight_dtype = choose_precision(training, preset.network, events)
     events.emit("started", preset=preset_to_dict(preset), versions=versions(), device=device_name(device),
-                resume=resume)
+                resume=resume, processes=processes.world,
+                effective_batch=training.batch_size * training.grad_accum * processes.world)
     warn_unsupported(preset, events)
     torch.manual_seed(training.seed)  # adapter init and dropout: the same seed gives the same run
     family = get_family(preset.model.family)
@@ -100,7 +105,7 @@ def setup(run_dir: Path, preset, events: EventWriter, resume: bool) -> Run:
         for message in load_initial_lora(family, comps, preset.network):
             events.emit("warning", message=message)
     store_base(comps, preset.model, weight_dtype, events)
-    r = build_run(run_dir, preset, events, family, comps, trainables, device, mixed, weight_dtype)
+    r = build_run(run_dir, preset, events, family, comps, trainables, device, mixed, weight_dtype, processes)
     if resume:
         restore(r)
     return r
@@ -145,8 +150,9 @@ def versions() -> dict:
 
 def device_name(device: str) -> str:
     if device == "cuda":
-        props = torch.cuda.get_device_properties(0)
-        return f"cuda:0 {props.name} ({props.total_memory / 2**30:.0f} GB)"
+        index = torch.cuda.current_device()  # with several GPUs, the main process's
+        props = torch.cuda.get_device_properties(index)
+        return f"cuda:{index} {props.name} ({props.total_memory / 2**30:.0f} GB)"
     return f"cpu ({platform.processor() or platform.machine()})"
 
 
@@ -272,33 +278,41 @@ def load_initial_lora(family, comps, network) -> list[str]:
     return notes
 
 
-def build_run(run_dir, preset, events, family, comps, trainables, device, mixed, weight_dtype) -> Run:
+def build_run(run_dir, preset, events, family, comps, trainables, device, mixed, weight_dtype,
+              processes=None) -> Run:
+    """processes: distributed.Processes of a multi-GPU run; None for one process (the benches build runs so)."""
     from engine.data.cache import prepare_batches
     from engine.data.plan import batches_per_epoch, steps_per_epoch, total_steps
     from engine.data.samples import bucket_counts
+    from engine.training.distributed import Processes
     from engine.training.objectives import make_objective
 
+    processes = processes or Processes()
     training = preset.training
-    warning = check_disk_before_run(run_dir, preset, comps, trainables)
+    warning = check_disk_before_run(run_dir, preset, comps, trainables) if processes.is_main else None
     if warning:
         events.emit("warning", message=warning)
     v = preset.validation
-    samples, batches = prepare_batches(preset.dataset, training, preset.network, family, comps, device,
-                                       warn=lambda message: events.emit("warning", message=message),
-                                       progress=lambda phase, text: lambda n, total: events.emit(
-                                           "status", phase=phase, text=text, n=n, total=total),
-                                       validation=v if (v.folder or v.fraction > 0) else None)
+    with processes.main_first():  # the main process writes the caches, the others read them
+        samples, batches = prepare_batches(preset.dataset, training, preset.network, family, comps, device,
+                                           warn=lambda message: events.emit("warning", message=message),
+                                           progress=lambda phase, text: lambda n, total: events.emit(
+                                               "status", phase=phase, text=text, n=n, total=total),
+                                           validation=v if (v.folder or v.fraction > 0) else None)
     status = lambda phase, text, **progress: events.emit("status", phase=phase, text=text, **progress)  # noqa: E731
     encode_sample_prompts(family, comps, preset.sampling, batches, status)
     park(idle_parts(comps, batches, device))
     place_denoiser(comps, device, preset.model.block_swap, training, status)
-    accelerator = make_accelerator(mixed, device)
-    if training.auto_batch_size:
+    accelerator = make_accelerator(mixed, device, fresh=processes.world == 1)
+    if training.auto_batch_size and processes.world > 1:
+        events.emit("warning", message=f"training.auto_batch_size measures one GPU; with {processes.world} GPUs "
+                                       f"each process trains training.batch_size {training.batch_size} images.")
+    elif training.auto_batch_size:
         preset = choose_batch_size(run_dir, preset, family, comps, batches, samples, device, weight_dtype,
                                    accelerator, events)
         training = preset.training
     per_epoch = steps_per_epoch(batches_per_epoch(bucket_counts(samples), training.batch_size),
-                                training.grad_accum)
+                                training.grad_accum * processes.world)
     total = total_steps(training.max_steps, training.max_epochs, per_epoch)
     objective_name = training.objective if training.objective != "auto" else comps.prediction_type
     objective = make_objective(objective_name, comps.alphas_cumprod, training.timestep_sampling,
@@ -309,8 +323,10 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
     params = [p for modules in trainables.values() for m in modules for p in m.parameters() if p.requires_grad]
     r = Run(run_dir=run_dir, preset=preset, events=events, family=family, comps=comps, objective=objective,
             trainables=trainables, params=params, optim=optim, accelerator=accelerator, batches=batches,
-            samples=samples, noise_gen=torch.Generator(device=device).manual_seed(training.seed),
-            total_steps=total, device=device, weight_dtype=weight_dtype)
+            # each GPU draws its own noise; one GPU draws what it always did
+            samples=samples, noise_gen=torch.Generator(device=device).manual_seed(training.seed + processes.rank),
+            total_steps=total, device=device, weight_dtype=weight_dtype, processes=processes)
+    processes.wrap(trainables, device, training.grad_accum)
     r.cadence = ckpt.Cadence(preset.output)
     r.trained_names = ckpt.trainable_names(named_trainables(r))
     if training.ema.enabled:
@@ -424,11 +440,14 @@ def check_disk_before_run(run_dir: Path, preset, comps, trainables: dict) -> str
     return check_free_space(run_dir, cache_dir_for(d.path), need)
 
 
-def make_accelerator(mixed: str, device: str):
+def make_accelerator(mixed: str, device: str, fresh: bool = True):
+    """`fresh`: forget an earlier run's accelerator state; not in a multi-GPU process, whose process group
+    (distributed.start) is part of that state."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    AcceleratorState._reset_state(True)  # several runs in one process (tests, the GUI's demo) each get their own
+    if fresh:
+        AcceleratorState._reset_state(True)  # several runs in one process (tests, the GUI's demo) each get their own
     return Accelerator(mixed_precision=mixed, cpu=device == "cpu")
 
 
@@ -457,7 +476,7 @@ def restore(r: Run) -> None:
     r.optim.load_state_dict(state["optim"], preserve_lr=r.preset.training.preserve_lr)
     for message in r.optim.warnings:  # e.g. a new optimizer type in the edited preset starts with fresh state
         r.emit("warning", message=message)
-    ckpt.restore_rng(state["rng"], r.noise_gen)
+    restore_random_state(r, state)
     if r.ema is not None and state.get("ema") is not None:
         r.ema.load_state_dict(state["ema"])
     if r.best is not None:
@@ -466,6 +485,18 @@ def restore(r: Run) -> None:
     r.started_at = state.get("started_at", r.started_at)
     freeze_finished_components(r)
     r.status("resuming", f"Resuming at step {r.step} of {r.total_steps} (epoch {r.epoch + 1})")
+
+
+def restore_random_state(r: Run, state: dict) -> None:
+    """This process's saved random state; a multi-GPU run resumed on another number of GPUs keeps the data
+    position, the others start new noise streams."""
+    saved = state.get("rng_processes") or [state["rng"]]
+    world = r.processes.world
+    if len(saved) != world:
+        r.emit("warning", message=f"The run was trained on {len(saved)} GPU(s) and resumes on {world}: it continues "
+                                  f"at the same step and data position, with new random noise for each GPU.")
+    if r.processes.rank < len(saved):
+        ckpt.restore_rng(saved[r.processes.rank], r.noise_gen)
 
 
 def network_shape(network) -> dict:

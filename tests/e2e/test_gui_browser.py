@@ -1,5 +1,6 @@
-"""End to end in headless Chromium: the demo preset loads, an edit is saved as a new preset and reloaded, the demo
-run streams log lines and a sample image, and Stop ends it gracefully. Real engine, real browser, nothing mocked.
+"""End to end in headless Chromium: the Demo button starts the DiT demo and its samples show; the LoRA demo preset
+loads, an edit is saved as a new preset and reloaded, the run streams log lines and a sample image, and Stop ends
+it gracefully. Real engine, real browser, nothing mocked.
 
 Needs Debian's /usr/bin/chromium (apt-get install chromium) and the playwright Python package; never downloads a
 browser. Takes a few minutes on 2 CPU cores (the engine trains a tiny model on the CPU).
@@ -53,12 +54,22 @@ def tmp(tmp_path):
 def test_demo_preset_edit_save_reload_run_and_stop(tmp):
     with running_gui(tmp) as (url, _gui_log), chromium_page() as page:
         page.goto(url)
+        # Demo: the DiT from scratch, its first samples (step 0, noise) in the gallery of the Run tab
         page.get_by_role("button", name="Demo", exact=True).click()
         status_has(page, "demo loaded", timeout_ms=240_000)
-        # the Demo button ends on the Run tab, where its run is going
-        page.wait_for_function("() => [...document.querySelectorAll('button[role=tab]')].some(b => "
-                               "b.getAttribute('aria-selected') === 'true' && b.innerText.trim() === 'Run')",
-                               timeout=60_000)
+        on_run_tab(page)
+        open_tab(page, "Training")
+        assert input_value(page, "f-model-family") == "dit"
+        open_tab(page, "Run")
+        page.wait_for_selector("#run-samples img", timeout=ENGINE_S)
+        dit_run = next((tmp / "runs").glob("dit-demo-*"))
+        assert any(e["kind"] == "sample" for e in read_events(dit_run))
+        stop_and_wait(page)
+
+        # LoRA demo: the tiny SD1.5 model, then the rest of the workflow on its preset
+        page.get_by_role("button", name="LoRA demo", exact=True).click()
+        status_has(page, "LoRA demo loaded", timeout_ms=240_000)
+        on_run_tab(page)
         assert "demo" in input_value(page, "f-dataset-path")
         assert input_value(page, "f-dataset-trigger") == "easeldemo"
 
@@ -114,6 +125,13 @@ def test_demo_preset_edit_save_reload_run_and_stop(tmp):
         assert [e["kind"] for e in events][0] == "started" and events[-1]["kind"] == "stopped"
         resumed_steps = [e["step"] for e in events if e["kind"] == "step"]
         assert resumed_steps == [stopped_at + 1], (stopped_at, resumed_steps)
+
+
+def on_run_tab(page) -> None:
+    """The demo buttons end on the Run tab, where their run is going."""
+    page.wait_for_function("() => [...document.querySelectorAll('button[role=tab]')].some(b => "
+                           "b.getAttribute('aria-selected') === 'true' && b.innerText.trim() === 'Run')",
+                           timeout=60_000)
 
 
 def set_number(page, elem_id: str, expected_before: str, value: str) -> None:

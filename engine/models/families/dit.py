@@ -222,8 +222,8 @@ def encode_text(comps: Components, captions: list[str]) -> dict:
         if not found:  # without it the noise would stand in for the context
             raise UserError("Samples of a DiT with model.dit.conditioning channels need the context arrays of "
                             ".npz files, and none are loaded here.",
-                            "Look at the samples the training run wrote (RUN_DIR/samples); `python -m engine "
-                            "sample` does not read .npz contexts yet.")
+                            "Sample from a run folder (python -m engine sample RUN_DIR reads its dataset's .npz "
+                            "files), or look at the samples the training run wrote (RUN_DIR/samples).")
         pick = torch.arange(len(captions)) % len(found["context"])
         return {"class_labels": labels, "context": found["context"][pick], "truth": found["truth"][pick]}
     if comps.extra["conditioning"] != "class":
