@@ -38,7 +38,8 @@ def _train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m engine train", description="Train from a preset (a new run folder) "
                                 "or in an existing run folder.")
     p.add_argument("target", nargs="?", type=Path, help="preset file (YAML/JSON) or run folder")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped run at its exact step")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped run at its exact step; "
+                   "RUN_DIR/checkpoints/NAME goes back to that kept checkpoint")
     p.add_argument("--dry-run", action="store_true", help="print the resolved preset and the plan; load no model")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset key, e.g. --set training.max_steps=500 (repeatable)")
@@ -113,9 +114,22 @@ def _train_in(run_dir: Path, overrides: list[str], dry_run: bool) -> int:
     return _run(run_dir, resume=False)
 
 
-def _resume(run_dir: Path, dry_run: bool) -> int:
-    if not is_run_dir(run_dir):
-        print(f"error: cannot resume {run_dir}: it is not a run folder (no preset.yaml there)", file=sys.stderr)
+def _resume(target: Path, dry_run: bool) -> int:
+    """target: a run folder (its latest state) or one of its kept checkpoints (RUN_DIR/checkpoints/NAME)."""
+    from engine.training.checkpoints import checkpoint_state  # imports torch: a resume trains anyway
+
+    run_dir, resume = target, True
+    at_checkpoint = checkpoint_state(target)
+    if at_checkpoint:
+        run_dir, resume = at_checkpoint
+        if not resume.is_file():
+            print(f"error: {target.name} has no resume state ({resume.name} is not in {resume.parent}): it was saved "
+                  f"before Easel kept a state with every checkpoint. Resume the latest state with --resume "
+                  f"{run_dir}", file=sys.stderr)
+            return 2
+    elif not is_run_dir(run_dir):
+        print(f"error: cannot resume {run_dir}: it is not a run folder (no preset.yaml there) nor one of its "
+              f"checkpoints (RUN_DIR/checkpoints/NAME)", file=sys.stderr)
         return 2
     try:
         preset = load_preset(run_dir / "preset.yaml")
@@ -124,7 +138,7 @@ def _resume(run_dir: Path, dry_run: bool) -> int:
         return 2
     if dry_run:
         return _print_dry_run(preset)
-    return _run(run_dir, resume=True)
+    return _run(run_dir, resume=resume)
 
 
 def _print_dry_run(preset) -> int:
@@ -169,7 +183,7 @@ def _under_launcher() -> bool:
     return under_launcher()
 
 
-def _run(run_dir: Path, resume: bool) -> int:
+def _run(run_dir: Path, resume: bool | Path) -> int:
     from engine.training.distributed import relaunch, under_launcher
 
     num_gpus = load_preset(run_dir / "preset.yaml").training.num_gpus

@@ -198,3 +198,17 @@ def test_the_log_says_how_many_gpus_train_and_the_effective_batch(tmp_path):
     view = RunView(tmp_path / "run")
     view.poll()
     assert view.log[0].split(" ", 1)[1] == "started on cuda:0 RTX 4090 (24 GB) and 1 more GPU(s), effective batch 8"
+
+
+def test_the_loss_plot_gets_numbers_even_before_the_first_step(tmp_path):
+    from ui.tab_run import _loss_frame
+
+    w = EventWriter(tmp_path / "run" / "events.jsonl")
+    w.emit("started", preset={}, versions={}, device="cpu")
+    view = RunView(tmp_path / "run")
+    view.poll()
+    empty = _loss_frame(view)
+    assert str(empty["step"].dtype) == "int64" and str(empty["loss"].dtype) == "float64"  # not object: numeric axes
+    w.emit("step", step=1, total_steps=2, epoch=1, loss=0.5, lr={"unet": 1e-4}, s_per_it=0.1, eta_s=0.1, vram_gb=None)
+    view.poll()
+    assert _loss_frame(view).values.tolist() == [[1, 0.5]]

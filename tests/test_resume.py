@@ -157,3 +157,40 @@ def test_a_finished_run_extended_equals_a_longer_run(tmp_path):
     for comp in a:
         for name in a[comp]:
             assert torch.allclose(a[comp][name], b[comp][name], atol=1e-6), name
+
+
+def test_going_back_to_an_older_checkpoint_equals_the_run_from_there(tmp_path):
+    """Every kept checkpoint has its own resume state (EveryDream2 resumes from any of its ckpts folders): a finished
+    run resumed from checkpoints/<name>-step000002 trains steps 3..6 again and ends with the same LoRA; keep_last
+    prunes the states with their files."""
+    from safetensors.torch import load_file
+
+    from engine.cli import train as cli_train
+
+    preset = load_preset(prepare(tmp_path / "demo"), [*SETTINGS, "output.save_every_n_steps=2", "output.keep_last=2"])
+    run_dir = create_run_dir(preset, root=tmp_path / "runs")
+    assert train.run(run_dir) == 0
+    checkpoints = run_dir / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("*.state.pt")) == ["demo-step000002.state.pt",
+                                                                       "demo-step000004.state.pt"]
+    before = load_file(str(run_dir / "demo.safetensors"))
+
+    assert cli_train(["--resume", str(checkpoints / "demo-step000002.safetensors")]) == 0
+    events = read_all(run_dir / "events.jsonl")
+    resumed = events[max(i for i, e in enumerate(events) if e["kind"] == "started"):]
+    assert [e["step"] for e in resumed if e["kind"] == "step"] == [3, 4, 5, 6]
+    after = load_file(str(run_dir / "demo.safetensors"))
+    assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_a_checkpoint_without_its_own_state_says_how_to_resume(tmp_path, capsys):
+    from engine.cli import train as cli_train
+
+    preset = load_preset(prepare(tmp_path / "demo"), [*SETTINGS, "training.max_steps=2",
+                                                      "output.save_every_n_steps=1"])
+    run_dir = create_run_dir(preset, root=tmp_path / "runs")
+    assert train.run(run_dir) == 0
+    (run_dir / "checkpoints" / "demo-step000001.state.pt").unlink()  # as an older Easel left it
+    assert cli_train(["--resume", str(run_dir / "checkpoints" / "demo-step000001.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "demo-step000001.safetensors has no resume state" in err and f"--resume {run_dir}" in err

@@ -23,15 +23,18 @@ def cfg(kind: str, warmup: int = 0, decay: int = 0, **params) -> ScheduleConfig:
     return ScheduleConfig(type=kind, warmup_steps=warmup, lr_decay_steps=decay, params={**full, **params})
 
 
-def ours(c: ScheduleConfig, total=TOTAL, losses=None, resume_at=RESUME_AT) -> list[float]:
-    """Our LR of optimizer steps 1..total, stepped like the trainer does, with a save/load at resume_at."""
-    sched, out = Schedule(c, BASE_LR, total), []
+def ours(c: ScheduleConfig, total=TOTAL, losses=None, resume_at=RESUME_AT, watches="val_loss") -> list[float]:
+    """Our LR of optimizer steps 1..total, stepped like the trainer does, with a save/load at resume_at. A plateau
+    watching the validation loss sees `losses` as they are (one validation per step), as torch's does."""
+    sched, out = Schedule(c, BASE_LR, total, plateau_watches=watches), []
     for s in range(total):
         if s == resume_at:
             saved = sched.state_dict()
-            sched = Schedule(c, BASE_LR, total)
+            sched = Schedule(c, BASE_LR, total, plateau_watches=watches)
             sched.load_state_dict(saved)
         out.append(sched.lr)
+        if losses and watches == "val_loss":
+            sched.observe_validation(losses[s])
         sched.advance(losses[s] if losses else None)
     return out
 
@@ -117,7 +120,7 @@ T = torch.optim.lr_scheduler
     ("ConstantLR", {"factor": 0.1, "total_iters": 30}, lambda o, n: T.ConstantLR(o, factor=0.1, total_iters=30)),
     ("ConstantLR", {"factor": 0.5}, lambda o, n: T.ConstantLR(o, factor=0.5, total_iters=n)),
     ("StepLR", {"step_size": 25, "gamma": 0.5}, lambda o, n: T.StepLR(o, step_size=25, gamma=0.5)),
-    ("StepLR", {"step_size": 0, "gamma": 0.5}, lambda o, n: T.StepLR(o, step_size=n // 10, gamma=0.5)),
+    ("StepLR", {"step_size": 0, "gamma": 0.5}, lambda o, n: T.StepLR(o, step_size=math.ceil(n / 3), gamma=0.5)),
 ])
 @pytest.mark.parametrize("warmup", [0, WARMUP])
 def test_torch_schedules_equal_torch_with_warmup_and_resume(kind, params, make, warmup):
@@ -147,6 +150,27 @@ def test_reduce_on_plateau_equals_torch(mode, warmup):
     got = ours(cfg("ReduceLROnPlateau", warmup, **params), losses=losses)
     close(got, expected)
     assert min(got[warmup:]) < BASE_LR  # it did reduce on the flat part
+
+
+def test_a_plateau_on_the_training_loss_watches_its_moving_average():
+    """Without a validation split the per-step loss is too noisy for a plateau test: it sees an EMA (beta 0.98)."""
+    from engine.training.schedules import TRAIN_LOSS_EMA_BETA
+
+    losses = plateau_losses(TOTAL)
+    smoothed, ema = [], None
+    for x in losses:
+        ema = x if ema is None else TRAIN_LOSS_EMA_BETA * ema + (1 - TRAIN_LOSS_EMA_BETA) * x
+        smoothed.append(ema)
+    make = lambda o: T.ReduceLROnPlateau(o, mode="min", factor=0.5, patience=7, threshold=1e-4)  # noqa: E731
+    expected = run_torch(make, TOTAL, RESUME_AT, smoothed)
+    got = ours(cfg("ReduceLROnPlateau", 0, mode="min", factor=0.5, patience=7, threshold=1e-4), losses=losses,
+               watches="train_loss_ema")
+    close(got, expected)
+
+
+def test_an_automatic_step_lr_ends_at_one_percent_not_near_zero():
+    curve = Schedule(cfg("StepLR", 0, gamma=0.1), BASE_LR, total_steps=TOTAL).curve(TOTAL)
+    assert curve[-1] == pytest.approx(BASE_LR * 0.01) and curve[0] == BASE_LR
 
 
 def test_every_schedule_type_is_in_the_registry_and_the_schema():

@@ -48,7 +48,8 @@ def test_a_run_streams_events_and_ends_with_loras_in_both_formats(demo_preset, t
     saved = [(e["format"], e["step"]) for e in events if e["kind"] == "saved"]
     assert saved == [("kohya", 2), ("diffusers", 2), ("kohya", 4), ("diffusers", 4), ("kohya", 6), ("diffusers", 6)]
     kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    assert kept == ["demo-step000004.diffusers.safetensors", "demo-step000004.safetensors"]  # keep_last=1
+    assert kept == ["demo-step000004.diffusers.safetensors", "demo-step000004.safetensors",
+                    "demo-step000004.state.pt"]  # keep_last=1, with its resume state
     with safe_open(str(run_dir / "demo.safetensors"), "pt") as f:
         assert f.metadata()["ss_network_dim"] == "8" and f.metadata()["ss_base_model_version"] == "sd_v1"
         assert any(k.startswith("lora_unet_") for k in f.keys())

@@ -128,3 +128,18 @@ def test_validation_is_the_same_when_repeated_and_changes_after_a_step(demo, tmp
         after = validation_loss(r)
     assert first == again and after != first
     assert torch.is_grad_enabled()
+
+
+def test_reduce_on_plateau_watches_the_validation_loss_and_says_so(demo, tmp_path):
+    """A validation loss that does not improve (an LR too small to change anything) halves the LR after
+    `patience` validations, the same in the step events as in the schedule; the started event says what it watches."""
+    run_dir, code, events = run(demo, tmp_path, "validation.fraction=0.25", "validation.every_n_steps=1",
+                                "training.max_steps=6", "optimizers.unet.lr=1e-6",
+                                "schedules.unet.type=ReduceLROnPlateau", "schedules.unet.warmup_steps=0",
+                                "schedules.unet.params={patience: 1, "
+                                "factor: 0.5, threshold: 0.01}")
+    assert code == 0, events[-1]
+    started = events[0]
+    assert started["plateau_watches"] == "val_loss" and "validation loss" in started["plateau_watches_text"]
+    lrs = [e["lr"]["unet"] for e in events if e["kind"] == "step"]
+    assert lrs[:3] == [1e-6] * 3 and lrs[-1] < 1e-6 and lrs == sorted(lrs, reverse=True), lrs

@@ -108,7 +108,10 @@ def _files_update(view: RunView):
 
 
 def _loss_frame(view: RunView) -> pd.DataFrame:
-    return pd.DataFrame(view.loss_points, columns=["step", "loss"])
+    """Numeric columns even before the first step: an empty frame's object columns make the plot treat both axes
+    as categories (labels piled up, the falling loss drawn rising) for the rest of the run."""
+    steps, losses = zip(*view.loss_points) if view.loss_points else ((), ())
+    return pd.DataFrame({"step": pd.Series(steps, dtype="int64"), "loss": pd.Series(losses, dtype="float64")})
 
 
 def render(view: RunView | None, parts: dict, force: bool = False) -> dict:

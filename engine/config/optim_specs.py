@@ -77,10 +77,14 @@ SCHEDULE_PARAMS = {
     "ExponentialLR": {"gamma": (0.95, float, "LR is multiplied by gamma every step.")},
     "ConstantLR": {"factor": (1.0, float, "LR multiplier until total_iters."),
                    "total_iters": (0, int, "Steps with the factor applied (0 = the whole run).")},
-    "StepLR": {"step_size": (0, int, "Multiply the LR by gamma every step_size steps (0 = a tenth of the run)."),
+    "StepLR": {"step_size": (0, int, "Multiply the LR by gamma every step_size steps (0 = a third of the run: "
+                                     "two drops)."),
                "gamma": (0.1, float, "Decay factor.")},
     "ReduceLROnPlateau": {"mode": ("min", str, "min: lower loss is better; max: higher is better."),
                           "factor": (0.1, float, "New LR = LR x factor on a plateau."),
-                          "patience": (10, int, "Steps without improvement before the LR drops."),
+                          "patience": (10, int, "Checks without improvement before the LR drops: validations "
+                                                "when the run has a validation split (it watches the validation "
+                                                "loss), else steps (it watches the training loss's moving "
+                                                "average)."),
                           "threshold": (1e-4, float, "Smallest change that counts as improvement.")},
 }

@@ -28,9 +28,13 @@ def validate(p: Preset) -> list[tuple[str, str]]:
     objective = t.objective if t.objective != "auto" else p.model.prediction_type
     if p.model.family == "flux" and objective not in ("auto", "flow"):
         out.append(("training.objective", f"{objective!r} cannot train family 'flux' (use 'flow' or 'auto')"))
-    if p.model.family in ("sd15", "sdxl") and objective == "flow":
-        out.append(("training.objective", f"'flow' (rectified flow) needs a v-prediction base model: family sd2, "
-                                          f"not {p.model.family!r}"))
+    if t.objective == "flow" and p.model.prediction_type == "epsilon":  # the model's own config is read at start
+        out.append(("training.objective", "'flow' (rectified flow) needs a v-prediction base model, and "
+                                          "model.prediction_type says epsilon"))
+    unet = p.model.family in ("sd15", "sd2", "sdxl")  # a rectified flow on a UNet samples with flow Euler only
+    if unet and t.objective == "flow" and p.sampling.sampler not in ("default", "flow_euler"):
+        out.append(("sampling.sampler", f"{p.sampling.sampler!r} cannot sample a flow model: use default (flow "
+                                        f"Euler)"))
     if p.model.family == "dit" and n.type != "full":
         out.append(("network.type", f"{n.type!r} cannot train family 'dit': a DiT trained from scratch has no base "
                                     f"model to adapt; use network.type: full"))

@@ -1,7 +1,8 @@
 """Samplers by name: the preset's `sampling.sampler` value -> a diffusers scheduler, swapped into a pipeline.
 
 Built with from_config, so the model's own betas / shift / prediction type carry over. Families list which ones
-they allow. (ODE solvers for flow models join this table with their issue.)
+they allow. A UNet trained as a rectified flow samples with flow Euler (engine/models/unet_flow.py); the DiT's ODE
+solvers are in engine/sampling/ode.py.
 """
 from __future__ import annotations
 

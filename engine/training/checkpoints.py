@@ -3,7 +3,8 @@
     Cadence(output_cfg)          .due(step, epoch_ended, epoch)  every N steps / N minutes / N epochs
     checkpoint_stem(name, step)  the file name stem of a checkpoint; prune(folder, stem_prefix, keep_last)
     save_state(state_dir, ...)   everything a resume needs, in one file written atomically
-    load_state(state_dir)        that file back (or a UserError saying there is nothing to resume)
+    keep_state_with(folder, stem, state_file)   a checkpoint's own copy of that state (a hard link: no extra disk)
+    load_state(state_file)       a state back (or a UserError saying there is nothing to resume)
 
 The state file holds the trained weights (by parameter name), the optimizer set's state (optimizers + schedules),
 every RNG the loop draws from, the EMA, and the data position (epoch, batch within the epoch), so a resumed run
@@ -122,14 +123,59 @@ def save_state(state_dir: Path, state: dict) -> Path:
     return atomic_write(state_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
 
-def require_state(state_dir: Path) -> Path:
+def state_file(run_dir: Path, resume) -> Path:
+    """The state a resume starts from: `resume` is True (the latest, RUN_DIR/state/state.pt) or a kept
+    checkpoint's state file (engine.runs.checkpoint_state)."""
+    return Path(resume) if isinstance(resume, (str, os.PathLike)) else Path(run_dir) / "state" / STATE_FILE
+
+
+def require_state(path: Path) -> Path:
     """The state file, or a UserError saying there is nothing to resume (a stray state.pt.tmp does not count)."""
-    path = state_dir / STATE_FILE
-    if not path.is_file():
-        run_dir = state_dir.parent
-        raise UserError(f"Nothing to resume: {path} does not exist (the run stopped before it saved any state).",
-                        f"Start the run again instead of resuming it: python -m engine train \"{run_dir}\"")
-    return path
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.parent.name == "checkpoints":
+        raise UserError(f"Nothing to resume at that checkpoint: {path.name} does not exist (the checkpoint was saved "
+                        f"by an Easel that kept only the latest state, or its state was pruned).",
+                        f"Resume the latest state instead: python -m engine train --resume \"{path.parent.parent}\"")
+    run_dir = path.parent.parent
+    raise UserError(f"Nothing to resume: {path} does not exist (the run stopped before it saved any state).",
+                    f"Start the run again instead of resuming it: python -m engine train \"{run_dir}\"")
+
+
+CHECKPOINT_STATE_SUFFIX = ".state.pt"   # checkpoints/<run>-step000400.state.pt: that checkpoint's resume state
+_CHECKPOINT_STEP = re.compile(r"^(?P<stem>.+-step\d{6,})(?:[.-].*)?$")
+
+
+def checkpoint_state(path: str | Path) -> tuple[Path, Path] | None:
+    """(run folder, resume state file) when `path` names a kept checkpoint: one of its files or folders in
+    RUN_DIR/checkpoints/ (`mylora-step000400.safetensors`, `...-diffusers`, its `.state.pt`) or just its stem;
+    None when it is not inside a run's checkpoints/ folder."""
+    path = Path(path)
+    if path.parent.name != "checkpoints" or not (path.parent.parent / "preset.yaml").is_file():
+        return None
+    match = _CHECKPOINT_STEP.match(path.name)
+    if not match:
+        return None
+    return path.parent.parent, path.parent / f"{match['stem']}{CHECKPOINT_STATE_SUFFIX}"
+
+
+def keep_state_with(folder: Path, stem: str, state: Path) -> Path:
+    """checkpoints/<stem>.state.pt: the resume state of that checkpoint, so a run can go back to it (EveryDream2
+    resumes from any kept checkpoint). A hard link costs no disk until state.pt is replaced by the next save
+    (os.replace gives state.pt a new file; the link keeps this one); a drive without hard links gets a copy.
+    prune() removes it with the checkpoint's other files (same stem)."""
+    import shutil
+
+    target = folder / f"{stem}{CHECKPOINT_STATE_SUFFIX}"
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(state, tmp)
+    except OSError:  # FAT/exFAT drives, some network shares
+        shutil.copyfile(state, tmp)
+    os.replace(tmp, target)
+    return target
 
 
 def remove_unfinished_files(run_dir: Path) -> list[Path]:
@@ -144,8 +190,8 @@ def remove_unfinished_files(run_dir: Path) -> list[Path]:
     return removed
 
 
-def load_state(state_dir: Path) -> dict:
-    path = require_state(state_dir)
+def load_state(path: Path) -> dict:
+    path = require_state(path)
     # weights_only=False: the file also holds plain Python progress data; it is Easel's own file in the run folder
     return torch.load(path, map_location="cpu", weights_only=False)
 

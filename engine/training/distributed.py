@@ -51,11 +51,15 @@ def is_main_process() -> bool:
 
 # --------------------------------------------------------------------------------------------------- launching
 
-def launch_command(run_dir: Path, resume: bool, num_gpus: int, port: int) -> list[str]:
+def launch_command(run_dir: Path, resume, num_gpus: int, port: int) -> list[str]:
     """accelerate launch with one process per GPU, each running `python -m engine train` on the same run folder.
     Precision and the rest come from the preset (the engine's Accelerator is told), so the launcher gets plain
-    values instead of warning about a missing `accelerate config`."""
-    target = ["--resume", str(run_dir)] if resume else [str(run_dir)]
+    values instead of warning about a missing `accelerate config`. resume: False, True (the latest state) or a
+    checkpoint's state file."""
+    if resume is True:
+        target = ["--resume", str(run_dir)]
+    else:
+        target = ["--resume", str(resume)] if resume else [str(run_dir)]
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_gpus),
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
             "--main_process_port", str(port), "-m", "engine", "train", *target]
@@ -81,7 +85,7 @@ def check_gpus(num_gpus: int) -> str | None:
             f"{max(found, 1)} (or make the GPUs visible: CUDA_VISIBLE_DEVICES).")
 
 
-def relaunch(run_dir: Path, resume: bool, num_gpus: int) -> int:
+def relaunch(run_dir: Path, resume, num_gpus: int) -> int:
     """Run the engine once per GPU through accelerate launch and wait; its exit code is the run's. The GUI stops it
     through control/stop as always (the main process passes the stop on), or kills the whole process tree."""
     problem = check_gpus(num_gpus)

@@ -26,7 +26,8 @@ from engine.training.setup import Run, freeze_finished_components, idle_modules,
 CONTROL_REQUESTS = ("stop", "save_now", "sample_now")
 
 
-def run(run_dir: Path, resume: bool = False) -> int:
+def run(run_dir: Path, resume: bool | Path = False) -> int:
+    """resume: False (a new run), True (the latest state) or a kept checkpoint's state file."""
     from engine.training.distributed import is_main_process
 
     run_dir = Path(run_dir)
@@ -44,7 +45,7 @@ def run(run_dir: Path, resume: bool = False) -> int:
         return 2
 
 
-def run_locked(run_dir: Path, resume: bool, lock: RunLock | None) -> int:
+def run_locked(run_dir: Path, resume: bool | Path, lock: RunLock | None) -> int:
     """The run in this process; `lock` is None in the processes of a multi-GPU run that are not the main one: they
     write no events and no files (engine/training/distributed.py)."""
     from engine.training.distributed import WorkerEvents, rank
@@ -64,7 +65,7 @@ def run_locked(run_dir: Path, resume: bool, lock: RunLock | None) -> int:
                                            f"behind: {', '.join(p.name for p in removed)}.")
         preset = load_preset(run_dir / "preset.yaml")
         if resume:
-            ckpt.require_state(run_dir / "state")  # decided before minutes of model loading
+            ckpt.require_state(ckpt.state_file(run_dir, resume))  # decided before minutes of model loading
         r = setup(run_dir, preset, events, resume)
         outcome = loop(r)
         finish(r, outcome)
@@ -253,13 +254,17 @@ def finish(r: Run, outcome: str) -> None:
 # --------------------------------------------------------------------------------------------------- saving
 
 def save_checkpoint(r: Run) -> None:
-    """A numbered checkpoint in checkpoints/ (the oldest beyond keep_last go) plus the resume state."""
+    """A numbered checkpoint in checkpoints/ with its own resume state (the oldest beyond keep_last go), plus the
+    latest resume state in state/."""
     output = r.preset.output
     folder = r.run_dir / "checkpoints"
+    stem = ckpt.checkpoint_stem(output.run_name, r.step)
     if r.processes.is_main:
-        save_network(r, folder, ckpt.checkpoint_stem(output.run_name, r.step))
-        ckpt.prune(folder, output.run_name, output.keep_last)
+        save_network(r, folder, stem)
     save_resume_state(r)
+    if r.processes.is_main:
+        ckpt.keep_state_with(folder, stem, r.run_dir / "state" / ckpt.STATE_FILE)
+        ckpt.prune(folder, output.run_name, output.keep_last)
     r.cadence.saved()
 
 
@@ -274,6 +279,10 @@ def save_network(r: Run, folder: Path, stem: str) -> None:
     """The trained network (its EMA when on) in every output format, each file self-checked."""
     r.status("saving", f"Saving {stem}")
     pipeline = r.family.pipeline(r.comps)
+    if r.comps.extra.get("rectified_flow"):
+        from engine.models.unet_flow import write_sampling_note
+
+        write_sampling_note(folder, stem)
     # the self-check loads the file where each module is: idle ones stay in CPU RAM (FLUX's T5 would not fit)
     with (r.ema.applied() if r.ema else contextlib.nullcontext()):
         if r.preset.network.type == "full":
@@ -298,10 +307,12 @@ def validate(r: Run) -> None:
     """The held-out loss; a new best (among the K lowest) is saved to checkpoints/best/ under its loss."""
     from engine.training.validation import validation_loss
 
-    if not r.processes.is_main:  # the others go on to the next step and wait there for the main process
-        return
     r.status("validating", f"Validation loss at step {r.step}")
-    loss = validation_loss(r)
+    loss = validation_loss(r) if r.processes.is_main else None
+    loss = r.processes.same_everywhere(loss)  # every GPU's ReduceLROnPlateau must take the same decision
+    r.optim.observe_validation(loss)
+    if not r.processes.is_main:
+        return
     if r.best.admits(loss):
         stem = r.best.stem(r.preset.output.run_name, r.epoch + (1 if r.cursor else 0), r.step, loss)
         save_network(r, r.best.folder, stem)
@@ -317,9 +328,10 @@ def export_info(r: Run):
     d = r.preset.dataset
     prediction = {"v_prediction": "v"}.get(r.objective.name, r.objective.name) if r.family.writes_prediction_type else ""
     return LoraExportInfo(
-        title=r.preset.output.run_name, base_model_version=by_prediction(r.family.kohya_base_model, r.objective.name),
+        title=r.preset.output.run_name,  # a rectified flow on SD2-v: prediction flow, the v model's base version
+        base_model_version=by_prediction(r.family.kohya_base_model, r.objective.name, r.comps.prediction_type),
         architecture=by_prediction(r.family.modelspec_architecture, r.comps.extra.get("variant", ""),
-                                   r.objective.name), prediction_type=prediction,
+                                   r.objective.name, r.comps.prediction_type), prediction_type=prediction,
         implementation=r.family.modelspec_implementation, training_started_at=r.started_at,
         resolution_px=(d.resolution_px, d.resolution_px), text_encoder_names=r.family.text_encoder_names,
         # sd-scripts counts the epoch being trained from 1: a run stopped inside its first epoch says 1
@@ -388,7 +400,8 @@ def render_pipeline_samples(r: Run, prompts: list[str], size: tuple[int, int]) -
             r.family.pipeline(r.comps), prompts, sampling.negative_prompt, sampling.seed, sampling.steps,
             sampling.guidance_scale, size[0], size[1], sampling.strengths, r.run_dir / "samples", r.step,
             extra_info={"Model": Path(r.preset.model.path).name, "LoRA": r.preset.output.run_name},
-            sampler=None if sampling.sampler == "default" else sampling.sampler,
+            # a flow model's default is flow Euler already (FLUX's, or use_flow_sampler's for a UNet)
+            sampler=None if sampling.sampler == "default" or r.objective.name == "flow" else sampling.sampler,
             max_sequence_length=r.comps.extra.get("max_sequence_length", 77), prompt_cond=cond)
     return results
 

@@ -162,9 +162,15 @@ class OptimizerSet:
         for group in self.optimizers[component].param_groups:
             group["lr"] = lr
 
+    def observe_validation(self, val_loss: float) -> None:
+        """The validation loss, for the ReduceLROnPlateau schedules that watch it."""
+        for comp, schedule in self.schedules.items():
+            if self.trainable(comp):
+                schedule.observe_validation(val_loss)
+
     def step(self, loss: float | None = None) -> None:
-        """optimizer.step() then the schedule, for every component still training. `loss` (the training loss, or
-        the validation loss where there is one) drives ReduceLROnPlateau."""
+        """optimizer.step() then the schedule, for every component still training. `loss` (the training loss)
+        drives a ReduceLROnPlateau that watches the training loss."""
         lrs = {}
         for comp, opt in self.optimizers.items():
             if not self.trainable(comp):
@@ -236,8 +242,10 @@ def _adafactor_lr(opt) -> float:
 
 
 def build_optimizers(optimizers_cfg: dict, schedules_cfg: dict, params: dict[str, list],
-                     total_steps: int, te_lr_ratio: float, te_train_steps: int | None = None) -> OptimizerSet:
-    """An OptimizerSet for the components in `params` that have trainable parameters (others are left out)."""
+                     total_steps: int, te_lr_ratio: float, te_train_steps: int | None = None,
+                     plateau_watches: str = "train_loss_ema") -> OptimizerSet:
+    """An OptimizerSet for the components in `params` that have trainable parameters (others are left out).
+    plateau_watches: what a ReduceLROnPlateau schedule watches (schedules.PLATEAU_WATCHES)."""
     components = [c for c, ps in params.items() if ps]
     base_lrs = component_base_lrs(optimizers_cfg, components, te_lr_ratio)
     optimizers, schedules, train_steps, self_scheduled = {}, {}, {}, set()
@@ -246,7 +254,8 @@ def build_optimizers(optimizers_cfg: dict, schedules_cfg: dict, params: dict[str
         optimizers[comp] = make_optimizer(optimizers_cfg[comp], list(params[comp]), base_lrs[comp],
                                           f"optimizers.{comp}")
         try:
-            schedules[comp] = Schedule(schedules_cfg[comp], base_lrs[comp], steps, f"schedules.{comp}")
+            schedules[comp] = Schedule(schedules_cfg[comp], base_lrs[comp], steps, f"schedules.{comp}",
+                                       plateau_watches=plateau_watches)
         except ValueError as e:
             key, _, msg = str(e).partition(": ")
             raise ConfigError([(key, msg)]) from None

@@ -73,7 +73,9 @@ def _constant_lr(t, span, p, base_lr):  # torch ConstantLR: factor until total_i
 
 
 def _step_lr(t, span, p, base_lr):  # torch StepLR
-    step_size = p["step_size"] or max(1, span // 10)
+    # automatic step_size: two drops in the run (gamma 0.1 ends at 1 % of the LR, as torchvision's recipes do); a
+    # tenth of the run gave ten drops, 1e-10 x the LR at the end
+    step_size = p["step_size"] or max(1, math.ceil(span / 3))
     return p["gamma"] ** (t // step_size)
 
 
@@ -142,10 +144,18 @@ def _check(kind: str, p: dict, base_lr: float) -> str:
     return ""
 
 
-class Schedule:
-    """The LR of one component over a run. `cfg` is a ScheduleConfig (type, warmup_steps, lr_decay_steps, params)."""
+PLATEAU_WATCHES = {"val_loss": "the validation loss, at each validation",
+                   "train_loss_ema": "an exponential moving average of the training loss (about 50 steps), "
+                                     "at every step"}
+TRAIN_LOSS_EMA_BETA = 0.98  # the per-step loss is too noisy for a plateau test: ~50 steps of memory
 
-    def __init__(self, cfg, base_lr: float, total_steps: int, field: str = "schedule"):
+
+class Schedule:
+    """The LR of one component over a run. `cfg` is a ScheduleConfig (type, warmup_steps, lr_decay_steps, params).
+    plateau_watches (ReduceLROnPlateau): "val_loss" (observe_validation) or "train_loss_ema" (advance)."""
+
+    def __init__(self, cfg, base_lr: float, total_steps: int, field: str = "schedule",
+                 plateau_watches: str = "train_loss_ema"):
         self.factor_fn = choose(FACTORS, cfg.type, f"{field}.type")
         self.type, self.params = cfg.type, dict(cfg.params)
         self.base_lr = float(base_lr)
@@ -154,6 +164,8 @@ class Schedule:
         self.span = max(1, decay_end - self.warmup_steps)
         self.step = 0
         self.plateau = _Plateau(self.params, self.base_lr) if cfg.type == "ReduceLROnPlateau" else None
+        self.plateau_watches = plateau_watches
+        self.loss_ema: float | None = None
         problem = _check(cfg.type, self.params, self.base_lr)
         if problem:
             raise ValueError(f"{field}.{problem}")
@@ -172,10 +184,19 @@ class Schedule:
         return self.lr_at(self.step)
 
     def advance(self, loss: float | None = None) -> None:
-        """Count one optimizer step. ReduceLROnPlateau watches `loss` once warmup is over."""
-        if self.plateau is not None and self.step >= self.warmup_steps and loss is not None:
-            self.plateau.observe(float(loss))
+        """Count one optimizer step. ReduceLROnPlateau watching the training loss sees its moving average, once
+        warmup is over."""
+        if self.plateau is not None and self.plateau_watches == "train_loss_ema" and loss is not None:
+            b = TRAIN_LOSS_EMA_BETA
+            self.loss_ema = float(loss) if self.loss_ema is None else b * self.loss_ema + (1 - b) * float(loss)
+            if self.step >= self.warmup_steps:
+                self.plateau.observe(self.loss_ema)
         self.step += 1
+
+    def observe_validation(self, val_loss: float) -> None:
+        """A validation loss, for a ReduceLROnPlateau that watches it (patience counts validations)."""
+        if self.plateau is not None and self.plateau_watches == "val_loss" and self.step >= self.warmup_steps:
+            self.plateau.observe(float(val_loss))
 
     def curve(self, steps: int) -> list[float]:
         """The LR of optimizer steps 1..steps, without changing this schedule (no losses: plateaus never drop)."""
@@ -183,7 +204,7 @@ class Schedule:
 
     def state_dict(self) -> dict:
         return {"type": self.type, "step": self.step, "base_lr": self.base_lr, "lr": self.lr,
-                "plateau": self.plateau.state_dict() if self.plateau else None}
+                "plateau": self.plateau.state_dict() if self.plateau else None, "loss_ema": self.loss_ema}
 
     def load_state_dict(self, sd: dict, preserve_lr: bool = False) -> None:
         """Continue at the saved step. preserve_lr: rescale this schedule so its LR now equals the saved LR
@@ -192,6 +213,7 @@ class Schedule:
         self.step = int(sd["step"])
         if self.plateau is not None and sd.get("plateau") and sd.get("type") == self.type:
             self.plateau.load_state_dict(sd["plateau"])
+            self.loss_ema = sd.get("loss_ema")
         if preserve_lr and saved_lr is not None:
             self._rescale_to(saved_lr)
 

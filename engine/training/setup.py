@@ -18,6 +18,7 @@ from engine.config.save import preset_to_dict
 from engine.events import EventWriter
 from engine.failures import UserError
 from engine.models.base_storage import check_quantize_supported
+from engine.models.unet_flow import use_flow_sampler
 from engine.training import checkpoints as ckpt
 from engine.training.speed import CompileTimer, compile_repeated_blocks, enable_tf32, prefer_channels_last
 
@@ -51,6 +52,7 @@ class Run:
     compile_timer: object = None  # speed.CompileTimer when training.compile compiled something
     best: object = None       # validation.Best when there is a validation split
     processes: object = None  # distributed.Processes: this process among the run's (one GPU: rank 0 of 1)
+    resume: object = False    # what setup() resumed from: True (the latest state) or a checkpoint's state file
     trained_names: dict = field(default_factory=dict)  # named_trainables key -> the names of its trained params
     started_at: float = field(default_factory=time.time)  # when training began (kept across resumes)
     _epoch_cache: dict = field(default_factory=dict)
@@ -87,7 +89,8 @@ def setup(run_dir: Path, preset, events: EventWriter, resume: bool) -> Run:
     device, mixed, weight_dtype = choose_precision(training, preset.network, events)
     events.emit("started", preset=preset_to_dict(preset), versions=versions(), device=device_name(device),
                 resume=resume, processes=processes.world,
-                effective_batch=training.batch_size * training.grad_accum * processes.world)
+                effective_batch=training.batch_size * training.grad_accum * processes.world,
+                **plateau_note(preset))
     warn_unsupported(preset, events)
     torch.manual_seed(training.seed)  # adapter init and dropout: the same seed gives the same run
     family = get_family(preset.model.family)
@@ -107,6 +110,7 @@ def setup(run_dir: Path, preset, events: EventWriter, resume: bool) -> Run:
     store_base(comps, preset.model, weight_dtype, events)
     r = build_run(run_dir, preset, events, family, comps, trainables, device, mixed, weight_dtype, processes)
     if resume:
+        r.resume = resume
         restore(r)
     return r
 
@@ -319,6 +323,11 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
                                training.sigmoid_scale, training.discrete_flow_shift, flow_path=training.flow_path)
     if "objective" in comps.extra:  # the DiT's timestep depends on it (t * 1000 for flow, the DDPM step k)
         comps.extra["objective"] = objective
+    check_rectified_flow(objective_name, comps.prediction_type, preset.model)
+    if objective_name == "flow" and not family.scratch_sampler and use_flow_sampler(family.pipeline(comps)):
+        comps.extra["rectified_flow"] = True  # saves add a how-to-sample note (engine/models/unet_flow.py)
+        events.emit("status", phase="loading", text="Rectified flow: the samples and the saved model use flow Euler "
+                                                    "on the straight path")
     optim = make_optimizer_set(preset, trainables, total, accelerator)
     params = [p for modules in trainables.values() for m in modules for p in m.parameters() if p.requires_grad]
     r = Run(run_dir=run_dir, preset=preset, events=events, family=family, comps=comps, objective=objective,
@@ -340,6 +349,20 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
         r.compile_timer = CompileTimer(lambda seconds: r.status(
             "training", f"torch.compile: {seconds:.0f} s one-off compile time in the first step"))
     return r
+
+
+def check_rectified_flow(objective: str, prediction_type: str, model_cfg) -> None:
+    """training.objective flow on a UNet needs a v-prediction base (EveryDream2's --rectified_flow check), read from
+    the model's scheduler config (or model.prediction_type), not from its family: there are v-prediction SDXL models
+    and epsilon SD2 ones."""
+    if objective != "flow" or prediction_type in ("flow", "v_prediction"):
+        return
+    raise UserError(f"training.objective: flow (rectified flow) needs a v-prediction base model, and "
+                    f"{Path(model_cfg.path).name or model_cfg.path} predicts {prediction_type} (its scheduler config"
+                    f"{' and model.prediction_type say' if model_cfg.prediction_type != 'auto' else ' says'} so).",
+                    "Use a v-prediction model (SD 2.x 768-v, e.g. stable-diffusion-2-1), or train this one with "
+                    "training.objective: auto. If the model is v-prediction and its config is wrong, set "
+                    "model.prediction_type: v_prediction.")
 
 
 def encode_sample_prompts(family, comps, sampling, batches, status) -> None:
@@ -451,6 +474,22 @@ def make_accelerator(mixed: str, device: str, fresh: bool = True):
     return Accelerator(mixed_precision=mixed, cpu=device == "cpu")
 
 
+def plateau_watches(validation) -> str:
+    """What ReduceLROnPlateau watches: the validation loss when the run holds out a split, else the training
+    loss's moving average."""
+    return "val_loss" if validation.folder or validation.fraction > 0 else "train_loss_ema"
+
+
+def plateau_note(preset) -> dict:
+    """For the started event: what a ReduceLROnPlateau schedule of this run watches (nothing without one)."""
+    from engine.training.schedules import PLATEAU_WATCHES
+
+    if not any(s.type == "ReduceLROnPlateau" for s in preset.schedules.values()):
+        return {}
+    watches = plateau_watches(preset.validation)
+    return {"plateau_watches": watches, "plateau_watches_text": f"ReduceLROnPlateau watches {PLATEAU_WATCHES[watches]}"}
+
+
 def make_optimizer_set(preset, trainables: dict, total: int, accelerator):
     from engine.training.optimizers import build_optimizers
     from engine.training.schedules import two_phase_cutoff
@@ -459,7 +498,8 @@ def make_optimizer_set(preset, trainables: dict, total: int, accelerator):
               for comp, modules in trainables.items()}
     optim = build_optimizers(preset.optimizers, preset.schedules, params, total_steps=total,
                              te_lr_ratio=preset.network.te_lr_ratio,
-                             te_train_steps=two_phase_cutoff(preset.network, total))
+                             te_train_steps=two_phase_cutoff(preset.network, total),
+                             plateau_watches=plateau_watches(preset.validation))
     # accelerate handles the fp16 loss scale through its wrapped optimizers
     optim.optimizers = {c: accelerator.prepare_optimizer(o) for c, o in optim.optimizers.items()}
     return optim
@@ -467,7 +507,7 @@ def make_optimizer_set(preset, trainables: dict, total: int, accelerator):
 
 def restore(r: Run) -> None:
     """Continue at the saved step: weights, optimizer + schedule, RNG and data position."""
-    state = ckpt.load_state(r.run_dir / "state")
+    state = ckpt.load_state(ckpt.state_file(r.run_dir, r.resume))
     check_same_network(state.get("network"), r.preset.network, r.run_dir)
     if state["samples"] != len(r.samples):
         r.emit("warning", message=f"The dataset changed since the run stopped ({state['samples']} -> "

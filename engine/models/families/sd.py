@@ -15,10 +15,13 @@ UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 CLIP_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
-def resolve_prediction_type(scheduler_config, requested: str) -> str:
-    """model.prediction_type, or (auto) what the model's scheduler config says; SD models default to epsilon."""
+def resolve_prediction_type(scheduler_config, requested: str, flow: bool = False) -> str:
+    """model.prediction_type, or (auto) what the model's scheduler config says; SD models default to epsilon.
+    flow: the folder ships a FlowMatch scheduler (a UNet Easel trained as a rectified flow)."""
     if requested and requested != "auto":
         return requested
+    if flow:
+        return "flow"
     return scheduler_config.get("prediction_type", "epsilon") or "epsilon"
 
 
@@ -31,8 +34,13 @@ def alphas_cumprod_of(scheduler) -> torch.Tensor:
 
 def components_from_pipe(pipe, model_cfg, text_encoders, tokenizers, vae_fp32: bool) -> Components:
     """Components of a loaded SD/SDXL pipeline; the scheduler is told the resolved prediction type so samples match."""
-    prediction_type = resolve_prediction_type(pipe.scheduler.config, model_cfg.prediction_type)
-    if pipe.scheduler.config.get("prediction_type") != prediction_type:
+    from engine.models.unet_flow import as_unet_flow_scheduler, is_flow_scheduler
+
+    flow = is_flow_scheduler(pipe.scheduler)
+    prediction_type = resolve_prediction_type(pipe.scheduler.config, model_cfg.prediction_type, flow)
+    if flow:
+        as_unet_flow_scheduler(pipe.scheduler)
+    elif pipe.scheduler.config.get("prediction_type") != prediction_type:
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=prediction_type)
     vae = load_vae(model_cfg, pipe.vae.dtype)
     if vae is not None:
