@@ -11,6 +11,7 @@ import sys
 
 COMMANDS = {
     "validate": ("engine.cli:validate", "check presets: python -m engine validate PRESET..."),
+    "import": ("engine.cli:import_config", "another trainer's config as a preset: python -m engine import FILE > preset.yaml"),
     "train": ("engine.cli:train", "train: python -m engine train PRESET|RUN_DIR [--dry-run] [--resume RUN_DIR] [--set k=v]"),
     "demo": ("engine.demo:cli", "build a tiny model + dataset and train it end to end: python -m engine demo [FOLDER]"),
     "sample": ("engine.training.sample_run:cli", "render a DiT run's saved model: python -m engine sample RUN_DIR [--steps N] [--sampler S] [--out DIR]"),

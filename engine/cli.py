@@ -34,6 +34,48 @@ def validate(argv: list[str]) -> int:
     return 2 if failed else 0
 
 
+def import_config(argv: list[str]) -> int:
+    """python -m engine import FILE [--set k=v] > preset.yaml: another trainer's config as an Easel preset; what has
+    no Easel meaning is listed at its top (and on stderr)."""
+    from engine.config.load import import_notes
+
+    parser = argparse.ArgumentParser(prog="python -m engine import", description="Convert an EveryDream2 train.json, "
+                                     "a FluxFlow optim_sched_config or a kohya_ss GUI preset into an Easel preset "
+                                     "(YAML on stdout).")
+    parser.add_argument("file", type=Path)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="set a key the file does not have, e.g. --set dataset.path=/data/set")
+    args = parser.parse_args(argv)
+    try:
+        notes = import_notes(args.file)
+        preset = load_preset(args.file, args.overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    header = [f"# converted by Easel from {args.file.name}" + (f" ({notes[0]})" if notes else "")]
+    for line in (notes[1] if notes else []):
+        header.append(f"# not converted: {line}")
+        print(f"not converted: {line}", file=sys.stderr)
+    print("\n".join(header))
+    print(dump_preset(preset), end="")
+    return 0
+
+
+def print_import_notes(path: Path) -> None:
+    """Training straight from another trainer's config: say what it was and what had no Easel meaning."""
+    from engine.config.load import import_notes
+
+    try:
+        notes = import_notes(path)
+    except ConfigError:
+        return  # load_preset says what is wrong
+    if notes:
+        print(f"{path.name}: read as an {notes[0]}" + (f"; not converted ({len(notes[1])}):" if notes[1] else ""),
+              file=sys.stderr)
+        for line in notes[1]:
+            print(f"  {line}", file=sys.stderr)
+
+
 def _train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m engine train", description="Train from a preset (a new run folder) "
                                 "or in an existing run folder.")
@@ -76,6 +118,7 @@ def train(argv: list[str]) -> int:
               f"{args.target.name} and start it with python -m engine train {args.target} (Easel starts accelerate "
               f"launch itself), or launch an existing run folder", file=sys.stderr)
         return 2
+    print_import_notes(args.target)
     try:
         preset = load_preset(args.target, overrides, env)
     except ConfigError as e:

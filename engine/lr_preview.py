@@ -21,9 +21,13 @@ MARK_STYLES = {"checkpoint": ("#2ca02c", "--"), "sample": ("#9467bd", ":")}
 
 
 def trained_components(preset) -> list[str]:
-    """The components whose LR matters: the UNet/transformer, plus the text encoder when it trains. An optimizer
+    """The components whose LR matters: the UNet/transformer, plus the text encoder when it trains (training.mode
+    vae: the VAE, plus the discriminator with vae.gan). An optimizer
     that picks its own LR (Adafactor with relative_step) has no curve to draw."""
-    comps = ["unet"] + (["text_encoder"] if preset.network.train_text_encoder else [])
+    if preset.training.mode == "vae":
+        comps = ["vae"] + (["discriminator"] if preset.vae.gan else [])
+    else:
+        comps = ["unet"] + (["text_encoder"] if preset.network.train_text_encoder else [])
     return [c for c in comps if not picks_own_lr(preset.optimizers[c])]
 
 

@@ -18,7 +18,7 @@ from ui.fields import Form, UNBOUND, to_widget
 def form():
     with gr.Blocks():
         f = Form()
-        for section in ("model", "dataset", "network", "training", "optimizers", "schedules", "sampling", "validation",
+        for section in ("model", "dataset", "network", "training", "optimizers", "schedules", "vae", "sampling", "validation",
                         "output"):
             f.section(section)
     return f

@@ -219,3 +219,18 @@ def test_a_lora_with_its_text_encoder_trains_on_two_processes(tmp_path):
     saved = [e["path"] for e in events if e["kind"] == "saved"]
     assert saved and all(Path(p).is_file() for p in saved)
     assert (run_dir / "state" / "state.pt").is_file() and events[-1]["kind"] == "done"
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_a_vae_with_its_discriminator_trains_on_two_processes(tmp_path, grad_accum):
+    """training.mode vae under DDP: the VAE's step module and the critic, each once forward per micro-batch."""
+    preset = prepare(tmp_path / "demo")
+    run_dir = create_run_dir(load_preset(preset, ["training.mode=vae", "vae.gan=true", "training.max_steps=2",
+                                                  "training.num_gpus=2", f"training.grad_accum={grad_accum}",
+                                                  "sampling.every_n_steps=0", "output.save_every_n_steps=0"]),
+                             root=tmp_path / "runs")
+    result = engine_train(run_dir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    events = read_all(run_dir / "events.jsonl")
+    assert [e["step"] for e in events if e["kind"] == "step"] == [1, 2]
+    assert (run_dir / "demo.safetensors").is_file() and (run_dir / "demo-vae").is_dir()

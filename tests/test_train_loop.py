@@ -161,3 +161,12 @@ def test_init_from_continues_an_existing_lora(demo_preset, tmp_path):
     assert before.keys() == after.keys()
     assert all(torch.allclose(before[k].float(), after[k].float(), atol=1e-3) for k in before)
     assert any(before[k].abs().sum() > 0 for k in before if "lora_up" in k)  # the first run really trained
+
+
+def test_the_console_gets_a_step_line_every_n_steps_and_the_events_every_step(demo_preset, tmp_path, capsys):
+    """output.log_every_n_steps (FluxFlow's --log_interval, EveryDream2's log_step)."""
+    _, code, events = start(demo_preset, tmp_path, "training.max_steps=7", "output.log_every_n_steps=3")
+    assert code == 0
+    printed = [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert printed == ["1/7", "3/7", "6/7", "7/7"]
+    assert [e["step"] for e in events if e["kind"] == "step"] == [1, 2, 3, 4, 5, 6, 7]

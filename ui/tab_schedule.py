@@ -7,7 +7,12 @@ from engine.config.optim_specs import OPTIMIZER_PARAMS, SCHEDULE_PARAMS
 from engine.config.schema import COMPONENTS
 from ui.fields import Form, to_widget
 
-COMPONENT_TITLES = {"unet": "UNet / transformer", "text_encoder": "Text encoder(s)"}
+COMPONENT_TITLES = {"unet": "UNet / transformer", "text_encoder": "Text encoder(s)", "vae": "VAE",
+                    "discriminator": "Discriminator"}
+COMPONENT_NOTES = {"text_encoder": "Used only when **Train text encoder** is on (Training tab). An empty learning "
+                                   "rate means te_lr_ratio × the UNet's.",
+                   "vae": "Used only when training.mode is **vae**.",
+                   "discriminator": "Used only in training.mode **vae** with **gan** on."}
 
 
 def params_help(table: dict, kind: str) -> str:
@@ -28,9 +33,8 @@ def build(form: Form) -> dict:
         for comp in COMPONENTS:
             with gr.Column():
                 gr.Markdown(f"### {COMPONENT_TITLES[comp]}")
-                if comp == "text_encoder":
-                    gr.Markdown("Used only when **Train text encoder** is on (Training tab). An empty learning "
-                                "rate means te_lr_ratio × the UNet's.")
+                if comp in COMPONENT_NOTES:
+                    gr.Markdown(COMPONENT_NOTES[comp])
                 form.grid([f"optimizers.{comp}.type", f"optimizers.{comp}.lr"])
                 form.widget(f"optimizers.{comp}.params")
                 helps[("optimizers", comp)] = gr.Markdown(params_help(OPTIMIZER_PARAMS, "adamw"))

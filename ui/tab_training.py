@@ -65,6 +65,8 @@ def build(form: Form) -> dict:
     form.section("network", advanced_label="Advanced network options")
     gr.Markdown("### Training")
     form.section("training", advanced_label="Advanced training options")
+    with gr.Accordion("VAE training (training.mode: vae)", open=False):
+        form.section("vae", advanced_label="Advanced VAE options")
     gr.Markdown("### Validation (a held-out split picks the best checkpoints)")
     form.section("validation", advanced_label="Advanced validation options")
     gr.Markdown("### Output")

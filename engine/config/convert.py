@@ -149,7 +149,13 @@ def _components(meta, value, key, problems):
         problems.append((key, f"must be a mapping of components ({', '.join(meta['keys'])})"))
         return _BAD
     out = {}
+    given = set(value)
     for comp, spec in value.items():
+        alias = schema.COMPONENT_ALIASES.get(comp)
+        if alias and alias in given:
+            problems.append((f"{key}.{comp}", f"is another name for {key}.{alias}, which is also given; keep one"))
+            continue
+        comp = alias or comp
         if comp not in meta["keys"]:
             problems.append((f"{key}.{comp}", f"unknown component{suggest(comp, meta['keys'])}; "
                                               f"allowed: {', '.join(meta['keys'])}"))

@@ -80,6 +80,24 @@ def _env_fields():
 
 # --- loading ---------------------------------------------------------------------------------------------------------
 def read_preset_file(path: str | os.PathLike) -> dict:
+    """The preset data of a YAML/JSON file; another trainer's config (EveryDream2, FluxFlow, kohya_ss) comes back
+    converted (engine/config/imports/; import_notes says what had no Easel meaning)."""
+    from engine.config.imports import imported
+
+    data = read_data_file(path)
+    found = imported(data, Path(path).parent)
+    return found.data if found else data
+
+
+def import_notes(path: str | os.PathLike) -> tuple[str, list[str]] | None:
+    """(format, the keys with no Easel meaning) when `path` is another trainer's config; None for a preset."""
+    from engine.config.imports import imported
+
+    found = imported(read_data_file(path), Path(path).parent)
+    return (found.format, found.unmapped) if found else None
+
+
+def read_data_file(path: str | os.PathLike) -> dict:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")

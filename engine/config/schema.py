@@ -28,7 +28,12 @@ SCHEDULE_TYPES = (
     "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
     "CosineAnnealingLR", "LinearLR", "ExponentialLR", "ConstantLR", "StepLR", "ReduceLROnPlateau",
 )
-COMPONENTS = ("unet", "text_encoder")
+COMPONENTS = ("unet", "text_encoder", "vae", "discriminator")
+# other trainers' names for the denoiser's component (FluxFlow: flow; diffusers/SimpleTuner: transformer)
+COMPONENT_ALIASES = {"transformer": "unet", "flow": "unet"}
+TRAINING_MODES = ("denoiser", "vae")
+VAE_PARTS = ("whole", "decoder")
+RECONSTRUCTION_LOSSES = ("l1", "mse")
 
 
 def opt(default, help, *, unit=None, min=None, max=None, choices=None, choice_labels=None, advanced=False, env=None):
@@ -148,6 +153,9 @@ class EmaConfig:
 
 @dataclass(frozen=True)
 class TrainingConfig:
+    mode: str = opt("denoiser", "What trains: denoiser (the UNet/transformer, as network.type says) or vae (the "
+                                "model's VAE, with the vae section's KL and optional discriminator).",
+                    choices=TRAINING_MODES)
     max_steps: int = opt(1000, "Optimizer steps to train; 0 trains for max_epochs instead.", unit="steps", min=0,
                          max=10_000_000, env="MAX_STEPS")
     max_epochs: int = opt(0, "Epochs to train when max_steps is 0.", unit="epochs", min=0, max=100_000)
@@ -284,8 +292,32 @@ class OutputConfig:
     keep_last: int = opt(3, "Keep only the newest N checkpoints (0 = keep all). The final file is always kept.",
                          min=0, max=10_000, advanced=True)
     save_precision: str = opt("fp16", "Precision of the saved LoRA tensors.", choices=PRECISIONS, advanced=True)
+    log_every_n_steps: int = opt(1, "A step line in engine.log (the console) every N steps (FluxFlow's "
+                                    "--log_interval, EveryDream2's log_step); events, the GUI and TensorBoard still "
+                                    "get every step.", unit="steps", min=1, max=1_000_000, advanced=True)
     tensorboard: bool = opt(True, "Also write TensorBoard logs into the run folder (runs/<run>/tensorboard/; "
                                   "python -m engine tensorboard shows them).", advanced=True)
+
+
+@dataclass(frozen=True)
+class VaeConfig:
+    """training.mode vae (FluxFlow's --train_vae / --gan_training): fine-tune the model's AutoencoderKL."""
+    part: str = opt("whole", "whole: encoder and decoder; decoder: only the decoder, so the latents a trained "
+                             "denoiser knows stay the same (the safe way to fix washed-out or blurry decodes).",
+                    choices=VAE_PARTS)
+    reconstruction_loss: str = opt("l1", "Pixel loss between an image and its reconstruction (l1 keeps edges "
+                                         "sharper than mse).", choices=RECONSTRUCTION_LOSSES)
+    kl_beta: float = opt(1e-4, "Weight of the KL term once warmed up (FluxFlow --kl_beta); the KL is in nats per "
+                               "latent value.", min=0.0, max=100.0)
+    kl_warmup_steps: int = opt(5000, "Steps over which the KL weight rises linearly from 0 to kl_beta (FluxFlow "
+                                     "--kl_warmup_steps).", unit="steps", min=0, max=10_000_000)
+    kl_free_bits: float = opt(0.0, "Free bits: a KL below this many nats per latent value costs nothing (FluxFlow "
+                                   "--kl_free_bits).", min=0.0, max=100.0, advanced=True)
+    gan: bool = opt(False, "Also train a patch discriminator and add its hinge loss (FluxFlow --gan_training): "
+                           "sharper detail, slower steps.")
+    lambda_adv: float = opt(0.5, "Weight of the adversarial loss (FluxFlow --lambda_adv).", min=0.0, max=100.0)
+    test_images: list = opt([], "Images whose reconstructions are the samples, beside the originals (FluxFlow "
+                                "--test_image_address); empty: the first validation (else training) images.")
 
 
 def _defaults(table: dict, kind: str) -> dict:
@@ -293,13 +325,18 @@ def _defaults(table: dict, kind: str) -> dict:
 
 
 def default_optimizers() -> dict:
+    """unet and text_encoder as always; vae and discriminator (training.mode vae) as the FluxFlow guide's
+    high-quality VAE example: AdamW 2e-5, betas [0.9, 0.95] for the VAE, [0.0, 0.9] with AMSGrad for the critic."""
     params = _defaults(OPTIMIZER_PARAMS, OptimizerConfig.type)
-    return {"unet": OptimizerConfig(params=params), "text_encoder": OptimizerConfig(lr=None, params=dict(params))}
+    return {"unet": OptimizerConfig(params=params), "text_encoder": OptimizerConfig(lr=None, params=dict(params)),
+            "vae": OptimizerConfig(lr=2e-5, params={**params, "betas": [0.9, 0.95]}),
+            "discriminator": OptimizerConfig(lr=2e-5, params={**params, "betas": [0.0, 0.9], "weight_decay": 0.001,
+                                                              "amsgrad": True})}
 
 
 def default_schedules() -> dict:
     params = _defaults(SCHEDULE_PARAMS, ScheduleConfig.type)
-    return {"unet": ScheduleConfig(params=params), "text_encoder": ScheduleConfig(params=dict(params))}
+    return {comp: ScheduleConfig(params=dict(params)) for comp in COMPONENTS}
 
 
 @dataclass(frozen=True)
@@ -311,11 +348,14 @@ class Preset:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     optimizers: dict = field(default_factory=default_optimizers,
-                             metadata={"help": "Optimizer per component: unet (UNet or transformer), text_encoder.",
+                             metadata={"help": "Optimizer per component: unet (UNet or transformer; also written "
+                                               "transformer or flow), text_encoder, vae and discriminator "
+                                               "(training.mode vae).",
                                        "item": OptimizerConfig, "keys": COMPONENTS})
     schedules: dict = field(default_factory=default_schedules,
                             metadata={"help": "Learning-rate schedule per component.",
                                       "item": ScheduleConfig, "keys": COMPONENTS})
+    vae: VaeConfig = field(default_factory=VaeConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)

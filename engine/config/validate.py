@@ -35,7 +35,10 @@ def validate(p: Preset) -> list[tuple[str, str]]:
     if unet and t.objective == "flow" and p.sampling.sampler not in ("default", "flow_euler"):
         out.append(("sampling.sampler", f"{p.sampling.sampler!r} cannot sample a flow model: use default (flow "
                                         f"Euler)"))
-    if p.model.family == "dit" and n.type != "full":
+    if t.mode == "vae" and p.model.family == "dit" and p.model.dit.space == "pixel":
+        out.append(("training.mode", "'vae' trains a model's VAE, and a DiT in pixel space has none (train the VAE "
+                                     "of an SD or FLUX model, or set model.dit.space: latent)"))
+    if p.model.family == "dit" and n.type != "full" and t.mode != "vae":
         out.append(("network.type", f"{n.type!r} cannot train family 'dit': a DiT trained from scratch has no base "
                                     f"model to adapt; use network.type: full"))
     if p.model.family == "dit" and p.model.dit.space == "latent" and not p.model.vae_path and not p.model.path:

@@ -189,6 +189,12 @@ def _vae_value(key: str, value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+def vae_state_to_ldm(state: dict, num_levels: int) -> dict:
+    """A diffusers AutoencoderKL state dict in the original layout (the standalone VAE files A1111, Forge and
+    ComfyUI load: `encoder.down.0.block.0.conv1.weight`, ..., no prefix)."""
+    return {vae_key_to_ldm(k, num_levels): _vae_value(k, v) for k, v in state.items()}
+
+
 # ---------------------------------------------------------------------------------------------- text encoders
 
 def _clip_to_ldm(state: dict, prefix: str) -> dict:

@@ -172,7 +172,8 @@ class Processes:
             for module in modules:
                 if not any(p.requires_grad for p in module.parameters()):
                     continue
-                use_sync_batchnorm(module)
+                if device == "cuda":  # torch's SyncBatchNorm runs on GPUs only (CPU processes: the tests)
+                    use_sync_batchnorm(module)
                 frozen = [name for name, p in module.named_parameters() if not p.requires_grad]
                 DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
                     module, frozen + [name for name, _ in module.named_buffers()])
@@ -181,6 +182,10 @@ class Processes:
                     static_graph=static,
                     # a text encoder whose last layer does not feed the denoiser (SDXL, SD2 use the penultimate)
                     find_unused_parameters=not static and component == "text_encoder")
+
+    def module(self, module):
+        """What to call for a trained module's training forward: its DDP wrapper when it has one."""
+        return self.wrapped.get(id(module), module)
 
     @contextlib.contextmanager
     def training_forward(self, comps, trained: list, last_micro_batch: bool):

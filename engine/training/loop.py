@@ -52,7 +52,8 @@ def run_locked(run_dir: Path, resume: bool | Path, lock: RunLock | None) -> int:
     from engine.training.tensorboard_sink import TensorBoardSink
 
     tensorboard = TensorBoardSink(run_dir / "tensorboard") if lock else None
-    events = EventWriter(run_dir / "events.jsonl", echo=lambda event: (console_line(event), tensorboard(event))) \
+    console = ConsoleLog()
+    events = EventWriter(run_dir / "events.jsonl", echo=lambda event: (console(event), tensorboard(event))) \
         if lock else WorkerEvents(rank())
     preset = None
     try:
@@ -64,9 +65,15 @@ def run_locked(run_dir: Path, resume: bool | Path, lock: RunLock | None) -> int:
             events.emit("warning", message=f"Removed {len(removed)} unfinished file(s) an interrupted save left "
                                            f"behind: {', '.join(p.name for p in removed)}.")
         preset = load_preset(run_dir / "preset.yaml")
+        console.every = preset.output.log_every_n_steps
         if resume:
             ckpt.require_state(ckpt.state_file(run_dir, resume))  # decided before minutes of model loading
-        r = setup(run_dir, preset, events, resume)
+        if preset.training.mode == "vae":  # the model's VAE alone
+            from engine.training.vae_mode import setup_vae
+
+            r = setup_vae(run_dir, preset, events, resume)
+        else:
+            r = setup(run_dir, preset, events, resume)
         outcome = loop(r)
         finish(r, outcome)
         return 0
@@ -87,6 +94,19 @@ def run_locked(run_dir: Path, resume: bool | Path, lock: RunLock | None) -> int:
         events.close()
         if tensorboard:
             tensorboard.close()
+
+
+class ConsoleLog:
+    """engine.log's lines: every event but steps, and a step line every `every` steps (and the first and last)."""
+
+    def __init__(self, every: int = 1):
+        self.every = every
+
+    def __call__(self, event: dict) -> None:
+        if event["kind"] == "step" and self.every > 1 and event["step"] % self.every and \
+                event["step"] not in (1, event["total_steps"]):
+            return
+        console_line(event)
 
 
 def console_line(event: dict) -> None:
@@ -153,10 +173,14 @@ def optimizer_step(r: Run, group: list[list[int]]) -> float:
     trained = [m for comp, modules in r.trainables.items() if r.optim.trainable(comp) for m in modules]
     for k, (number, indices) in enumerate(mine):
         with r.processes.training_forward(r.comps, trained, last_micro_batch=k == len(mine) - 1):
-            with r.accelerator.autocast():
+            if r.mode is not None:  # another training mode (the VAE's): its own losses and backward passes
                 batch = r.batches(indices, r.epoch, r.cursor + number)
-                loss = batch_loss(r, batch)
-            r.accelerator.backward(loss / len(mine))
+                loss = r.mode.backward(r, batch, len(mine))
+            else:
+                with r.accelerator.autocast():
+                    batch = r.batches(indices, r.epoch, r.cursor + number)
+                    loss = batch_loss(r, batch)
+                r.accelerator.backward(loss / len(mine))
         losses.append(loss.detach())
         files.append(batch["files"])
     values = r.processes.all_losses(torch.stack(losses).float(), r.accelerator).tolist()  # the step's one sync
@@ -198,9 +222,10 @@ def batch_loss(r: Run, batch: dict) -> torch.Tensor:
 def report_step(r: Run, loss: float, seconds: float) -> None:
     r.s_per_it = seconds if r.s_per_it == 0 else 0.9 * r.s_per_it + 0.1 * seconds  # smoothed for a steady ETA
     vram = round(torch.cuda.max_memory_allocated() / 2**30, 2) if r.device == "cuda" else None
+    extras = {name: round(float(value), 6) for name, value in r.step_extras.items()}  # a mode's loss terms
     r.emit("step", step=r.step, total_steps=r.total_steps, epoch=r.epoch + (1 if r.cursor else 0), loss=loss,
            lr=r.optim.lrs(), s_per_it=round(r.s_per_it, 4), eta_s=round(r.s_per_it * (r.total_steps - r.step), 1),
-           vram_gb=vram)
+           vram_gb=vram, **extras)
 
 
 def at_boundary(r: Run, epoch_ended: bool) -> str:
@@ -277,6 +302,9 @@ def save_resume_state(r: Run) -> None:
 
 def save_network(r: Run, folder: Path, stem: str) -> None:
     """The trained network (its EMA when on) in every output format, each file self-checked."""
+    if r.mode is not None:
+        r.mode.save(r, folder, stem)
+        return
     r.status("saving", f"Saving {stem}")
     pipeline = r.family.pipeline(r.comps)
     if r.comps.extra.get("rectified_flow"):
@@ -308,7 +336,8 @@ def validate(r: Run) -> None:
     from engine.training.validation import validation_loss
 
     r.status("validating", f"Validation loss at step {r.step}")
-    loss = validation_loss(r) if r.processes.is_main else None
+    measure = r.mode.validation_loss if r.mode is not None else validation_loss
+    loss = measure(r) if r.processes.is_main else None
     loss = r.processes.same_everywhere(loss)  # every GPU's ReduceLROnPlateau must take the same decision
     r.optim.observe_validation(loss)
     if not r.processes.is_main:
@@ -356,9 +385,14 @@ def render_samples(r: Run, final: bool = False) -> None:
     The final samples add the evaluation prompts file's."""
     from engine.sampling.prompts import read_prompts_file
 
+    if not r.processes.is_main:
+        return
+    if r.mode is not None:  # the VAE's reconstructions
+        r.mode.render_samples(r, final)
+        return
     sampling = r.preset.sampling
     prompts = list(sampling.prompts) + (read_prompts_file(sampling.eval_prompts_file) if final else [])
-    if not prompts or not r.processes.is_main:
+    if not prompts:
         return
     r.status("sampling", f"Rendering {len(prompts)} prompt(s) at step {r.step}")
     started = time.perf_counter()

@@ -53,6 +53,8 @@ class Run:
     best: object = None       # validation.Best when there is a validation split
     processes: object = None  # distributed.Processes: this process among the run's (one GPU: rank 0 of 1)
     resume: object = False    # what setup() resumed from: True (the latest state) or a checkpoint's state file
+    mode: object = None       # a training mode other than the denoiser's (vae_mode.VAE_MODE), or None
+    step_extras: dict = field(default_factory=dict)  # a mode's loss terms of the last step, for its step event
     trained_names: dict = field(default_factory=dict)  # named_trainables key -> the names of its trained params
     started_at: float = field(default_factory=time.time)  # when training began (kept across resumes)
     _epoch_cache: dict = field(default_factory=dict)
@@ -75,25 +77,11 @@ class Run:
 # --------------------------------------------------------------------------------------------------- setup
 
 def setup(run_dir: Path, preset, events: EventWriter, resume: bool) -> Run:
-    from engine.models.families import get_family
+    """The denoiser's run (training.mode denoiser); engine/training/vae_mode.py's setup_vae is the VAE's."""
     from engine.models.families.detect import check_family
 
-    from engine.sampling.prompts import read_prompts_file
-
-    from engine.training.distributed import start
-
-    quiet_libraries()
     training = preset.training
-    read_prompts_file(preset.sampling.eval_prompts_file)  # a wrong path fails now, not after the whole run
-    processes = start()  # with several GPUs: joins the other processes and picks this one's GPU
-    device, mixed, weight_dtype = choose_precision(training, preset.network, events)
-    events.emit("started", preset=preset_to_dict(preset), versions=versions(), device=device_name(device),
-                resume=resume, processes=processes.world,
-                effective_batch=training.batch_size * training.grad_accum * processes.world,
-                **plateau_note(preset))
-    warn_unsupported(preset, events)
-    torch.manual_seed(training.seed)  # adapter init and dropout: the same seed gives the same run
-    family = get_family(preset.model.family)
+    processes, device, mixed, weight_dtype, family = begin(preset, events, resume)
     check_family(family.name, preset.model.path)
     check_quantize_supported(preset.model.quantize_base, device)
     events.emit("status", phase="loading", text=f"Loading the {family.name} model from {preset.model.path}",
@@ -113,6 +101,27 @@ def setup(run_dir: Path, preset, events: EventWriter, resume: bool) -> Run:
         r.resume = resume
         restore(r)
     return r
+
+
+def begin(preset, events: EventWriter, resume) -> tuple:
+    """What every mode starts with: quiet libraries, the other GPUs' processes, device and precision, the `started`
+    event, the seed; (processes, device, mixed precision, frozen weights' dtype, family)."""
+    from engine.models.families import get_family
+    from engine.sampling.prompts import read_prompts_file
+    from engine.training.distributed import start
+
+    quiet_libraries()
+    training = preset.training
+    read_prompts_file(preset.sampling.eval_prompts_file)  # a wrong path fails now, not after the whole run
+    processes = start()  # with several GPUs: joins the other processes and picks this one's GPU
+    device, mixed, weight_dtype = choose_precision(training, preset.network, events)
+    events.emit("started", preset=preset_to_dict(preset), versions=versions(), device=device_name(device),
+                resume=resume, processes=processes.world,
+                effective_batch=training.batch_size * training.grad_accum * processes.world,
+                **plateau_note(preset))
+    warn_unsupported(preset, events)
+    torch.manual_seed(training.seed)  # adapter init and dropout: the same seed gives the same run
+    return processes, device, mixed, weight_dtype, get_family(preset.model.family)
 
 
 def quiet_libraries() -> None:
@@ -324,7 +333,9 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
     if "objective" in comps.extra:  # the DiT's timestep depends on it (t * 1000 for flow, the DDPM step k)
         comps.extra["objective"] = objective
     check_rectified_flow(objective_name, comps.prediction_type, preset.model)
-    if objective_name == "flow" and not family.scratch_sampler and use_flow_sampler(family.pipeline(comps)):
+    # a UNet trained as a flow (FLUX and the DiT are flow models already)
+    if objective_name == "flow" and comps.prediction_type != "flow" and not family.scratch_sampler and \
+            use_flow_sampler(family.pipeline(comps)):
         comps.extra["rectified_flow"] = True  # saves add a how-to-sample note (engine/models/unet_flow.py)
         events.emit("status", phase="loading", text="Rectified flow: the samples and the saved model use flow Euler "
                                                     "on the straight path")

@@ -65,6 +65,8 @@ def test_demo_preset_edit_save_reload_run_and_stop(tmp):
         dit_run = next((tmp / "runs").glob("dit-demo-*"))
         assert any(e["kind"] == "sample" for e in read_events(dit_run))
         stop_and_wait(page)
+        from ui import runner
+        wait_for(lambda: not runner.is_running(dit_run), ENGINE_S / 1000)  # one run at a time: it has exited
 
         # LoRA demo: the tiny SD1.5 model, then the rest of the workflow on its preset
         page.get_by_role("button", name="LoRA demo", exact=True).click()
