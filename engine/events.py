@@ -18,6 +18,7 @@ KINDS = {
     "sample": ("path", "prompt", "strength", "step"),
     "saved": ("path", "format", "step"),
     "val": ("step", "val_loss", "best"),   # the held-out loss (fixed noise and levels) and the lowest so far
+    "reflow": ("iteration", "straightness"),  # before reflow iteration k (and at the end): 1-step vs many-step gap
     "warning": ("message",),
     "error": ("message", "hint", "traceback"),
     "stopped": ("step",),

@@ -33,9 +33,11 @@ def trained_components(preset) -> list[str]:
 
 def run_steps(preset) -> int:
     """The run's optimizer steps: training.max_steps, or max_epochs x the dataset's steps per epoch."""
-    if preset.training.max_steps > 0:
-        return preset.training.max_steps
-    from engine.data.plan import plan_of  # reads the dataset's image headers: only when epochs decide the length
+    from engine.data.plan import plan_of, total_reflow_steps
+
+    if preset.training.max_steps > 0:  # the reflow iterations train after them (the schedule spans both)
+        return preset.training.max_steps + total_reflow_steps(preset.training, preset.training.num_gpus)
+    # plan_of reads the dataset's image headers: only when epochs decide the length
 
     total = plan_of(preset).total_steps
     if total <= 0:

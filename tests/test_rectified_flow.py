@@ -84,3 +84,13 @@ def test_the_preset_check_refuses_flow_with_epsilon_or_another_sampler(sd2):
                              "sampling.sampler=euler"])
     keys = [key for key, _ in e.value.problems]
     assert "training.objective" in keys and "sampling.sampler" in keys
+
+
+def test_a_rectified_flow_sd2_reflows_with_its_captions(sd2, tmp_path):
+    """EveryDream2's --rectified_flow --reflow_steps 1: the pairs carry the captions' text embeddings."""
+    run_dir, code, events = start(sd2, tmp_path, None, "sampling.prompts=[]", "training.reflow_steps=1",
+                                  "training.reflow_gen_batches=1", "training.reflow_sample_steps=3")
+    assert code == 0, [e for e in events if e["kind"] == "error"]
+    assert [e["iteration"] for e in events if e["kind"] == "reflow"] == [0, 1]
+    pair = torch.load(next((run_dir / "reflow" / "iter00").glob("pair*.pt")), weights_only=True)
+    assert "prompt_embeds" in pair["cond"] and pair["x0"].shape[0] == 4  # SD latents

@@ -145,3 +145,27 @@ def test_fluxflows_component_names_load_as_easels():
     with pytest.raises(ConfigError) as e:
         load_preset(PROJECT_ROOT / "presets" / "demo.yaml", ["optimizers={flow: {lr: 1.0}, unet: {lr: 2.0}}"])
     assert "optimizers.flow" in [key for key, _ in e.value.problems]
+
+
+def test_a_flux_vae_trains_and_its_file_loads_as_flux_ae(tmp_path):
+    """FLUX's 16-channel VAE (no quant_conv): the single file is in ae.safetensors' layout, and the FLUX family
+    takes it as model.vae_path."""
+    from engine.models.families import get_family
+    from engine.models.tiny import build_tiny
+
+    model = build_tiny("flux", tmp_path / "FLUX tiny", seed=0)
+    data = prepare(tmp_path / "demo")  # its dataset
+    dataset = load_preset(data).dataset.path
+    preset = load_preset(PROJECT_ROOT / "presets" / "flux-lora-24gb.yaml",
+                         [f"model.path={model}", f"dataset.path={dataset}", *QUICK, "training.max_steps=2",
+                          "dataset.resolution_px=64", "dataset.min_bucket_px=64", "dataset.max_bucket_px=128",
+                          "training.precision=fp32", "model.quantize_base=none", "model.block_swap=0"])
+    run_dir = create_run_dir(preset, root=tmp_path / "runs")
+    assert train.run(run_dir) == 0, errors(read_all(run_dir / "events.jsonl"))
+    ae = run_dir / f"{preset.output.run_name}.safetensors"
+    assert "decoder.up.0.block.0.conv1.weight" in load_file(str(ae)) and "quant_conv.weight" not in load_file(str(ae))
+    flux = load_preset(PROJECT_ROOT / "presets" / "flux-lora-24gb.yaml", [f"model.path={model}",
+                                                                           f"model.vae_path={ae}"])
+    comps = get_family("flux").load(flux.model, torch.float32, "cpu")
+    trained = load_file(str(run_dir / f"{preset.output.run_name}-vae" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(comps.vae.state_dict()[k], trained[k]) for k in trained)

@@ -206,6 +206,15 @@ class TrainingConfig:
     auto_batch_size: bool = opt(False, "Before training, find the largest batch that fits the GPU's free memory at "
                                        "the largest bucket (a few probing steps); replaces training.batch_size.",
                                 advanced=True)
+    reflow_steps: int = opt(0, "Reflow iterations after the training (EveryDream2's --reflow_steps; flow "
+                               "objective only): each generates pairs with the model and trains on them, which "
+                               "straightens the flow.", min=0, max=100, advanced=True)
+    reflow_sample_steps: int = opt(0, "Euler steps of each generated pair (0: sampling.steps, and 50 if that is "
+                                      "0 too).", unit="steps", min=0, max=1000, advanced=True)
+    reflow_gen_batches: int = opt(1, "Dataset batches whose captions the pairs of one iteration take: "
+                                     "reflow_gen_batches x batch_size pairs.", min=1, max=100_000, advanced=True)
+    reflow_train_epochs: int = opt(1, "Epochs of training on each iteration's pairs.", unit="epochs", min=1,
+                                   max=10_000, advanced=True)
     preserve_lr: bool = opt(False, "On resume, keep the learning rate the saved run had, even if the schedule or "
                                    "LR in the preset changed.", advanced=True)
 

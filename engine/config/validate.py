@@ -28,6 +28,11 @@ def validate(p: Preset) -> list[tuple[str, str]]:
     objective = t.objective if t.objective != "auto" else p.model.prediction_type
     if p.model.family == "flux" and objective not in ("auto", "flow"):
         out.append(("training.objective", f"{objective!r} cannot train family 'flux' (use 'flow' or 'auto')"))
+    if t.reflow_steps and t.objective not in ("flow", "auto"):
+        out.append(("training.reflow_steps", f"reflow straightens a flow: it needs training.objective flow, not "
+                                             f"{t.objective!r}"))
+    if t.reflow_steps and t.mode == "vae":
+        out.append(("training.reflow_steps", "reflow trains the denoiser, not the VAE (training.mode vae)"))
     if t.objective == "flow" and p.model.prediction_type == "epsilon":  # the model's own config is read at start
         out.append(("training.objective", "'flow' (rectified flow) needs a v-prediction base model, and "
                                           "model.prediction_type says epsilon"))
@@ -103,4 +108,8 @@ def validate(p: Preset) -> list[tuple[str, str]]:
     for comp, sched in p.schedules.items():
         if sched.type == "ReduceLROnPlateau" and sched.params.get("mode", "min") not in ("min", "max"):
             out.append((f"schedules.{comp}.mode", f"{sched.params['mode']!r} is not one of min, max"))
+        elif sched.type == "ReduceLROnPlateau" and sched.params.get("mode") == "max":
+            # every metric a plateau watches today is a loss; max is for a higher-is-better one (rewards)
+            out.append((f"schedules.{comp}.mode", "max waits for a metric to rise, and the loss it watches falls as "
+                                                  "training improves: use min"))
     return out

@@ -32,6 +32,16 @@ def total_steps(max_steps: int, max_epochs: int, steps_in_epoch: int) -> int:
     return max_steps if max_steps > 0 else max_epochs * steps_in_epoch
 
 
+def reflow_steps_per_iteration(training, processes: int = 1) -> int:
+    """Optimizer steps of one reflow iteration's training: reflow_train_epochs epochs of reflow_gen_batches batches
+    (engine/training/reflow.py)."""
+    return training.reflow_train_epochs * math.ceil(training.reflow_gen_batches / (training.grad_accum * processes))
+
+
+def total_reflow_steps(training, processes: int = 1) -> int:
+    return training.reflow_steps * reflow_steps_per_iteration(training, processes) if training.reflow_steps else 0
+
+
 def cadence(every_n: int, last: int, start: int = 1) -> list[int]:
     """The steps (or epochs) start..last that are multiples of every_n; [] when every_n is 0."""
     return [] if every_n <= 0 else [s for s in range(start, last + 1) if s % every_n == 0]
@@ -108,7 +118,8 @@ def make_plan(dataset, training, sampling, output, conditioning: str | None = No
         reg = count_buckets(dataset.reg_path, dataset.caption_ext, dataset.reg_repeats, dataset, counts, unreadable)
     batches = batches_per_epoch(counts, training.batch_size)
     per_epoch = steps_per_epoch(batches, training.grad_accum * training.num_gpus)  # each GPU its own batches
-    total = total_steps(training.max_steps, training.max_epochs, per_epoch)
+    total = total_steps(training.max_steps, training.max_epochs, per_epoch) + total_reflow_steps(training,
+                                                                                                   training.num_gpus)
     epoch_ends = [e * per_epoch for e in cadence(output.save_every_n_epochs, math.ceil(total / per_epoch))] \
         if per_epoch else []
     # the last step writes the final LoRA into the run folder instead of a numbered checkpoint

@@ -75,6 +75,10 @@ def run_locked(run_dir: Path, resume: bool | Path, lock: RunLock | None) -> int:
         else:
             r = setup(run_dir, preset, events, resume)
         outcome = loop(r)
+        if outcome == "done" and preset.training.reflow_steps:  # EveryDream2's reflow iterations
+            from engine.training.reflow import run_reflow
+
+            outcome = run_reflow(r, loop)
         finish(r, outcome)
         return 0
     except ConfigError as e:
@@ -143,8 +147,11 @@ def loop(r: Run) -> str:
         return "finished before"
     if r.step == 0 and r.preset.sampling.at_start:
         render_samples(r)  # the base model, for comparison
-    r.status("training", f"Training {r.total_steps} steps from step {r.step}")
-    while r.step < r.total_steps:
+    # reflow: the end of the phase being trained (the benches move total_steps themselves)
+    end = r.total_steps if r.phase_end is None else min(r.phase_end, r.total_steps)
+    if r.reflow_iteration is None:
+        r.status("training", f"Training {r.total_steps} steps from step {r.step}")
+    while r.step < end:
         batches = r.epoch_batches()
         group = batches[r.cursor:r.cursor + per_step]
         started = time.perf_counter()
@@ -206,8 +213,11 @@ def batch_loss(r: Run, batch: dict) -> torch.Tensor:
 
     training = r.preset.training
     x0 = batch["latents"].to(r.device, torch.float32)  # the noising math in fp32; only the model runs in half
-    noise = torch.randn(x0.shape, generator=r.noise_gen, device=r.device)
-    noise = offset_noise(noise, training.noise_offset, r.noise_gen)
+    if "noise" in batch:  # reflow: the noise each x0 was generated from (engine/training/reflow.py)
+        noise = batch["noise"].to(r.device, torch.float32)
+    else:
+        noise = torch.randn(x0.shape, generator=r.noise_gen, device=r.device)
+        noise = offset_noise(noise, training.noise_offset, r.noise_gen)
     t = r.objective.sample_t(len(x0), r.noise_gen, r.device, image_tokens=x0.shape[-2] * x0.shape[-1] // 4)
     x_t = r.objective.add_noise(x0, noise, t).to(r.weight_dtype)
     pred = r.family.predict(r.comps, x_t, t, batch["cond"], batch["size_cond"])
@@ -375,7 +385,9 @@ def resume_state(r: Run, rngs: list[dict]) -> dict:
     """`rngs`: every process's random state, the main process's first."""
     return {"step": r.step, "epoch": r.epoch, "cursor": r.cursor, "total_steps": r.total_steps,
             "started_at": r.started_at, "network": network_shape(r.preset.network),
-            "samples": len(r.samples), "weights": ckpt.trained_weights(named_trainables(r), r.trained_names),
+            "samples": len(r.dataset_samples or r.samples),
+            "weights": ckpt.trained_weights(named_trainables(r), r.trained_names),
+            "reflow_iteration": r.reflow_iteration,
             "optim": r.optim.state_dict(), "rng": rngs[0], "rng_processes": rngs if len(rngs) > 1 else None,
             "ema": r.ema.state_dict() if r.ema else None, "best": r.best.state_dict() if r.best else None}
 

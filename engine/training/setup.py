@@ -55,6 +55,13 @@ class Run:
     resume: object = False    # what setup() resumed from: True (the latest state) or a checkpoint's state file
     mode: object = None       # a training mode other than the denoiser's (vae_mode.VAE_MODE), or None
     step_extras: dict = field(default_factory=dict)  # a mode's loss terms of the last step, for its step event
+    # reflow (engine/training/reflow.py): the steps before it, where the phase being trained ends, the iteration;
+    # the dataset's samples and batches while r.samples / r.batches are an iteration's pairs
+    main_steps: int = 0
+    phase_end: int | None = None
+    reflow_iteration: int | None = None
+    dataset_samples: list = field(default_factory=list)
+    dataset_batches: object = None
     trained_names: dict = field(default_factory=dict)  # named_trainables key -> the names of its trained params
     started_at: float = field(default_factory=time.time)  # when training began (kept across resumes)
     _epoch_cache: dict = field(default_factory=dict)
@@ -295,7 +302,7 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
               processes=None) -> Run:
     """processes: distributed.Processes of a multi-GPU run; None for one process (the benches build runs so)."""
     from engine.data.cache import prepare_batches
-    from engine.data.plan import batches_per_epoch, steps_per_epoch, total_steps
+    from engine.data.plan import batches_per_epoch, steps_per_epoch, total_reflow_steps, total_steps
     from engine.data.samples import bucket_counts
     from engine.training.distributed import Processes
     from engine.training.objectives import make_objective
@@ -326,7 +333,8 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
         training = preset.training
     per_epoch = steps_per_epoch(batches_per_epoch(bucket_counts(samples), training.batch_size),
                                 training.grad_accum * processes.world)
-    total = total_steps(training.max_steps, training.max_epochs, per_epoch)
+    main = total_steps(training.max_steps, training.max_epochs, per_epoch)
+    total = main + total_reflow_steps(training, processes.world)  # the LR schedule spans the reflow too
     objective_name = training.objective if training.objective != "auto" else comps.prediction_type
     objective = make_objective(objective_name, comps.alphas_cumprod, training.timestep_sampling,
                                training.sigmoid_scale, training.discrete_flow_shift, flow_path=training.flow_path)
@@ -347,6 +355,11 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
             samples=samples, noise_gen=torch.Generator(device=device).manual_seed(training.seed + processes.rank),
             total_steps=total, device=device, weight_dtype=weight_dtype, processes=processes)
     processes.wrap(trainables, device, training.grad_accum)
+    r.main_steps, r.phase_end = main, main
+    r.dataset_samples, r.dataset_batches = samples, batches
+    if training.reflow_steps and objective.name != "flow":
+        raise UserError(f"training.reflow_steps: reflow straightens a flow, and this run trains {objective.name}.",
+                        "Set training.objective: flow (on a v-prediction base), or training.reflow_steps: 0.")
     r.cadence = ckpt.Cadence(preset.output)
     r.trained_names = ckpt.trainable_names(named_trainables(r))
     if training.ema.enabled:
@@ -520,6 +533,7 @@ def restore(r: Run) -> None:
     """Continue at the saved step: weights, optimizer + schedule, RNG and data position."""
     state = ckpt.load_state(ckpt.state_file(r.run_dir, r.resume))
     check_same_network(state.get("network"), r.preset.network, r.run_dir)
+    r.reflow_iteration = state.get("reflow_iteration")
     if state["samples"] != len(r.samples):
         r.emit("warning", message=f"The dataset changed since the run stopped ({state['samples']} -> "
                                   f"{len(r.samples)} images): the data order after resuming differs.")

@@ -31,6 +31,8 @@ class TensorBoardSink:
         elif kind == "val":
             self.writer.add_scalar("val_loss", event["val_loss"], event["step"])
             self.writer.add_scalar("val_loss_best", event["best"], event["step"])
+        elif kind == "reflow":
+            self.writer.add_scalar("reflow/straightness", event["straightness"], event["iteration"])
         elif kind == "sample":
             self._image(event)
         elif kind in ("done", "stopped", "error"):

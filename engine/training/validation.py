@@ -35,9 +35,10 @@ def validation_loss(r) -> float:
     losses, weights = [], []
     modules = [m for modules in r.trainables.values() for m in modules]
     with eval_mode(modules), (r.ema.applied() if r.ema else contextlib.nullcontext()):
-        for index in r.batches.val_indices:
+        source = r.dataset_batches or r.batches  # during reflow r.batches holds the generated pairs
+        for index in source.val_indices:
             with r.accelerator.autocast():
-                batch = r.batches([index], 0, 0, fixed=True)
+                batch = source([index], 0, 0, fixed=True)
                 x0 = batch["latents"].to(r.device, torch.float32)
                 noise, t = draws(x0.shape, index, seed, r.objective, r.device)
                 x_t = r.objective.add_noise(x0, noise, t).to(r.weight_dtype)

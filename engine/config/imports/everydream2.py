@@ -19,6 +19,8 @@ SAME = {"data_root": "dataset.path", "resolution": "dataset.resolution_px", "bat
         "ckpt_every_n_minutes": "output.save_every_n_minutes", "save_every_n_epochs": "output.save_every_n_epochs",
         "project_name": "output.run_name", "logdir": "output.dir", "min_snr_gamma": "training.min_snr_gamma",
         "clip_grad_norm": "training.clip_grad_norm", "log_step": "output.log_every_n_steps",
+        "reflow_steps": "training.reflow_steps", "reflow_sample_steps": "training.reflow_sample_steps",
+        "reflow_gen_batches": "training.reflow_gen_batches", "reflow_train_epochs": "training.reflow_train_epochs",
         # zero-frequency noise is offset noise: noise + ratio x a per-channel constant
         "zero_frequency_noise_ratio": "training.noise_offset"}
 # keys with no Easel meaning, and why (said to the user)
@@ -42,8 +44,6 @@ NO_MEANING = {
     "ema_sample_nonema_model": "Easel samples the EMA weights when the EMA is on",
     "ema_sample_ema_model": "Easel samples the EMA weights when the EMA is on",
     "ema_resume_model": "a resume restores Easel's EMA from the run's state",
-    "reflow_steps": "reflow is not in Easel yet", "reflow_sample_steps": "reflow is not in Easel yet",
-    "reflow_gen_batches": "reflow is not in Easel yet", "reflow_train_epochs": "reflow is not in Easel yet",
 }
 
 
@@ -59,8 +59,13 @@ def family_of(model: str) -> str:
 
 
 def convert(data: dict, folder: Path) -> tuple[dict, list[str]]:
-    preset: dict = {"version": 1, "network": {"type": "full"}, "training": {"max_steps": 0}}
+    preset: dict = {"version": 1, "network": {"type": "full"}}
     unmapped: list[str] = []
+    if data.get("max_epochs") is not None:  # EveryDream2 counts epochs only
+        put(preset, "training.max_steps", 0)
+    else:
+        unmapped.append("max_epochs is not given (a --config file of EveryDream2 may hold it): Easel's "
+                        "training.max_steps is used; set training.max_epochs")
     for key, value in data.items():
         if value is None or key == "config":
             continue

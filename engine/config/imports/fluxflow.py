@@ -65,6 +65,10 @@ def _section(spec: dict, table: dict, where: str, unmapped: list) -> dict:
     for key, value in spec.items():
         if key == "type":
             continue
+        if kind == "ReduceLROnPlateau" and key == "mode" and value == "max":
+            unmapped.append(f"{where}.mode = max: Easel's plateau watches a loss, which falls as training improves; "
+                            f"min is used")
+            continue
         if key in own or key in table[kind]:
             out[key] = value
         else:
