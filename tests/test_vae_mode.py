@@ -169,3 +169,9 @@ def test_a_flux_vae_trains_and_its_file_loads_as_flux_ae(tmp_path):
     comps = get_family("flux").load(flux.model, torch.float32, "cpu")
     trained = load_file(str(run_dir / f"{preset.output.run_name}-vae" / "diffusion_pytorch_model.safetensors"))
     assert all(torch.equal(comps.vae.state_dict()[k], trained[k]) for k in trained)
+
+
+def test_a_missing_test_image_is_named_before_training(demo, tmp_path):
+    run_dir, code, events = start(demo, tmp_path, "training.max_steps=2", f"vae.test_images=[{tmp_path / 'gone.png'}]")
+    assert code != 0 and not [e for e in events if e["kind"] == "step"]
+    assert "vae.test_images: no such image" in events[-1]["message"] and "gone.png" in events[-1]["message"]

@@ -144,7 +144,6 @@ def require_state(path: Path) -> Path:
 
 
 CHECKPOINT_STATE_SUFFIX = ".state.pt"   # checkpoints/<run>-step000400.state.pt: that checkpoint's resume state
-_CHECKPOINT_STEP = re.compile(r"^(?P<stem>.+-step\d{6,})(?:[.-].*)?$")
 
 
 def checkpoint_state(path: str | Path) -> tuple[Path, Path] | None:
@@ -154,10 +153,10 @@ def checkpoint_state(path: str | Path) -> tuple[Path, Path] | None:
     path = Path(path)
     if path.parent.name != "checkpoints" or not (path.parent.parent / "preset.yaml").is_file():
         return None
-    match = _CHECKPOINT_STEP.match(path.name)
+    match = _STEP.search(path.name)  # the stem is the name up to its step number, as checkpoint_stem writes it
     if not match:
         return None
-    return path.parent.parent, path.parent / f"{match['stem']}{CHECKPOINT_STATE_SUFFIX}"
+    return path.parent.parent, path.parent / f"{path.name[:match.end()]}{CHECKPOINT_STATE_SUFFIX}"
 
 
 def keep_state_with(folder: Path, stem: str, state: Path) -> Path:

@@ -74,7 +74,9 @@ def run_locked(run_dir: Path, resume: bool | Path, lock: RunLock | None) -> int:
             r = setup_vae(run_dir, preset, events, resume)
         else:
             r = setup(run_dir, preset, events, resume)
-        outcome = loop(r)
+        # a run resumed inside a reflow iteration goes on there (its batches are that iteration's pairs)
+        inside_reflow = r.reflow_iteration is not None and r.step < r.total_steps
+        outcome = "done" if inside_reflow else loop(r)
         if outcome == "done" and preset.training.reflow_steps:  # EveryDream2's reflow iterations
             from engine.training.reflow import run_reflow
 
@@ -147,8 +149,7 @@ def loop(r: Run) -> str:
         return "finished before"
     if r.step == 0 and r.preset.sampling.at_start:
         render_samples(r)  # the base model, for comparison
-    # reflow: the end of the phase being trained (the benches move total_steps themselves)
-    end = r.total_steps if r.phase_end is None else min(r.phase_end, r.total_steps)
+    end = min(r.phase_end, r.total_steps)  # reflow trains phase by phase; the benches move total_steps
     if r.reflow_iteration is None:
         r.status("training", f"Training {r.total_steps} steps from step {r.step}")
     while r.step < end:
@@ -232,7 +233,9 @@ def batch_loss(r: Run, batch: dict) -> torch.Tensor:
 def report_step(r: Run, loss: float, seconds: float) -> None:
     r.s_per_it = seconds if r.s_per_it == 0 else 0.9 * r.s_per_it + 0.1 * seconds  # smoothed for a steady ETA
     vram = round(torch.cuda.max_memory_allocated() / 2**30, 2) if r.device == "cuda" else None
-    extras = {name: round(float(value), 6) for name, value in r.step_extras.items()}  # a mode's loss terms
+    # a mode's loss terms (the VAE's), read from the device in one sync
+    values = torch.stack([v.float() for v in r.step_extras.values()]).tolist() if r.step_extras else []
+    extras = {name: round(value, 6) for name, value in zip(r.step_extras, values)}
     r.emit("step", step=r.step, total_steps=r.total_steps, epoch=r.epoch + (1 if r.cursor else 0), loss=loss,
            lr=r.optim.lrs(), s_per_it=round(r.s_per_it, 4), eta_s=round(r.s_per_it * (r.total_steps - r.step), 1),
            vram_gb=vram, **extras)

@@ -140,7 +140,7 @@ def straightness(r, iteration: int) -> float:
 
 def run_reflow(r, train_until) -> str:
     """Every reflow iteration from r.reflow_iteration (a resumed run continues inside its iteration); returns
-    'done' or 'stopped'. train_until(r) is the loop's training of r.batches until r.phase_end."""
+    'done' or 'stopped'. train_until(r) is the loop's training of r.batches until r.phase_end (the iteration's)."""
     training = r.preset.training
     per_iteration = steps_per_iteration(training, r.processes.world)
     first = r.reflow_iteration or 0
@@ -154,7 +154,6 @@ def run_reflow(r, train_until) -> str:
         if not resumed_inside:
             r.epoch, r.cursor = 0, 0
         r._epoch_cache = {}
-        r.phase_end = r.main_steps + (k + 1) * per_iteration
         r.status("reflow", f"reflow {k + 1}/{training.reflow_steps}: training {per_iteration} steps on "
                            f"{len(pairs)} pairs")
         if train_until(r) == "stopped":

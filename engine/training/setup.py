@@ -55,16 +55,27 @@ class Run:
     resume: object = False    # what setup() resumed from: True (the latest state) or a checkpoint's state file
     mode: object = None       # a training mode other than the denoiser's (vae_mode.VAE_MODE), or None
     step_extras: dict = field(default_factory=dict)  # a mode's loss terms of the last step, for its step event
-    # reflow (engine/training/reflow.py): the steps before it, where the phase being trained ends, the iteration;
-    # the dataset's samples and batches while r.samples / r.batches are an iteration's pairs
-    main_steps: int = 0
-    phase_end: int | None = None
+    # reflow (engine/training/reflow.py): the steps before it, the iteration being trained; the dataset's samples
+    # and batches while r.samples / r.batches are an iteration's pairs
+    main_steps: int | None = None
     reflow_iteration: int | None = None
     dataset_samples: list = field(default_factory=list)
     dataset_batches: object = None
     trained_names: dict = field(default_factory=dict)  # named_trainables key -> the names of its trained params
     started_at: float = field(default_factory=time.time)  # when training began (kept across resumes)
     _epoch_cache: dict = field(default_factory=dict)
+
+    @property
+    def phase_end(self) -> int:
+        """The step where the phase being trained ends: the main training's last, or the reflow iteration's."""
+        from engine.data.plan import reflow_steps_per_iteration
+
+        if self.main_steps is None:
+            return self.total_steps
+        if self.reflow_iteration is None:
+            return self.main_steps
+        per_iteration = reflow_steps_per_iteration(self.preset.training, self.processes.world)
+        return self.main_steps + (self.reflow_iteration + 1) * per_iteration
 
     def emit(self, kind, **fields):
         return self.events.emit(kind, **fields)
@@ -355,7 +366,7 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
             samples=samples, noise_gen=torch.Generator(device=device).manual_seed(training.seed + processes.rank),
             total_steps=total, device=device, weight_dtype=weight_dtype, processes=processes)
     processes.wrap(trainables, device, training.grad_accum)
-    r.main_steps, r.phase_end = main, main
+    r.main_steps = main
     r.dataset_samples, r.dataset_batches = samples, batches
     if training.reflow_steps and objective.name != "flow":
         raise UserError(f"training.reflow_steps: reflow straightens a flow, and this run trains {objective.name}.",

@@ -61,9 +61,10 @@ class VaeStep(nn.Module):
         super().__init__()
         self.vae = vae
 
-    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        """generator None: the posterior mean (validation, samples); else a draw from the posterior."""
         posterior = self.vae.encode(x).latent_dist
-        z = posterior.mean if noise is None else posterior.mean + posterior.std * noise
+        z = posterior.mean if generator is None else posterior.sample(generator)
         return self.vae.decode(z).sample, posterior.mean, posterior.logvar
 
 
@@ -72,14 +73,14 @@ class VaeStep(nn.Module):
 def load_vae(model_cfg, family, dtype, device):
     """The VAE to train: model.vae_path's, else the vae/ of model.path's diffusers folder, else the family's loaded
     model's (a single-file checkpoint or a Hub id: the whole model is read, then all but its VAE let go)."""
-    from diffusers import AutoencoderKL
+    import dataclasses
 
     from engine.models.loading import load_vae as load_separate
 
     vae = load_separate(model_cfg, dtype)
     path = Path(model_cfg.path).expanduser() if model_cfg.path else None
     if vae is None and path is not None and (path / "vae" / "config.json").is_file():
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", dtype=dtype, local_files_only=True)
+        vae = load_separate(dataclasses.replace(model_cfg, vae_path=model_cfg.path), dtype)  # finds its vae/
     if vae is None:
         if not model_cfg.path:
             raise UserError("model.path: training.mode vae needs a model (or model.vae_path) whose VAE it trains.",
@@ -163,6 +164,7 @@ def setup_vae(run_dir: Path, preset, events, resume):
     r.status("loading", f"VAE training ({preset.vae.part}{', with a discriminator' if preset.vae.gan else ''}): "
                         f"{len(train)} image(s)" + (f", {len(held)} held out" if held else ""))
     processes.wrap(trainables, device, training.grad_accum)
+    test_images(r)  # a wrong vae.test_images path fails now, not at the first samples
     if resume:
         r.resume = resume
         restore(r)
@@ -194,9 +196,7 @@ def vae_backward(r, batch: dict, micro_batches: int) -> torch.Tensor:
     step_module = r.comps.extra["vae_step"]
     critic = r.trainables["discriminator"][0] if cfg.gan else None
     with r.accelerator.autocast():
-        latent_shape = _latent_shape(r.comps.vae, x)
-        noise = torch.randn(latent_shape, generator=r.noise_gen, device=r.device)
-        x_hat, mean, logvar = r.processes.module(step_module)(x, noise)
+        x_hat, mean, logvar = r.processes.module(step_module)(x, r.noise_gen)
         rec = (reconstruction(x_hat.float(), x, cfg.reconstruction_loss) * batch["loss_weight"].float()).mean()
         kl = kl_term(mean.float(), logvar.float(), cfg.kl_free_bits)
         loss = rec + kl_weight(r.optim.global_step, cfg.kl_beta, cfg.kl_warmup_steps) * kl
@@ -216,11 +216,6 @@ def vae_backward(r, batch: dict, micro_batches: int) -> torch.Tensor:
         extras.update(adv_loss=adv.detach(), d_loss=d_loss.detach())
     r.step_extras = extras
     return loss.detach()
-
-
-def _latent_shape(vae, x: torch.Tensor) -> tuple:
-    down = 2 ** (len(vae.config.block_out_channels) - 1)
-    return (x.shape[0], vae.config.latent_channels, x.shape[2] // down, x.shape[3] // down)
 
 
 # --------------------------------------------------------------------------------------------------- validation

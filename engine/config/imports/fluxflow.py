@@ -10,10 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.config.optim_specs import OPTIMIZER_PARAMS, SCHEDULE_PARAMS
-from engine.config.schema import OptimizerConfig, ScheduleConfig
+from engine.config.schema import COMPONENT_ALIASES, COMPONENTS as EASEL_COMPONENTS, OptimizerConfig, ScheduleConfig
 
-COMPONENTS = {"flow": "unet", "flow_processor": "unet", "transformer": "unet", "unet": "unet", "vae": "vae",
-              "vae_encoder": "vae", "text_encoder": "text_encoder", "discriminator": "discriminator"}
+# FluxFlow's component names -> Easel's (flow / transformer as the schema maps them, and FluxFlow's long names)
+COMPONENTS = {**{c: c for c in EASEL_COMPONENTS}, **COMPONENT_ALIASES, "flow_processor": "unet",
+              "vae_encoder": "vae"}
 
 
 def detect(data: dict) -> bool:
