@@ -232,6 +232,7 @@ def _run(run_dir: Path, resume: bool | Path) -> int:
     num_gpus = load_preset(run_dir / "preset.yaml").training.num_gpus
     if num_gpus > 1 and not under_launcher():  # one engine process per GPU, started by accelerate launch
         return relaunch(run_dir, resume, num_gpus)
-    from engine.training.loop import run  # imports torch: only now that a run really starts
+    from engine.rl.phase import run_rl  # these import torch: only now that a run really starts
+    from engine.training.loop import run
 
-    return run(run_dir, resume=resume)
+    return run(run_dir, resume=resume, phases={"rl": run_rl})

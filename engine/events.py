@@ -15,10 +15,12 @@ KINDS = {
     "started": ("preset", "versions", "device"),
     "status": ("phase", "text"),          # optional: n, total for long phases (loading, caching)
     "step": ("step", "total_steps", "epoch", "loss", "lr", "s_per_it", "eta_s", "vram_gb"),
-    "sample": ("path", "prompt", "strength", "step"),
+    "sample": ("path", "prompt", "strength", "step"),   # optional: reward (training.mode rl)
     "saved": ("path", "format", "step"),
     "val": ("step", "val_loss", "best"),   # the held-out loss (fixed noise and levels) and the lowest so far
     "reflow": ("iteration", "straightness"),  # before reflow iteration k (and at the end): 1-step vs many-step gap
+    # after an RL epoch's rollouts (engine/rl/phase.py): their rewards overall, per reward and per prompt, advantages
+    "rl": ("rl_epoch", "step", "images", "reward_mean", "reward_std", "rewards", "per_prompt", "adv_mean", "adv_std"),
     "warning": ("message",),
     "error": ("message", "hint", "traceback"),
     "stopped": ("step",),

@@ -135,7 +135,7 @@ def test_saved_yaml_has_stable_key_order_and_version():
     text = dump_preset(Preset())
     assert text.startswith(f"version: {CURRENT_VERSION}\nmodel:\n")
     sections = [line[:-1] for line in text.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
-    assert sections == ["model", "dataset", "network", "training", "optimizers", "schedules", "vae", "sampling", "validation",
+    assert sections == ["model", "dataset", "network", "training", "optimizers", "schedules", "vae", "rl", "sampling", "validation",
                         "output"]
     assert "&id" not in text  # no YAML anchors in a file people read
 

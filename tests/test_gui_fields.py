@@ -18,7 +18,7 @@ from ui.fields import Form, UNBOUND, to_widget
 def form():
     with gr.Blocks():
         f = Form()
-        for section in ("model", "dataset", "network", "training", "optimizers", "schedules", "vae", "sampling", "validation",
+        for section in ("model", "dataset", "network", "training", "optimizers", "schedules", "vae", "rl", "sampling", "validation",
                         "output"):
             f.section(section)
     return f
@@ -78,6 +78,8 @@ COMPANIONS = {"training.flow_path": DIT, "dataset.use_reg": {"dataset.reg_path":
 
 def mapping_case(key: str):
     """params need a type that has them: (changes to apply first, non-default params)."""
+    if key == "rl.rewards":  # reward name -> weight
+        return {}, {"brightness": 0.5, "server": 2.0}
     section, comp, _ = key.split(".")
     if section == "optimizers":
         kind, table = "sgd", OPTIMIZER_PARAMS
@@ -125,7 +127,9 @@ def test_widgets_carry_the_schema_metadata(form):
 def test_form_yaml_form_round_trip_per_field(form, key):
     spec = form.specs[key]
     base = Preset()
-    if spec.kind == "mapping":
+    if key == "rl.rewards":
+        tried = [mapping_case(key)[1]]
+    elif spec.kind == "mapping":
         changes, value = mapping_case(key)
         data = preset_to_dict(base)
         section, comp, _ = key.split(".")

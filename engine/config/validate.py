@@ -74,6 +74,7 @@ def validate(p: Preset) -> list[tuple[str, str]]:
         bad = [a for a in dit.array_aliases if "=" not in str(a) or not all(str(a).split("=", 1))]
         if bad:
             out.append(("model.dit.array_aliases", f"{bad[0]!r} is not old=new (e.g. robot=robot_image)"))
+    out += rl_problems(p)
     if n.te_two_phase and not n.train_text_encoder:
         out.append(("network.te_two_phase", "needs network.train_text_encoder: true"))
     if t.flow_path != "condot" and p.model.family != "dit":
@@ -112,4 +113,36 @@ def validate(p: Preset) -> list[tuple[str, str]]:
             # every metric a plateau watches today is a loss; max is for a higher-is-better one (rewards)
             out.append((f"schedules.{comp}.mode", "max waits for a metric to rise, and the loss it watches falls as "
                                                   "training improves: use min"))
+    return out
+
+
+def rl_problems(p: Preset) -> list[tuple[str, str]]:
+    """training.mode rl: what its phase needs before minutes of model loading (engine/rl)."""
+    from engine.config.schema import REWARD_NAMES
+
+    t, rl = p.training, p.rl
+    if t.mode != "rl":
+        return []
+    out = []
+    if t.max_steps == 0:
+        out.append(("training.max_steps", "RL counts optimizer steps: set training.max_steps (max_epochs counts "
+                                          "passes over a dataset, which RL does not make)"))
+    elif rl.warmup_steps >= t.max_steps:
+        out.append(("rl.warmup_steps", f"{rl.warmup_steps} supervised steps leave none of training.max_steps "
+                                       f"({t.max_steps}) for RL: lower it, or raise training.max_steps"))
+    if not rl.rewards:
+        out.append(("rl.rewards", f"choose at least one reward: {', '.join(REWARD_NAMES)}"))
+    if t.num_gpus > 1:
+        out.append(("training.num_gpus", "RL trains on one GPU for now: set 1"))
+    if t.reflow_steps:
+        out.append(("training.reflow_steps", "reflow and RL are separate runs: set 0 here"))
+    objective = t.objective if t.objective != "auto" else p.model.prediction_type
+    if t.flow_path != "condot":
+        out.append(("training.flow_path", "RL samples the straight flow path (Flow-GRPO's SDE): use condot"))
+    if objective == "sample":
+        out.append(("training.objective", "RL needs an epsilon, v_prediction or flow model"))
+    if rl.method == "grpo" and rl.num_images_per_prompt == 1 and rl.num_batches_per_epoch * t.batch_size == 1 and \
+            not rl.per_prompt_stat_tracking:
+        out.append(("rl.num_images_per_prompt", "one image per epoch has advantage 0, so nothing would learn: use "
+                                                "4-8 images per prompt (the group GRPO compares)"))
     return out

@@ -311,3 +311,14 @@ def no_grad(fn):
         with torch.no_grad():
             return fn(*args)
     return wrapped
+
+
+def text_only_source(dataset, seed: int, family, comps, device: str) -> BatchSource:
+    """A BatchSource with no images, only the text encoder (RL from the first step on a prompts file: no dataset
+    to train on, prompts to encode)."""
+    encode_text = no_grad(on_device_first(list(comps.text_encoders), device,
+                                          lambda captions: family.encode_text(comps, captions)))
+    source = BatchSource([], dataset, seed, encode_image=None, encode_text=encode_text, device=device)
+    source.text_cache_dir, source.encoder_id = None, ""
+    source.val_indices = []
+    return source

@@ -238,16 +238,19 @@ def export_full(folder: Path, stem: str, pipeline) -> Path:
 class Ema:
     """An exponential moving average of the trained parameters (fp32 copies), swapped in while saving.
 
-    ema <- decay * ema + (1 - decay) * weights after every optimizer step. The saved LoRA files hold the average;
-    training continues from the raw weights. Its state is part of the resume state.
+    ema <- decay * ema + (1 - decay) * weights after every `interval`-th optimizer step. The saved files and the
+    samples hold the average; training continues from the raw weights. Its state is part of the resume state.
     """
 
-    def __init__(self, params: list, decay: float):
-        self.params, self.decay = params, decay
+    def __init__(self, params: list, decay: float, interval: int = 1):
+        self.params, self.decay, self.interval = params, decay, interval
         self.shadow = [p.detach().float().clone() for p in params]
 
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self, step: int) -> None:
+        """After optimizer step `step` (counted from 1)."""
+        if step % self.interval:
+            return
         torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1.0 - self.decay)
 
     @contextlib.contextmanager

@@ -24,18 +24,21 @@ from engine.training.setup import Run, freeze_finished_components, idle_modules,
     network_shape, park_idle, setup
 
 CONTROL_REQUESTS = ("stop", "save_now", "sample_now")
+LATER_PHASE_MODES = ("rl",)  # training modes whose training is a phase the caller gives run() (engine/rl)
 
 
-def run(run_dir: Path, resume: bool | Path = False) -> int:
-    """resume: False (a new run), True (the latest state) or a kept checkpoint's state file."""
+def run(run_dir: Path, resume: bool | Path = False, phases: dict | None = None) -> int:
+    """resume: False (a new run), True (the latest state) or a kept checkpoint's state file. phases: training.mode
+    -> the phase that runs after the main training, as (run, loop module) -> outcome (engine/cli.py gives rl's,
+    which this package may not import)."""
     from engine.training.distributed import is_main_process
 
     run_dir = Path(run_dir)
     if not is_main_process():  # another GPU's process under accelerate launch: the main one owns the folder
-        return run_locked(run_dir, resume, lock=None)
+        return run_locked(run_dir, resume, lock=None, phases=phases)
     try:
         with RunLock(run_dir) as lock:
-            return run_locked(run_dir, resume, lock)
+            return run_locked(run_dir, resume, lock, phases)
     except RunLocked as e:  # said on stderr, not as an event: the engine that holds the lock owns events.jsonl
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
@@ -45,7 +48,7 @@ def run(run_dir: Path, resume: bool | Path = False) -> int:
         return 2
 
 
-def run_locked(run_dir: Path, resume: bool | Path, lock: RunLock | None) -> int:
+def run_locked(run_dir: Path, resume: bool | Path, lock: RunLock | None, phases: dict | None = None) -> int:
     """The run in this process; `lock` is None in the processes of a multi-GPU run that are not the main one: they
     write no events and no files (engine/training/distributed.py)."""
     from engine.training.distributed import WorkerEvents, rank
@@ -66,6 +69,10 @@ def run_locked(run_dir: Path, resume: bool | Path, lock: RunLock | None) -> int:
                                            f"behind: {', '.join(p.name for p in removed)}.")
         preset = load_preset(run_dir / "preset.yaml")
         console.every = preset.output.log_every_n_steps
+        later = (phases or {}).get(preset.training.mode)
+        if preset.training.mode in LATER_PHASE_MODES and later is None:  # a caller's mistake, said before loading
+            raise RuntimeError(f"training.mode {preset.training.mode} needs its phase: start it with python -m "
+                               f"engine train")
         if resume:
             ckpt.require_state(ckpt.state_file(run_dir, resume))  # decided before minutes of model loading
         if preset.training.mode == "vae":  # the model's VAE alone
@@ -76,7 +83,10 @@ def run_locked(run_dir: Path, resume: bool | Path, lock: RunLock | None) -> int:
             r = setup(run_dir, preset, events, resume)
         # a run resumed inside a reflow iteration goes on there (its batches are that iteration's pairs)
         inside_reflow = r.reflow_iteration is not None and r.step < r.total_steps
-        outcome = "done" if inside_reflow else loop(r)
+        if later is not None:  # RL: the warmup (the main loop) and the RL epochs
+            outcome = later(r, sys.modules[__name__])
+        else:
+            outcome = "done" if inside_reflow else loop(r)
         if outcome == "done" and preset.training.reflow_steps:  # EveryDream2's reflow iterations
             from engine.training.reflow import run_reflow
 
@@ -129,6 +139,9 @@ def console_line(event: dict) -> None:
         text = f"{kind.upper()}: {event['message']}" + (f"\n  hint: {event['hint']}" if event.get("hint") else "")
     elif kind == "val":
         text = f"validation at step {event['step']}: val_loss {event['val_loss']:.4f}  (best {event['best']:.4f})"
+    elif kind == "rl":
+        text = (f"RL epoch {event['rl_epoch']}: reward {event['reward_mean']:.4g} +- {event['reward_std']:.3g} over "
+                f"{event['images']} images (min {event['reward_min']:.4g}, max {event['reward_max']:.4g})")
     elif kind in ("saved", "sample"):
         text = f"{kind}: {event['path']}"
     else:
@@ -203,7 +216,7 @@ def optimizer_step(r: Run, group: list[list[int]]) -> float:
     r.optim.step(mean)
     r.optim.zero_grad()
     if r.ema is not None:
-        r.ema.update()
+        r.ema.update(r.step + 1)
     freeze_finished_components(r)
     return mean
 
@@ -391,6 +404,8 @@ def resume_state(r: Run, rngs: list[dict]) -> dict:
             "samples": len(r.dataset_samples or r.samples),
             "weights": ckpt.trained_weights(named_trainables(r), r.trained_names),
             "reflow_iteration": r.reflow_iteration,
+            "phase_state": {name: part.state_dict() if hasattr(part, "state_dict") else part
+                            for name, part in r.phase_state.items()},
             "optim": r.optim.state_dict(), "rng": rngs[0], "rng_processes": rngs if len(rngs) > 1 else None,
             "ema": r.ema.state_dict() if r.ema else None, "best": r.best.state_dict() if r.best else None}
 
@@ -416,6 +431,8 @@ def render_samples(r: Run, final: bool = False) -> None:
         results = render_family_samples(r, prompts, size)
     else:
         results = render_pipeline_samples(r, prompts, size)
+    if r.score_samples is not None:  # RL: each sample's reward beside it
+        r.score_samples(results)
     for result in results:
         r.emit("sample", **result)
     # training s/it never includes this: the step timer stops before at_boundary
@@ -438,13 +455,15 @@ def render_family_samples(r: Run, prompts: list[str], size: tuple[int, int]) -> 
 
 
 def render_pipeline_samples(r: Run, prompts: list[str], size: tuple[int, int]) -> list[dict]:
-    """The family's diffusers pipeline, at every LoRA strength (engine/sampling/render.py)."""
+    """The family's diffusers pipeline, at every LoRA strength (engine/sampling/render.py), with the EMA weights
+    when on: the samples show what the saved files hold."""
     from engine.sampling.render import sample_images
 
     sampling = r.preset.sampling
     cond = r.comps.extra.get("prompt_cond")
     cond = cond if cond and all(p in cond for p in prompts) else None
-    with whole_model_on_device(r, text_encoders=cond is None), vae_in_pipeline_dtype(r), torch.no_grad():
+    with whole_model_on_device(r, text_encoders=cond is None), vae_in_pipeline_dtype(r), torch.no_grad(), \
+            (r.ema.applied() if r.ema else contextlib.nullcontext()):
         results = sample_images(
             r.family.pipeline(r.comps), prompts, sampling.negative_prompt, sampling.seed, sampling.steps,
             sampling.guidance_scale, size[0], size[1], sampling.strengths, r.run_dir / "samples", r.step,

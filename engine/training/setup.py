@@ -62,6 +62,9 @@ class Run:
     dataset_samples: list = field(default_factory=list)
     dataset_batches: object = None
     trained_names: dict = field(default_factory=dict)  # named_trainables key -> the names of its trained params
+    # a later phase's own state (engine/rl's trainer): saved in the resume state through its state_dict()
+    phase_state: dict = field(default_factory=dict)
+    score_samples: object = None  # (sample results) -> None, adding a "reward" to each (training.mode rl)
     started_at: float = field(default_factory=time.time)  # when training began (kept across resumes)
     _epoch_cache: dict = field(default_factory=dict)
 
@@ -324,12 +327,17 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
     if warning:
         events.emit("warning", message=warning)
     v = preset.validation
-    with processes.main_first():  # the main process writes the caches, the others read them
-        samples, batches = prepare_batches(preset.dataset, training, preset.network, family, comps, device,
-                                           warn=lambda message: events.emit("warning", message=message),
-                                           progress=lambda phase, text: lambda n, total: events.emit(
-                                               "status", phase=phase, text=text, n=n, total=total),
-                                           validation=v if (v.folder or v.fraction > 0) else None)
+    if needs_dataset(preset):
+        with processes.main_first():  # the main process writes the caches, the others read them
+            samples, batches = prepare_batches(preset.dataset, training, preset.network, family, comps, device,
+                                               warn=lambda message: events.emit("warning", message=message),
+                                               progress=lambda phase, text: lambda n, total: events.emit(
+                                                   "status", phase=phase, text=text, n=n, total=total),
+                                               validation=v if (v.folder or v.fraction > 0) else None)
+    else:  # RL from the first step on a prompts file: nothing to cache
+        from engine.data.cache import text_only_source
+
+        samples, batches = [], text_only_source(preset.dataset, training.seed, family, comps, device)
     status = lambda phase, text, **progress: events.emit("status", phase=phase, text=text, **progress)  # noqa: E731
     encode_sample_prompts(family, comps, preset.sampling, batches, status)
     park(idle_parts(comps, batches, device))
@@ -343,9 +351,11 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
                                    accelerator, events)
         training = preset.training
     per_epoch = steps_per_epoch(batches_per_epoch(bucket_counts(samples), training.batch_size),
-                                training.grad_accum * processes.world)
+                                training.grad_accum * processes.world) if samples else 0
     main = total_steps(training.max_steps, training.max_epochs, per_epoch)
     total = main + total_reflow_steps(training, processes.world)  # the LR schedule spans the reflow too
+    if training.mode == "rl":  # the supervised warmup is the main phase; RL (engine/rl) takes the rest
+        main, total = min(preset.rl.warmup_steps, training.max_steps), training.max_steps
     objective_name = training.objective if training.objective != "auto" else comps.prediction_type
     objective = make_objective(objective_name, comps.alphas_cumprod, training.timestep_sampling,
                                training.sigmoid_scale, training.discrete_flow_shift, flow_path=training.flow_path)
@@ -374,7 +384,7 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
     r.cadence = ckpt.Cadence(preset.output)
     r.trained_names = ckpt.trainable_names(named_trainables(r))
     if training.ema.enabled:
-        r.ema = ckpt.Ema(params, training.ema.decay)
+        r.ema = ckpt.Ema(params, training.ema.decay, training.ema.update_interval)
     if batches.val_indices:
         from engine.training.validation import Best
 
@@ -384,6 +394,12 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
         r.compile_timer = CompileTimer(lambda seconds: r.status(
             "training", f"torch.compile: {seconds:.0f} s one-off compile time in the first step"))
     return r
+
+
+def needs_dataset(preset) -> bool:
+    """Every run trains on its dataset, but RL without a supervised warmup on a prompts file."""
+    rl = preset.rl
+    return not (preset.training.mode == "rl" and rl.warmup_steps == 0 and rl.prompts_file)
 
 
 def check_rectified_flow(objective: str, prediction_type: str, model_cfg) -> None:
@@ -558,6 +574,7 @@ def restore(r: Run) -> None:
     if r.best is not None:
         r.best.load_state_dict(state.get("best"))
     r.step, r.epoch, r.cursor = state["step"], state["epoch"], state["cursor"]
+    r.phase_state = dict(state.get("phase_state") or {})
     r.started_at = state.get("started_at", r.started_at)
     freeze_finished_components(r)
     r.status("resuming", f"Resuming at step {r.step} of {r.total_steps} (epoch {r.epoch + 1})")

@@ -156,7 +156,7 @@ def setup_vae(run_dir: Path, preset, events, resume):
     r.cadence = ckpt.Cadence(preset.output)
     r.trained_names = ckpt.trainable_names(named_trainables(r))
     if training.ema.enabled:
-        r.ema = ckpt.Ema(params, training.ema.decay)
+        r.ema = ckpt.Ema(params, training.ema.decay, training.ema.update_interval)
     if source.val_indices:
         from engine.training.validation import Best
 

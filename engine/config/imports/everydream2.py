@@ -21,6 +21,7 @@ SAME = {"data_root": "dataset.path", "resolution": "dataset.resolution_px", "bat
         "clip_grad_norm": "training.clip_grad_norm", "log_step": "output.log_every_n_steps",
         "reflow_steps": "training.reflow_steps", "reflow_sample_steps": "training.reflow_sample_steps",
         "reflow_gen_batches": "training.reflow_gen_batches", "reflow_train_epochs": "training.reflow_train_epochs",
+        "ema_update_interval": "training.ema.update_interval",
         # zero-frequency noise is offset noise: noise + ratio x a per-channel constant
         "zero_frequency_noise_ratio": "training.noise_offset"}
 # keys with no Easel meaning, and why (said to the user)
@@ -40,7 +41,7 @@ NO_MEANING = {
     "enable_zero_terminal_snr": "not in Easel yet", "load_settings_every_epoch": "not in Easel",
     "run_name": "output.run_name comes from project_name",
     "ema_strength_target": "Easel's EMA takes a decay (training.ema.decay)",
-    "ema_update_interval": "Easel's EMA updates every step", "ema_device": "Easel keeps the EMA beside the weights",
+    "ema_device": "Easel keeps the EMA beside the weights",
     "ema_sample_nonema_model": "Easel samples the EMA weights when the EMA is on",
     "ema_sample_ema_model": "Easel samples the EMA weights when the EMA is on",
     "ema_resume_model": "a resume restores Easel's EMA from the run's state",
