@@ -190,6 +190,13 @@ def _print_dry_run(preset) -> int:
     print("# resolved preset")
     print(dump_preset(preset))
     print("# plan (dry run: no model loaded)")
+    if preset.training.mode == "rl":
+        from engine.rl.plan import describe_rl
+
+        print(describe_rl(preset))
+        if preset.rl.warmup_steps == 0 and preset.rl.prompts_file:  # RL alone needs no dataset
+            _print_fit(preset, images=0)
+            return 0
     if not preset.dataset.path or not Path(preset.dataset.path).is_dir():
         print(f"dataset folder not found: {preset.dataset.path or '(dataset.path is empty)'} — set dataset.path "
               f"(or DATA_DIR) to your image folder")

@@ -286,3 +286,14 @@ def test_the_guides_presets_load_with_its_values():
     assert (nft.rl.method, nft.rl.nft_beta, nft.rl.decay_type, nft.rl.kl_beta, nft.training.ema.decay) == \
         ("nft", 0.5, 1, 0.01, 0.999)
     assert grpo.rl.warmup_steps == 500 and nft.rl.warmup_steps == 1000 and grpo.rl.num_images_per_prompt == 4
+
+
+def test_the_dry_run_says_what_an_rl_run_will_do(capsys):
+    from engine.cli import train as cli_train
+
+    code = cli_train([str(PROJECT_ROOT / "presets" / "rl-grpo.yaml"), "--dry-run", "--set", "rl.warmup_steps=0",
+                      "--set", "training.max_steps=101"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "RL (GRPO): 0 supervised warmup step(s), then 101 RL steps in 101 epoch(s) of 1 step(s)" in out
+    assert "4 rollout images" in out and "4 forward pass(es) per trained step (guidance on, KL on)" in out

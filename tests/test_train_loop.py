@@ -170,3 +170,23 @@ def test_the_console_gets_a_step_line_every_n_steps_and_the_events_every_step(de
     printed = [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
     assert printed == ["1/7", "3/7", "6/7", "7/7"]
     assert [e["step"] for e in events if e["kind"] == "step"] == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_samples_show_the_ema_weights_when_the_ema_is_on(demo_preset, tmp_path):
+    """With decay 1.0 the average never leaves the starting weights: the last samples are the base model's (the
+    step-0 samples), pixel for pixel, while the raw weights trained on. Without EMA they differ."""
+    import numpy as np
+    from PIL import Image
+
+    def first_and_last(*overrides):
+        run_dir, code, events = start(demo_preset, tmp_path / "_".join(overrides), "sampling.prompts=[a red circle]",
+                                      "sampling.at_start=true", "sampling.strengths=[1.0]", "sampling.steps=4",
+                                      "training.max_steps=8", *overrides)
+        assert code == 0, events[-1]
+        samples = [e["path"] for e in events if e["kind"] == "sample"]
+        return [np.asarray(Image.open(p), dtype=np.int16) for p in (samples[0], samples[-1])]
+
+    base, last = first_and_last("training.ema.enabled=true", "training.ema.decay=1.0")
+    assert np.array_equal(base, last)
+    base, last = first_and_last("training.ema.enabled=false")
+    assert np.abs(base - last).max() > 0

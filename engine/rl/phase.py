@@ -37,12 +37,14 @@ STOP_POLL_S = 0.5
 def run_rl(r, loop) -> str:
     """The supervised warmup (the loop's main phase, rl.warmup_steps), then RL epochs until training.max_steps.
     loop: the engine/training/loop.py module (its loop, report_step, at_boundary, save_checkpoint)."""
+    if r.step >= r.total_steps:
+        return "finished before"  # a resumed run that had ended
     if r.step < r.main_steps:
         outcome = loop.loop(r)
         if outcome != "done":
             return outcome
-    if r.step >= r.total_steps:
-        return "done" if r.main_steps else "finished before"
+    elif r.step == 0 and r.preset.sampling.at_start:
+        loop.render_samples(r)  # the base model, for comparison (the warmup's loop renders them otherwise)
     return RlTrainer(r, loop).run()
 
 
@@ -73,6 +75,14 @@ class RlTrainer:
             if self.old is not None and state.get("old"):
                 self.old.load_state_dict(state["old"])
         r.phase_state["rl"] = self  # what the resume state saves (state_dict below)
+        network = r.preset.network
+        if network.train_text_encoder:
+            r.emit("warning", message="RL trains the denoiser only: the text encoder's LoRA keeps the weights of the "
+                                      "warmup (network.train_text_encoder).")
+        if rl.method == "grpo" and network.type == "lora" and network.dropout > 0:
+            r.emit("warning", message=f"network.dropout {network.dropout:g}: the rollouts run without dropout and "
+                                      f"the training steps with it, so GRPO's probability ratios start off 1 and "
+                                      f"clip sooner. 0 is usual for RL.")
         r.score_samples = self.score_samples
 
     def state_dict(self) -> dict:
@@ -93,7 +103,8 @@ class RlTrainer:
             if self.train(batches, rollout_s=time.perf_counter() - started) == "stop":
                 return "stopped"
             if self.old is not None:
-                self.old.follow(r.params, old_model_decay(r.step, self.rl.decay_type))
+                # DiffusionNFT's schedule counts RL steps, not the warmup's
+                self.old.follow(r.params, old_model_decay(r.step - r.main_steps, self.rl.decay_type))
             self.epoch += 1
         return "done"
 
@@ -219,7 +230,6 @@ class RlTrainer:
         return None
 
     def optimizer_step(self, minibatches: list, g: torch.Generator) -> float:
-        from engine.failures import NonFiniteLoss
         from engine.training.setup import freeze_finished_components
 
         r, rl = self.r, self.rl
@@ -237,8 +247,11 @@ class RlTrainer:
                 for name, value in terms.items():
                     terms_sum[name] = terms_sum.get(name, 0) + value.detach() / (trained * len(minibatches))
         mean = torch.stack(losses).float().mean().item()  # the step's one host sync
-        if not math.isfinite(mean):
-            raise NonFiniteLoss(r.step + 1, mean, [p for b, i in minibatches[0] for p in [b.prompts[i]]])
+        if not math.isfinite(mean):  # before the optimizer step: the weights keep their last values
+            raise UserError(f"The RL loss became {mean} at step {r.step + 1}, so the weights were not updated; the "
+                            f"run's last checkpoint is kept.",
+                            "Lower optimizers.unet.lr, rl.adv_clip_max or the reward weights (rl.rewards), or raise "
+                            "rl.kl_beta, and resume from the last checkpoint.")
         if r.preset.training.clip_grad_norm > 0:
             r.accelerator.clip_grad_norm_(r.params, r.preset.training.clip_grad_norm)
         r.optim.step(mean)

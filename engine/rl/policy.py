@@ -58,8 +58,16 @@ class Policy:
     def predict(self, x, t, cond: dict, size_cond=None, guided: bool | None = None):
         """The model's prediction in fp32; guided (default: self.guided) adds the unconditional pass."""
         guided = self.guided if guided is None else guided
-        if "guidance_scale" in self.comps.extra:  # FLUX dev's distilled guidance
-            self.comps.extra["guidance_scale"] = self.guidance_scale
+        extra = self.comps.extra
+        if "guidance_scale" in extra:  # FLUX dev's distilled guidance: the rollouts', then training's back
+            trained_with, extra["guidance_scale"] = extra["guidance_scale"], self.guidance_scale
+            try:
+                return self._predict(x, t, cond, size_cond, guided)
+            finally:
+                extra["guidance_scale"] = trained_with
+        return self._predict(x, t, cond, size_cond, guided)
+
+    def _predict(self, x, t, cond, size_cond, guided: bool):
         if not guided:
             return self.family.predict(self.comps, x.to(self.dtype), t, cond, size_cond).float()
         n = len(x)

@@ -1,7 +1,8 @@
 """Rollouts: images sampled with the current weights, with every step recorded for training.
 
     batch = roll_out(policy, cond, size_cond, noise, grid, generator, stochastic=True)
-batch.latents [B, T + 1, ...] are the states x_T .. x_0 the sampler visited (on the device, fp32),
+batch.latents [B, T + 1, ...] are the states x_T .. x_0 the sampler visited (on the device, fp32; [B, 1, ...],
+x_0 alone, for the deterministic sampler),
 batch.log_probs [B, T] the log-density of each drawn step (engine/rl/steps.py), batch.grid [T + 1] the noise
 levels. GRPO trains on the recorded steps; NFT only needs the final x_0 (DiffusionNFT re-noises it), so its
 rollouts can run the deterministic sampler (stochastic=False: eta 0 / the ODE's Euler step).
@@ -49,6 +50,8 @@ def roll_out(policy, prompts: list[str], cond: dict, size_cond, noise: torch.Ten
             x = deterministic_step(policy, x, pred, t, t_prev)
             log_probs.append(torch.zeros(len(x), device=x.device))
         states.append(x)
+    if not stochastic:  # nothing trains on the path: keep x_0 alone (FLUX at 1024 px: ~50 MB an image saved)
+        states = states[-1:]
     return RolloutBatch(prompts=prompts, cond=cond, size_cond=size_cond, latents=torch.stack(states, dim=1),
                         log_probs=torch.stack(log_probs, dim=1), grid=grid)
 
@@ -64,9 +67,15 @@ def deterministic_step(policy, x, pred, t, t_prev):
     return a_prev * x0 + s_prev * eps
 
 
+DECODE_CHUNK = 4  # images through the VAE at once: a whole rollout batch at 1024 px would not fit beside the model
+
+
 @torch.no_grad()
 def decode(family, comps, latents: torch.Tensor) -> list:
     """Latents in the denoiser's space -> PIL images (the family's decode_image, else the VAE's decoder)."""
+    if len(latents) > DECODE_CHUNK:
+        return [image for k in range(0, len(latents), DECODE_CHUNK)
+                for image in decode(family, comps, latents[k:k + DECODE_CHUNK])]
     from PIL import Image
 
     if family.decode_image is not None:

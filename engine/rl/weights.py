@@ -7,7 +7,9 @@
 
 With a LoRA the trained weights are the adapter's (a few MB to ~100 MB), so the old model costs one adapter and the
 reference nothing: the base weights are shared. A full fine-tune has no adapter to switch off: its reference is a
-copy of the weights RL started from (one more model in memory), made only when rl.kl_beta > 0.
+copy of the weights RL started from (one more model in memory), made only when rl.kl_beta > 0; a resumed full
+fine-tune takes the weights it resumed with as its reference (saving a second model in every resume state would
+double its size).
 """
 from __future__ import annotations
 

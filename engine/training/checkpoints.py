@@ -247,9 +247,9 @@ class Ema:
         self.shadow = [p.detach().float().clone() for p in params]
 
     @torch.no_grad()
-    def update(self, step: int) -> None:
-        """After optimizer step `step` (counted from 1)."""
-        if step % self.interval:
+    def update(self, step: int | None = None) -> None:
+        """After optimizer step `step` (counted from 1); None updates whatever the interval."""
+        if step is not None and step % self.interval:
             return
         torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1.0 - self.decay)
 

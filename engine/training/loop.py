@@ -163,7 +163,10 @@ def loop(r: Run) -> str:
     if r.step == 0 and r.preset.sampling.at_start:
         render_samples(r)  # the base model, for comparison
     end = min(r.phase_end, r.total_steps)  # reflow trains phase by phase; the benches move total_steps
-    if r.reflow_iteration is None:
+    if r.preset.training.mode == "rl":
+        r.status("training", f"Supervised warmup: steps {r.step + 1}-{end} on the dataset, then RL to step "
+                             f"{r.total_steps}")
+    elif r.reflow_iteration is None:
         r.status("training", f"Training {r.total_steps} steps from step {r.step}")
     while r.step < end:
         batches = r.epoch_batches()

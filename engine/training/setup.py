@@ -385,6 +385,9 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
     r.trained_names = ckpt.trainable_names(named_trainables(r))
     if training.ema.enabled:
         r.ema = ckpt.Ema(params, training.ema.decay, training.ema.update_interval)
+        warning = ema_too_slow(training.ema, total)
+        if warning:
+            events.emit("warning", message=warning)
     if batches.val_indices:
         from engine.training.validation import Best
 
@@ -394,6 +397,17 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
         r.compile_timer = CompileTimer(lambda seconds: r.status(
             "training", f"torch.compile: {seconds:.0f} s one-off compile time in the first step"))
     return r
+
+
+def ema_too_slow(ema, total: int) -> str | None:
+    """The EMA averages over about 1 / (1 - decay) updates; past a third of the run the samples and files (which
+    show the EMA) show little of the training."""
+    span = ema.update_interval / max(1e-12, 1 - ema.decay)
+    if span <= total / 3:
+        return None
+    return (f"training.ema.decay {ema.decay:g} averages over ~{span:,.0f} steps, more than a third of this run's "
+            f"{total}: the samples and saved files (the EMA) will show little of the training. Lower it (e.g. "
+            f"{max(0.9, 1 - 3 * ema.update_interval / max(total, 1)):.3g}), or train longer.")
 
 
 def needs_dataset(preset) -> bool:

@@ -65,7 +65,8 @@ class TensorBoardSink:
             return  # a sample file that cannot be read is only missing from TensorBoard
         tag = f"samples/{Path(event['path']).stem.split('_', 1)[-1]} {event['prompt'][:48]}"  # p00_s1.00 and the prompt
         if "reward" in event:
-            self.writer.add_scalar(f"samples_reward/{event['prompt'][:48]}", event["reward"], event["step"])
+            self.writer.add_scalar(f"samples_reward/{event['prompt'][:48]} x{event['strength']:g}", event["reward"],
+                                   event["step"])
         self.writer.add_image(tag, pixels, event["step"], dataformats="HWC")
 
     def close(self) -> None:
