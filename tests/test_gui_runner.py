@@ -212,3 +212,13 @@ def test_the_loss_plot_gets_numbers_even_before_the_first_step(tmp_path):
     w.emit("step", step=1, total_steps=2, epoch=1, loss=0.5, lr={"unet": 1e-4}, s_per_it=0.1, eta_s=0.1, vram_gb=None)
     view.poll()
     assert _loss_frame(view).values.tolist() == [[1, 0.5]]
+
+
+def test_the_run_log_shows_rl_epochs_and_sample_rewards():
+    from ui.run_state import event_line
+
+    line = event_line({"t": 0, "kind": "rl", "rl_epoch": 3, "reward_mean": 0.51234, "reward_std": 0.0042,
+                       "images": 8})
+    assert line.endswith("RL epoch 3: reward 0.5123 ± 0.0042 over 8 images")
+    sample = event_line({"t": 0, "kind": "sample", "step": 40, "strength": 1.0, "path": "s/step40.png", "reward": 0.7})
+    assert "reward 0.7" in sample and sample.endswith("step40.png")

@@ -47,7 +47,12 @@ def event_line(e: dict) -> str | None:
         return (f"{stamp} step {e.get('step')}/{e.get('total_steps', '?')}  loss {loss:.4f}  lr {_lr_text(e.get('lr'))}"
                 f"  {e.get('s_per_it', 0):.2f} s/it" if isinstance(loss, (int, float)) else None)
     if kind == "sample":
-        return f"{stamp} sample (step {e.get('step')}, strength {e.get('strength')}): {Path(str(e.get('path'))).name}"
+        reward = f", reward {e['reward']:.4g}" if isinstance(e.get("reward"), (int, float)) else ""
+        return (f"{stamp} sample (step {e.get('step')}, strength {e.get('strength')}{reward}): "
+                f"{Path(str(e.get('path'))).name}")
+    if kind == "rl":  # an RL epoch's rollouts were scored
+        return (f"{stamp} RL epoch {e.get('rl_epoch')}: reward {e.get('reward_mean', 0):.4g} ± "
+                f"{e.get('reward_std', 0):.3g} over {e.get('images')} images")
     if kind == "saved":
         return f"{stamp} saved {e.get('format', '')} {e.get('path')}"
     if kind == "warning":
