@@ -20,6 +20,7 @@ COMMANDS = {
     "caption": ("engine.captions.captioning:cli", "caption images with a local model: python -m engine caption DATASET --model M"),
     "captions": ("engine.captions.edit:cli", "bulk caption edits with preview, backup and undo"),
     "lr-preview": ("engine.lr_preview:cli", "plot the LR of every component: python -m engine lr-preview PRESET --out lr.png"),
+    "score": ("engine.rl.score:cli", "score images with a preset's RL rewards: python -m engine score PRESET [FOLDER | --samples RUN_DIR]"),
     "tensorboard": ("engine.tensorboard_view:cli", "show the runs' TensorBoard logs: python -m engine tensorboard [RUNS] [--port N]"),
     "doctor": ("engine.system_doctor:cli", "check this PC for training: GPU, driver, CUDA build, RAM, disk [--json]"),
 }

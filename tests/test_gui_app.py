@@ -278,3 +278,28 @@ def test_start_checks_folders_before_making_a_run_folder(app, tmp_path):
     from ui.tab_run import preflight
     data["dataset"]["path"], data["model"]["path"] = str(tmp_path), "stable-diffusion-v1-5/stable-diffusion-v1-5"
     assert preflight(preset_from_dict(data)) == []
+
+
+def test_the_rl_tabs_score_button_scores_the_dataset_and_names_a_server_that_is_down(app, tmp_path):
+    import dataclasses
+
+    from engine.demo import make_dataset
+
+    data = make_dataset(tmp_path / "shapes")
+    rl = dataclasses.replace(Preset().rl, rewards={"brightness": 1.0, "jpeg_compressibility": 0.1})
+    preset = dataclasses.replace(Preset(), dataset=dataclasses.replace(Preset().dataset, path=str(data)), rl=rl)
+    fn = next(f for f in app.fns.values() if f.api_name == "score_rewards")
+    source = next(c for c in fn.inputs if getattr(c, "elem_id", None) == "rl-score-source")
+    view = next(c for c in fn.inputs if c not in app.easel_form.inputs() and c is not source)
+    out = fn.fn(form_values(app, preset, {source: "the dataset", view: None}))
+    text = " ".join(str(v) for v in out.values())
+    assert "Scored 16 image(s) with brightness × 1, jpeg_compressibility × 0.1" in text
+    table = next(v for v in out.values() if isinstance(v, dict) and v.get("visible"))["value"]
+    assert list(table.columns) == ["image", "prompt", "total", "brightness", "jpeg_compressibility"]
+    assert len(table) == 16 and table["brightness"].between(0, 1).all()
+    down = dataclasses.replace(preset, rl=dataclasses.replace(rl, rewards={"server": 1.0}, reward_server_retries=1,
+                                                              reward_server_url="http://127.0.0.1:9/reward"))
+    out = fn.fn(form_values(app, down, {source: "the dataset", view: None}))
+    assert "does not answer" in " ".join(str(v) for v in out.values()) and "127.0.0.1:9" in str(out)
+    out = fn.fn(form_values(app, preset, {source: "the last run's samples", view: None}))
+    assert "No run yet" in str(out)

@@ -12,7 +12,7 @@ import gradio as gr
 from engine.config.load import ConfigError, load_preset
 from engine.config.save import dump_preset
 from engine.config.schema import Preset
-from ui import demo, tab_caption, tab_dataset, tab_run, tab_samples, tab_schedule, tab_training
+from ui import demo, tab_caption, tab_dataset, tab_rl, tab_run, tab_samples, tab_schedule, tab_training
 from ui.fields import Form, format_problems, problems_of
 from ui.presets import PROJECT_ROOT, PresetLibrary
 
@@ -62,6 +62,8 @@ def build_app(ctx: AppContext | None = None) -> gr.Blocks:
                 sch = tab_schedule.build(form)
             with gr.Tab("Samples", id="samples"):
                 tab_samples.build(form)
+            with gr.Tab("RL", id="rl"):
+                rl_tab = tab_rl.build(form)
             with gr.Tab("Run", id="run"):
                 run = tab_run.build()
             with gr.Tab("YAML", id="yaml"):
@@ -81,13 +83,14 @@ def build_app(ctx: AppContext | None = None) -> gr.Blocks:
                                            outputs=form.components())).then(
                 wiring.on_edit, inputs={*form.inputs(), bar["baseline"], bar["path"]}, outputs=wiring.edit_outputs)
         tab_run.wire(ctx, form, run, problem_outputs)
+        tab_rl.wire(form, rl_tab, run["view"])
         tab_dataset.wire(ctx, form, ds)
         tab_caption.wire(ctx, form, cap)
         demo.wire(ctx, form, bar, run, wiring)
         app.load(lambda path: {run["view"]: tab_run.attach(ctx, path)}, inputs=bar["remember"], outputs=[run["view"]]) \
             .then(lambda v: tab_run.render(v, run, force=True), inputs=run["view"],
-                  outputs=[run[k] for k in ("progress", "folder", "log", "loss", "samples", "files", "error",
-                                       "engine_log")])
+                  outputs=[run[k] for k in ("progress", "folder", "log", "loss", "reward", "samples", "files",
+                                       "error", "engine_log")])
         # one load chain (not parallel loads that could overwrite each other): reopen, then draw the LR curve
         wiring.after_load(app.load(wiring.restore, inputs=bar["remember"], outputs=wiring.load_outputs))
     app.easel_ctx, app.easel_form = ctx, form  # for tests and gui.py

@@ -51,7 +51,7 @@ def prepare(demo_dir: Path, cwd: Path, flags: list[str] = ()) -> Path:
 
 def wire(ctx, form, bar: dict, run: dict, wiring) -> None:
     outputs = [*wiring.load_outputs, *[run[k] for k in ("view", "message", "folder", "progress", "log", "loss",
-                                                         "samples", "files", "error", "engine_log")]]
+                                                         "reward", "samples", "files", "error", "engine_log")]]
 
     for button, (flags, preparing, loaded, started) in DEMOS.items():
         handler = demo_handler(ctx, bar, run, wiring, flags, preparing, loaded, started)

@@ -72,6 +72,7 @@ class RunView:
     offset: int = 0
     log: list[str] = field(default_factory=list)
     loss_points: list[tuple[int, float]] = field(default_factory=list)
+    reward_points: list[tuple[int, float]] = field(default_factory=list)  # (step, an RL epoch's mean reward)
     last_step: dict | None = None
     phase: str = ""
     samples: list[dict] = field(default_factory=list)
@@ -109,6 +110,8 @@ class RunView:
             self.last_step, self.phase = e, "training"
             if isinstance(e.get("loss"), (int, float)):
                 self.loss_points.append((int(e["step"]), float(e["loss"])))
+        elif kind == "rl" and isinstance(e.get("reward_mean"), (int, float)):
+            self.reward_points.append((int(e.get("step") or 0), float(e["reward_mean"])))
         elif kind == "sample":
             self.samples.append(e)
         elif kind == "saved":

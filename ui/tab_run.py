@@ -40,6 +40,9 @@ def build() -> dict:
         with gr.Column(scale=2):
             loss = gr.LinePlot(x="step", y="loss", height=280, elem_id="run-loss", x_title="step",
                                y_title="loss", label="Loss")
+            # RL runs (training.mode rl): each epoch's mean reward; hidden until a run has one
+            reward = gr.LinePlot(x="step", y="reward", height=220, elem_id="run-reward", x_title="step",
+                                 y_title="mean reward", label="Reward (RL)", visible=False)
     samples = gr.Gallery(label="Samples (newest step first; a LoRA's at each strength)", columns=8,
                          height="auto", elem_id="run-samples", object_fit="contain", preview=False)
     files = gr.File(label="Output files (.safetensors)", file_count="multiple", interactive=False,
@@ -50,7 +53,7 @@ def build() -> dict:
     view = gr.State(None)
     timer = gr.Timer(TICK_S)
     return {"start": start, "stop": stop, "resume": resume, "sample_now": sample_now, "save_now": save_now,
-            "message": message, "folder": folder, "progress": progress, "error": error, "log": log, "loss": loss,
+            "message": message, "folder": folder, "progress": progress, "error": error, "log": log, "loss": loss, "reward": reward,
             "samples": samples, "files": files, "engine_log": engine_log, "view": view, "timer": timer}
 
 
@@ -114,6 +117,12 @@ def _loss_frame(view: RunView) -> pd.DataFrame:
     return pd.DataFrame({"step": pd.Series(steps, dtype="int64"), "loss": pd.Series(losses, dtype="float64")})
 
 
+def _reward_update(view: RunView):
+    steps, rewards = zip(*view.reward_points) if view.reward_points else ((), ())
+    frame = pd.DataFrame({"step": pd.Series(steps, dtype="int64"), "reward": pd.Series(rewards, dtype="float64")})
+    return gr.update(value=frame, visible=bool(view.reward_points))
+
+
 def render(view: RunView | None, parts: dict, force: bool = False) -> dict:
     """Updates for the tab's outputs; unchanged ones are skipped so the page does not flicker."""
     if view is None:
@@ -123,6 +132,7 @@ def render(view: RunView | None, parts: dict, force: bool = False) -> dict:
         "progress": (progress_html(view), lambda: progress_html(view)),
         "log": (len(view.log), lambda: "\n".join(view.log)),
         "loss": (len(view.loss_points), lambda: _loss_frame(view)),
+        "reward": (len(view.reward_points), lambda: _reward_update(view)),
         "samples": (len(view.samples), view.gallery),
         "files": ((len(view.saved), view.finished), lambda: _files_update(view)),
         "folder": (str(view.run_dir), lambda: f"Run folder: `{view.run_dir}`"),
@@ -219,8 +229,8 @@ def resume_view(view: RunView | None, ctx) -> RunView:
 
 
 def wire(ctx, form, parts: dict, problem_outputs: list) -> None:
-    outs = [parts[k] for k in ("view", "message", "folder", "progress", "log", "loss", "samples", "files", "error",
-                               "engine_log")]
+    outs = [parts[k] for k in ("view", "message", "folder", "progress", "log", "loss", "reward", "samples", "files",
+                               "error", "engine_log")]
 
     def on_start(values):
         try:

@@ -67,8 +67,6 @@ def build(form: Form) -> dict:
     form.section("training", advanced_label="Advanced training options")
     with gr.Accordion("VAE training (training.mode: vae)", open=False):
         form.section("vae", advanced_label="Advanced VAE options")
-    with gr.Accordion("RL fine-tuning (training.mode: rl): GRPO or DiffusionNFT against a reward", open=False):
-        form.section("rl", advanced_label="Advanced RL options")
     gr.Markdown("### Validation (a held-out split picks the best checkpoints)")
     form.section("validation", advanced_label="Advanced validation options")
     gr.Markdown("### Output")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests.e2e.browser import ROOT, chromium_page, open_tab, running_gui, textarea_js
 
-TABS = ("Dataset", "Captions", "Training", "Optimizer & LR", "Samples", "Run", "YAML")
+TABS = ("Dataset", "Captions", "Training", "Optimizer & LR", "Samples", "RL", "Run", "YAML")
 
 
 def shrink(path: Path) -> None:

@@ -75,6 +75,14 @@ def test_demo_preset_edit_save_reload_run_and_stop(tmp):
         assert "demo" in input_value(page, "f-dataset-path")
         assert input_value(page, "f-dataset-trigger") == "easeldemo"
 
+        # the RL tab scores the demo's dataset with the preset's rewards (JPEG compressibility: no model needed)
+        open_tab(page, "RL")
+        page.locator("#rl-score").click()
+        page.wait_for_function("() => (document.querySelector('#rl-score-result')?.innerText || '')"
+                               ".includes('Scored 16 image(s)')", timeout=60_000)
+        page.wait_for_selector("#rl-score-table", state="visible", timeout=10_000)
+        assert "jpeg_compressibility" in page.locator("#rl-score-table").inner_text()
+
         # edit a field: the preset is marked unsaved; save it under a new name. 5000 steps: the run started from
         # it below cannot finish before the test stops it, however fast the machine
         open_tab(page, "Training")
@@ -176,7 +184,7 @@ def test_an_idle_page_on_every_tab_makes_no_server_or_browser_errors(tmp):
     with running_gui(tmp) as (url, gui_log), chromium_page() as page:
         page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
         page.goto(url)
-        for tab in ("Dataset", "Captions", "Training", "Optimizer & LR", "Samples", "Run", "YAML"):
+        for tab in ("Dataset", "Captions", "Training", "Optimizer & LR", "Samples", "RL", "Run", "YAML"):
             open_tab(page, tab)
             page.wait_for_timeout(700)
         page.wait_for_timeout(3000)  # a few more timer ticks
