@@ -60,13 +60,10 @@ def score_view(preset, source: str, view) -> tuple[str, pd.DataFrame | None]:
     except RewardServerDown as e:
         return f"**The reward server does not answer:** {e}  \nStart it, or fix *Reward server url*.", None
     rows = table["rows"]
-    totals = [row["total"] for row in rows]
-    mean = sum(totals) / len(totals)
-    spread = (sum((v - mean) ** 2 for v in totals) / len(totals)) ** 0.5
     weights = ", ".join(f"{name} × {preset.rl.rewards[name]:g}" for name in table["names"])
     frame = pd.DataFrame([{"image": Path(r["image"]).name, "prompt": r["prompt"], "total": round(r["total"], 4),
                            **{n: round(r[n], 4) for n in table["names"]}} for r in rows])
-    text = (f"Scored {len(rows)} image(s) with {weights}: mean **{mean:.4g}**, spread {spread:.3g} "
+    text = (f"Scored {len(rows)} image(s) with {weights}: mean **{table['mean']:.4g}**, spread {table['std']:.3g} "
             f"(RL learns from the spread within a group: near 0, it has nothing to learn from).")
     return text, frame
 

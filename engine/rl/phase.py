@@ -212,7 +212,6 @@ class RlTrainer:
         steps_here = min(rl.num_inner_epochs * math.ceil(len(images) / per_step), r.total_steps - r.step)
         share = rollout_s / max(steps_here, 1)  # each step's share of the rollout time, for an honest ETA
         g = torch.Generator().manual_seed(training.seed + 7919 * self.epoch)
-        done = 0
         for _ in range(rl.num_inner_epochs):
             order = [images[int(i)] for i in torch.randperm(len(images), generator=g)]
             for start in range(0, len(order), per_step):
@@ -223,7 +222,6 @@ class RlTrainer:
                 loss = self.optimizer_step([group[k:k + training.batch_size]
                                             for k in range(0, len(group), training.batch_size)], g)
                 r.step += 1
-                done += 1
                 self.loop.report_step(r, loss, time.perf_counter() - began + share)
                 if self.loop.at_boundary(r, epoch_ended=False) == "stop":
                     return "stop"
@@ -352,10 +350,7 @@ def rl_prompts(r) -> list[str]:
 
     rl = r.preset.rl
     if rl.prompts_file:
-        try:
-            prompts = read_prompts_file(rl.prompts_file)
-        except UserError as e:
-            raise UserError(e.message.replace("sampling.eval_prompts_file", "rl.prompts_file"), e.hint) from None
+        prompts = read_prompts_file(rl.prompts_file, key="rl.prompts_file")
         if not prompts:
             raise UserError(f"rl.prompts_file: {rl.prompts_file} has no prompts.", "Write one prompt per line.")
         return prompts

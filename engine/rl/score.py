@@ -3,7 +3,8 @@ images score high? (The GUI's RL tab, and `python -m engine score PRESET [FOLDER
 
     pairs = dataset_pairs(folder, caption_ext, limit)     # (image, its caption) of a dataset folder
     pairs = sample_pairs(run_dir, limit)                  # (image, its prompt) of a run's newest samples
-    table = score_pairs(rl_config, pairs)                 # {"names", "rows": [{image, prompt, total, name: score}]}
+    table = score_pairs(rl_config, pairs)                 # {"names", "rows": [{image, prompt, total, name: score}],
+                                                          #  "mean", "std" of the totals}
 Config problems raise engine.failures.UserError; a reward server that does not answer, RewardServerDown.
 """
 from __future__ import annotations
@@ -65,7 +66,9 @@ def score_pairs(rl_config, pairs: list[tuple[Path, str]], device: str = "cpu") -
     totals, parts = rewards(images, prompts)
     rows = [{"image": str(path), "prompt": prompt, "total": total, **{n: parts[n][i] for n in rewards.names}}
             for i, ((path, prompt), total) in enumerate(zip(pairs, totals))]
-    return {"names": list(rewards.names), "rows": rows}
+    mean = sum(totals) / len(totals)
+    spread = (sum((v - mean) ** 2 for v in totals) / len(totals)) ** 0.5
+    return {"names": list(rewards.names), "rows": rows, "mean": mean, "std": spread}
 
 
 def table_text(table: dict) -> str:
@@ -75,10 +78,7 @@ def table_text(table: dict) -> str:
     for row in table["rows"]:
         lines.append(f"{row['total']:10.4g}  " + "  ".join(f"{row[n]:14.4g}" for n in names) +
                      f"  {Path(row['image']).name}  ({row['prompt'][:60]})")
-    totals = [row["total"] for row in table["rows"]]
-    mean = sum(totals) / len(totals)
-    spread = (sum((v - mean) ** 2 for v in totals) / len(totals)) ** 0.5
-    lines.append(f"mean {mean:.4g}, std {spread:.3g} over {len(totals)} image(s)")
+    lines.append(f"mean {table['mean']:.4g}, std {table['std']:.3g} over {len(table['rows'])} image(s)")
     return "\n".join(lines)
 
 
