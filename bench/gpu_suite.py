@@ -5,6 +5,7 @@ a few small images, their latent and text caches, and the events files).
     python bench/gpu_suite.py                  # a CUDA GPU (made for an H200): 8 cases in about 4-5 minutes
     python bench/gpu_suite.py --cpu-smoke      # the same code with every model tiny, on the CPU (~25 s)
     python bench/gpu_suite.py --only flux      # the cases whose name contains 'flux'; --budget-s 300 stops sooner
+    python bench/gpu_suite.py --cpu-real       # SD1.5 at its real size and 512 px on the CPU, batch 1 (~4 minutes)
 
 On the lent H200 (python3 there has torch, transformers, peft, accelerate, but not diffusers or bitsandbytes): once,
 here, `echo /.whl/ >> .git/info/exclude` and `python -m pip download --no-deps --only-binary=:all: --python-version
@@ -36,6 +37,11 @@ reset per loop), MFU (3 x the forward FLOPs of one step, counted with torch.util
 forward, over s/it and the card's dense bf16 peak), easel/plain (img/s ratio). FLUX tiers also show the tier's budget,
 whether the peak plus 0.6 GB of CUDA context fits it, and engine.models.fit's prediction of the same peak.
 Each case prints its wall time; no case starts once the total would pass --budget-s (450 s = 7.5 minutes).
+
+--cpu-real is the CPU's honest ratio: the tiny demo model's VAE and text encoder cost almost nothing beside its UNet,
+so the time caching saves there says little about a real model. Real-size SD1.5 keeps the real proportions (at
+512 px its VAE encode is ~40 % of the example's step). It trains in fp32, as Easel does on the CPU, at batch 1 (the
+CPU takes ~10 s a step), and runs only the SD1.5 case unless --only says otherwise.
 """
 from __future__ import annotations
 
@@ -93,23 +99,32 @@ CASES = (
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny models on the CPU: proves the script runs")
+    parser.add_argument("--cpu-real", action="store_true", help="real-size SD1.5 on the CPU at batch 1: the ratio")
     parser.add_argument("--budget-s", type=float, default=BUDGET_S, help="start no case past this total wall time")
     parser.add_argument("--only", default="", help="run only the cases whose name contains this")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a preset setting for every case and both loops (e.g. training.gradient_checkpointing="
+                             "false)")
     args = parser.parse_args()
-    if args.cpu_smoke:
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the smoke is the CPU path even on a GPU machine
+    if args.cpu_smoke or args.cpu_real:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the CPU path even on a GPU machine
+    if args.cpu_real and not args.only:
+        args.only = "sd15"   # SDXL and FLUX at real size take many minutes a step on a CPU
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may be downloaded
     import torch
 
-    if not args.cpu_smoke and not torch.cuda.is_available():
-        print("No CUDA GPU: run with --cpu-smoke to check the script on the CPU.", file=sys.stderr)
+    if not (args.cpu_smoke or args.cpu_real) and not torch.cuda.is_available():
+        print("No CUDA GPU: run with --cpu-smoke to check the script on the CPU, or --cpu-real for real-size SD1.5 "
+              "on the CPU.", file=sys.stderr)
         return 2
     from engine.training.setup import quiet_libraries
 
     quiet_libraries()
-    suite = Suite(smoke=args.cpu_smoke, budget_s=args.budget_s)
+    suite = Suite(smoke=args.cpu_smoke, budget_s=args.budget_s, cpu_real=args.cpu_real, overrides=args.overrides)
     print_header(suite)
     cases = [c for c in CASES if args.only in c.name]
+    if args.overrides:
+        print(f"Settings for every case: {' '.join(args.overrides)}", flush=True)
     rows, models, stopped, unbuildable = [], None, False, set()
     with tempfile.TemporaryDirectory(prefix="easel-gpu-suite-") as tmp:
         for case in cases:
@@ -174,10 +189,13 @@ class Models:
 
 
 class Suite:
-    def __init__(self, smoke: bool, budget_s: float = BUDGET_S):
+    def __init__(self, smoke: bool, budget_s: float = BUDGET_S, cpu_real: bool = False, overrides=()):
         import torch
 
+        self.overrides = list(overrides)
+
         self.smoke = smoke
+        self.cpu_real = cpu_real   # real sizes on the CPU: batch 1, fp32, the fewest timed steps
         self.deadline = STARTED + budget_s
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.gpu_name = torch.cuda.get_device_name(0) if self.device == "cuda" else "cpu"
@@ -190,6 +208,8 @@ class Suite:
     def expected_s(self, case: Case) -> float:
         if self.smoke:
             return 5.0
+        if self.cpu_real:
+            return 240.0
         return self.walls.get(case.family, case.expected_s)
 
     def seen(self, case: Case, row: Row) -> None:
@@ -200,17 +220,23 @@ class Suite:
         from engine.config.load import load_preset
 
         px = case.px // 8 if self.smoke else case.px
+        precision = "fp32" if self.device == "cpu" else "bf16"   # what Easel trains in on the CPU
         settings = [f"dataset.path={dataset_dir}", f"dataset.resolution_px={px}", "dataset.bucketing=false",
-                    f"training.batch_size={case.batch}", "training.grad_accum=1", "training.precision=bf16",
+                    f"training.batch_size={self.batch(case)}", "training.grad_accum=1",
+                    f"training.precision={precision}",
                     "training.max_steps=1000", "sampling.prompts=[]", "output.save_every_n_steps=0",
                     "output.save_every_n_minutes=0", "output.save_every_n_epochs=0"]
         if self.optimizer_override:
             settings.append(f"optimizers.unet.type={self.optimizer_override}")
+        settings += self.overrides
         preset = load_preset(ROOT / "presets" / f"{case.preset}.yaml", settings)
         if self.smoke and preset.model.block_swap:  # the same share of the tiny model's 6 blocks as of FLUX's 57
             preset = load_preset(ROOT / "presets" / f"{case.preset}.yaml",
                                  settings + [f"model.block_swap={max(1, round(preset.model.block_swap * 6 / 57))}"])
         return preset
+
+    def batch(self, case: Case) -> int:
+        return 1 if self.cpu_real else case.batch
 
     def model_key(self, case: Case) -> tuple:
         p = self.preset(case, Path("."))
@@ -232,7 +258,7 @@ class Suite:
         preset = self.preset(case, Path("."))
         family = get_family(case.family)
         with tempfile.TemporaryDirectory() as tmp, EventWriter(Path(tmp) / "events.jsonl") as events:
-            _, _, weight_dtype = choose_precision(preset.training, preset.network, events)
+            _, _, weight_dtype = choose_precision(preset.training, preset.network, events, case.family)
             torch.manual_seed(preset.training.seed)
             comps = BUILDERS[case.family](self.smoke, self.device, weight_dtype)
             if case.family == "flux" and preset.model.quantize_base == "fp8":
@@ -251,11 +277,13 @@ class Suite:
         row = Row(case, build_s=models.build_s)
         models.build_s = 0.0  # the build counts in the first case on these models only
         px = case.px // 8 if self.smoke else case.px
-        images = max(4, 2 * case.batch)
+        images = max(4, 2 * self.batch(case))
         data = write_dataset(work / f"data-{case.family}-{px}-{images}", images, px)
         preset = self.preset(case, data)
         row.pred_gb = predicted_peak_gb(preset)
         row.easel, row.fwd_flops, row.note = self.easel_loop(case, models, preset, work / f"run-{px}-{case.preset}")
+        if self.cpu_real:
+            row.note = ", ".join(w for w in (row.note, "batch 1, fp32, CPU") if w)
         row.plain = self.plain_loop(case, models, preset, data)
         return row
 
@@ -269,7 +297,7 @@ class Suite:
         unswap(comps)  # the previous case's block swap: build_run places the denoiser anew
         run_dir.mkdir(parents=True, exist_ok=True)
         with EventWriter(run_dir / "events.jsonl") as events:
-            device, mixed, weight_dtype = choose_precision(preset.training, preset.network, events)
+            device, mixed, weight_dtype = choose_precision(preset.training, preset.network, events, case.family)
             configure_for_training(comps, preset.training)
             r = build_run(run_dir, preset, events, get_family(case.family), comps, models.trainables, device, mixed,
                           weight_dtype)
@@ -296,7 +324,8 @@ class Suite:
     def timed(self, steps, images_per_step: int) -> dict:
         """Warm-up steps, then as many timed steps as fill ~6 s at the last warm-up step's pace (3..40); past
         the budget's deadline the fewest (a slow last case must not push the run past the session)."""
-        warmup, target_s, lo, hi = (1, 0.0, 2, 2) if self.smoke else (2, 6.0, 3, 40)
+        warmup, target_s, lo, hi = (1, 0.0, 2, 2) if self.smoke else (1, 0.0, 4, 4) if self.cpu_real else \
+            (2, 6.0, 3, 40)
         if time.monotonic() > self.deadline:
             warmup, target_s = 1, 0.0
         last = 0.0
@@ -749,6 +778,9 @@ def print_header(suite: Suite) -> None:
     if suite.smoke:
         print("CPU SMOKE: every model is tiny; the numbers only prove the script runs end to end "
               "(pred GB is for the real model).", flush=True)
+    elif suite.cpu_real:
+        print("CPU REAL: real-size random-init models on the CPU in fp32 at batch 1 (the ratio with real "
+              "VAE / text / UNet proportions); peak GB and MFU are n/a here.", flush=True)
     else:
         print("Real-size random-init models built on the GPU (T5-XXL real size in FLUX's plain loop); "
               "nothing downloaded.", flush=True)

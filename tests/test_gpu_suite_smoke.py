@@ -48,3 +48,15 @@ def test_past_the_time_budget_no_case_starts_and_the_table_names_the_skipped_one
     out, rows = _smoke("--budget-s", "0")
     assert all(row is not None and "skipped" in row for row in rows.values()), out
     assert out.splitlines()[-2].startswith("total ") and all(name in out.splitlines()[-2] for name in rows)
+
+
+def test_settings_reach_every_case_and_cpu_real_trains_real_sizes_at_batch_1_in_fp32():
+    out, rows = _smoke("--only", "sd15", "--set", "training.gradient_checkpointing=false")
+    assert "Settings for every case: training.gradient_checkpointing=false" in out
+    assert rows["sd15 512 bs4"] is not None and "error" not in rows["sd15 512 bs4"]
+    suite_module = sys.modules["gpu_suite"]
+    case = next(c for c in suite_module.CASES if c.name.startswith("sd15"))
+    suite = suite_module.Suite(smoke=False, cpu_real=True, overrides=["training.gradient_checkpointing=false"])
+    preset = suite.preset(case, Path("."))
+    assert preset.dataset.resolution_px == 512 and preset.training.batch_size == 1    # the real size, batch 1
+    assert preset.training.precision == "fp32" and not preset.training.gradient_checkpointing
