@@ -53,9 +53,13 @@ def launch(app, args: argparse.Namespace, block: bool = True):
         print("WARNING: --listen serves Easel to your whole network. Anyone who can reach this computer on port "
               f"{args.port} can see your dataset and samples and start or stop training. Use it only on a network "
               "you trust.", file=sys.stderr, flush=True)
+    port = _free_port(host, args.port)
+    # quiet: Gradio's own banner tells the user to edit code ("set `share=True` in `launch()`"); this line says it all
+    print(f"Easel is running at http://127.0.0.1:{port}/ (it opens in your browser; close this window to quit).",
+          flush=True)
     return app.queue(default_concurrency_limit=4).launch(
-        server_name=host, server_port=_free_port(host, args.port), inbrowser=not args.no_browser,
-        allowed_paths=app.easel_ctx.allowed_paths, css=CSS, prevent_thread_lock=not block, quiet=False,
+        server_name=host, server_port=port, inbrowser=not args.no_browser,
+        allowed_paths=app.easel_ctx.allowed_paths, css=CSS, prevent_thread_lock=not block, quiet=True,
         show_error=True, footer_links=[])
 
 

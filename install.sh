@@ -139,6 +139,22 @@ else
     "$VPY" -m pip install -c "$VENV/easel-constraints.txt" "${REQS[@]}" || pip_failed "install ${REQS[*]}"
 fi
 
+# --dev: the browser test drives the OS's Chromium (it never downloads one) and skips without it
+CHROMIUM="${EASEL_CHROMIUM:-/usr/bin/chromium}"
+if [ "$DEV" = 1 ] && [ ! -x "$CHROMIUM" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        say "Installing Chromium for the browser test (apt-get install chromium)..."
+        { DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq chromium </dev/null >/dev/null 2>&1 \
+          || { timeout 600 apt-get update -qq </dev/null >/dev/null 2>&1 \
+               && DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq chromium </dev/null >/dev/null 2>&1; }; } \
+          && say "Chromium installed." \
+          || say "Could not install Chromium with apt-get; the browser test will skip. Try: apt-get install chromium"
+    else
+        say "The browser test needs Chromium at $CHROMIUM and skips without it. Install it with"
+        say "  sudo apt-get install chromium   (Debian, Ubuntu; other systems: set EASEL_CHROMIUM to its path)"
+    fi
+fi
+
 "$VPY" -c 'import torch
 gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none found (training on the CPU is very slow)"
 print("[easel] PyTorch {}, CUDA GPU: {}".format(torch.__version__, gpu))' \

@@ -52,7 +52,7 @@ def oom_savers(training, network, dataset, unet_optimizer_type: str, model=None)
     if not training.cache_text_embeddings and not network.train_text_encoder:
         savers.append("training.cache_text_embeddings: true (the text encoder then leaves the GPU)")
     if training.precision == "fp32":
-        savers.append("training.precision: bf16 (fp16 on cards older than RTX 30xx)")
+        savers.append("training.precision: auto (bf16, or fp16 on cards older than RTX 30xx)")
     if model is not None and model.quantize_base == "none":
         savers.append("model.quantize_base: fp8 (the base weights in half the memory, computed in bf16)")
     if model is not None and model.family == "flux" and model.block_swap < 40:

@@ -19,3 +19,12 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 def pytest_report_header(config):
     return f"threads per test process: OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line when the browser tests skipped (a missing Chromium): a quiet 's' is easy to miss."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "e2e" in str(getattr(r, "nodeid", "")) or
+               "e2e" in str(getattr(r, "fspath", ""))]
+    if skipped:
+        reason = skipped[0].longrepr[-1] if isinstance(skipped[0].longrepr, tuple) else str(skipped[0].longrepr)
+        terminalreporter.write_line(f"browser tests skipped: {reason.removeprefix('Skipped: ')}", yellow=True)

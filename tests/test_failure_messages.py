@@ -49,7 +49,7 @@ def test_a_learning_rate_of_zero_is_said_out_loud(demo, tmp_path):
     run_dir = create_run_dir(load_preset(demo, [*QUICK, "optimizers.unet.lr=0"]), root=tmp_path / "runs")
     assert train.run(run_dir) == 0  # legal: it re-saves a LoRA unchanged (network.init_from); rarely meant
     warnings = [e["message"] for e in read_all(run_dir / "events.jsonl") if e["kind"] == "warning"]
-    assert any("optimizers.unet.lr is 0: this run will not change the unet" in w for w in warnings), warnings
+    assert any("optimizers.unet.lr: the learning rate is 0, so this run will not change the unet" in w for w in warnings), warnings
 
 
 def test_a_bad_value_from_an_environment_variable_names_the_variable(demo):

@@ -64,13 +64,15 @@ def test_edits_are_validated_next_to_their_fields_and_mark_the_preset_unsaved(ap
     baseline_state, path_state = _bar_states(app)
     values = form_values(app, base, {baseline_state: dump_preset(base), path_state: None})
     out = wiring_edit(dict(values))
-    assert 'class="clean">saved' in _status(out)
+    assert "**New preset**" in _status(out) and "not saved yet" in _status(out)  # not "new preset — saved"
+    assert "unsaved" not in _status(out)
     values[form.widgets["dataset.resolution_px"]] = 20  # below the 32 px minimum
     values[form.widgets["model.family"]] = "sdxl"
     out = wiring_edit(dict(values))
     assert "unsaved" in _status(out) and "1 problem" in _status(out)
     info = out[form.widgets["dataset.resolution_px"]]["info"]
-    assert info.startswith("⚠ dataset.resolution_px: 20 is out of range")
+    # the problem in words, the key only as the code tag at the end
+    assert info.startswith("⚠ 20 is out of range") and info.endswith("`dataset.resolution_px`")
     assert out[form.widgets["model.family"]]["info"].startswith("Model family")
 
 
@@ -137,7 +139,7 @@ def test_start_with_problems_starts_nothing(app):
     values[form.widgets["training.max_steps"]] = 0  # with max_epochs 0: the run would have no length
     out = handler(app, "start_run")(values)
     assert "Fix these before starting" in " ".join(str(v) for v in out.values())
-    assert out[form.widgets["training.max_steps"]]["info"].startswith("⚠ training.max_steps")
+    assert out[form.widgets["training.max_steps"]]["info"].startswith("⚠ set “Max steps” or “Max epochs”")
     assert not list(app.easel_ctx.runs_root.glob("*/preset.yaml"))
 
 
@@ -272,7 +274,7 @@ def test_start_checks_folders_before_making_a_run_folder(app, tmp_path):
     data["dataset"]["path"] = str(tmp_path / "not here")
     data["model"]["path"] = "C:/models/missing.safetensors"
     out = handler(app, "start_run")(form_values(app, preset_from_dict(data)))
-    assert out[form.widgets["dataset.path"]]["info"].startswith("⚠ dataset.path: folder not found")
+    assert out[form.widgets["dataset.path"]]["info"].startswith("⚠ folder not found")
     assert "neither a file, a folder nor a Hub id" in out[form.widgets["model.path"]]["info"]
     assert not list(app.easel_ctx.runs_root.glob("*/preset.yaml"))
     from ui.tab_run import preflight

@@ -170,7 +170,7 @@ def test_bad_form_values_name_their_key(form):
     assert {form.key_of_problem(k) for k in keys} == {"dataset.resolution_px", "sampling.strengths",
                                                       "optimizers.unet.params"}
     updates = form.problem_updates(err.value.problems)
-    assert updates[form.widgets["dataset.resolution_px"]]["info"].startswith("⚠ dataset.resolution_px: 20 is out of range")
+    assert updates[form.widgets["dataset.resolution_px"]]["info"].startswith("⚠ 20 is out of range")
     assert "has-problem" in updates[form.widgets["optimizers.unet.params"]]["elem_classes"]
     assert updates[form.accordion_of["optimizers.unet.params"]] == gr.update(open=True)
 
@@ -179,3 +179,46 @@ def test_the_diffusers_format_says_who_loads_it(form):
     """For SD families a diffusers-format LoRA loads in diffusers only: the choice says so."""
     choices = dict((value, label) for label, value in form.widgets["output.formats"].choices)
     assert choices == {"kohya": "kohya (A1111 / Forge / ComfyUI)", "diffusers": "diffusers (for diffusers / Python)"}
+
+
+def test_hints_name_other_fields_by_their_labels_and_keep_the_key_as_a_tag():
+    from ui.fields import all_specs, format_problems, humanize
+
+    specs = all_specs()
+    unet_lr = specs["optimizers.unet.lr"]
+    assert "te_lr_ratio" not in unet_lr.help and "“Text-encoder LR ratio”" in unet_lr.help
+    assert unet_lr.info.endswith("`optimizers.unet.lr`") and "[optimizers.unet.lr]" not in unet_lr.info
+    assert "random_crop" not in specs["training.cache_latents"].help
+    # values and the guides' flag names stay as written; the key's own name too
+    assert humanize("v_prediction models; the guide's log_interval", "training.objective") == \
+        "v_prediction models; the guide's log_interval"
+    form = Form()
+    with gr.Blocks():
+        form.section("training")
+    listed = format_problems([("training.max_steps", "training.max_steps: must be >= 0")], form)
+    assert listed == "- **Max steps** `training.max_steps`: must be >= 0"
+
+
+def test_the_lr_preview_says_invalid_learning_rate_instead_of_a_flat_line():
+    from engine.config.load import ConfigError
+    from ui.tab_schedule import empty_frame, invalid_note
+
+    form = Form()
+    with gr.Blocks():
+        form.section("optimizers")
+    try:
+        preset_from_dict({"version": 1, "optimizers": {"unet": {"lr": "-1"}}})
+    except ConfigError as exc:
+        note = invalid_note(exc.problems, form)
+    assert note.startswith("**Invalid learning rate**") and "out of range" in note
+    assert len(empty_frame()) == 0
+
+
+def test_a_trigger_missing_from_every_sample_prompt_is_advice_not_an_error():
+    from engine.config.validate import advice
+
+    data = {"version": 1, "dataset": {"trigger": "zqx"}, "sampling": {"prompts": ["easeldemo, a red circle"]}}
+    notes = advice(preset_from_dict(data))   # valid: it loads
+    assert [k for k, _ in notes] == ["sampling.prompts"] and "'zqx'" in notes[0][1]
+    data["sampling"]["prompts"].append("a ZQX portrait")
+    assert advice(preset_from_dict(data)) == []

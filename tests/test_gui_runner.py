@@ -222,3 +222,35 @@ def test_the_run_log_shows_rl_epochs_and_sample_rewards():
     assert line.endswith("RL epoch 3: reward 0.5123 ± 0.0042 over 8 images")
     sample = event_line({"t": 0, "kind": "sample", "step": 40, "strength": 1.0, "path": "s/step40.png", "reward": 0.7})
     assert "reward 0.7" in sample and sample.endswith("step40.png")
+
+
+def test_a_buttons_message_goes_once_the_run_moves_on(tmp_path):
+    """'Started: loading the model' stayed through training and after Finished; 'Stopping…' stayed after the stop."""
+    from ui.tab_run import render
+
+    w = EventWriter(tmp_path / "run" / "events.jsonl")
+    w.emit("started", preset={}, versions={}, device="cpu")
+    view = RunView(tmp_path / "run")
+    view.poll()
+    view.say("Started: the engine is loading the model.")
+    parts = {k: k for k in ("message", "progress", "log", "loss", "reward", "samples", "files", "folder", "error",
+                            "engine_log")}
+    assert render(view, parts)["message"] == "Started: the engine is loading the model."
+    w.emit("step", step=1, total_steps=9, epoch=1, loss=0.5, lr={"unet": 1e-4}, s_per_it=0.1, eta_s=1, vram_gb=None)
+    view.poll()
+    assert view.message() == "" and render(view, parts)["message"] == ""
+    view.say("Asked the engine to sample at the next step.", until="next file")
+    w.emit("step", step=2, total_steps=9, epoch=1, loss=0.4, lr={"unet": 1e-4}, s_per_it=0.1, eta_s=1, vram_gb=None)
+    view.poll()
+    assert view.message().startswith("Asked")          # still waiting for the sample
+    w.emit("sample", path=str(tmp_path / "s.png"), prompt="x", strength=1.0, step=2)
+    view.poll()
+    assert view.message() == ""
+    view.stop_requested_at = 1.0
+    view.say("Stopping: …")
+    assert view.message() == "Stopping: …"
+    w.emit("stopped", step=2)
+    view.poll()
+    assert view.message() == "" and view.progress_text().startswith("Stopped at step 2")
+    view.say("Demo run started.", until="finished")
+    assert view.message() == ""                         # said after the end: nothing to keep it for

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import gradio as gr
 from engine.config.load import ConfigError, load_preset
 from engine.config.save import dump_preset
 from engine.config.schema import Preset
-from ui import demo, tab_caption, tab_dataset, tab_rl, tab_run, tab_samples, tab_schedule, tab_training
+from engine.config.validate import advice
+from ui import demo, runner, tab_caption, tab_dataset, tab_rl, tab_run, tab_samples, tab_schedule, tab_training
 from ui.fields import Form, format_problems, problems_of
 from ui.presets import PROJECT_ROOT, PresetLibrary
 
@@ -82,17 +84,18 @@ def build_app(ctx: AppContext | None = None) -> gr.Blocks:
             wiring.after_load(button.click(lambda name=name: tab_training.profile_updates(form, name),
                                            outputs=form.components())).then(
                 wiring.on_edit, inputs={*form.inputs(), bar["baseline"], bar["path"]}, outputs=wiring.edit_outputs)
-        tab_run.wire(ctx, form, run, problem_outputs)
+        tab_run.wire(ctx, form, run, problem_outputs, ds)
         tab_rl.wire(form, rl_tab, run["view"])
         tab_dataset.wire(ctx, form, ds)
         tab_caption.wire(ctx, form, cap)
         demo.wire(ctx, form, bar, run, wiring)
         app.load(lambda path: {run["view"]: tab_run.attach(ctx, path)}, inputs=bar["remember"], outputs=[run["view"]]) \
             .then(lambda v: tab_run.render(v, run, force=True), inputs=run["view"],
-                  outputs=[run[k] for k in ("progress", "folder", "log", "loss", "reward", "samples", "files",
-                                       "error", "engine_log")])
+                  outputs=[run[k] for k in ("message", "progress", "folder", "log", "loss", "reward", "samples",
+                                            "files", "error", "engine_log")])
         # one load chain (not parallel loads that could overwrite each other): reopen, then draw the LR curve
-        wiring.after_load(app.load(wiring.restore, inputs=bar["remember"], outputs=wiring.load_outputs))
+        wiring.after_load(app.load(wiring.restore, inputs=[bar["remember"], bar["draft"]],
+                                   outputs=wiring.load_outputs))
     app.easel_ctx, app.easel_form = ctx, form  # for tests and gui.py
     return app
 
@@ -116,7 +119,9 @@ def _preset_bar(ctx: AppContext) -> dict:
             "demo": demo_button, "lora_demo": lora_demo_button, "status": status, "problems": problems,
             "baseline": gr.State(dump_preset(Preset())), "path": gr.State(None),
             # the last loaded or saved preset file, kept by the browser: a reload or a GUI restart shows it again
-            "remember": gr.BrowserState(None, storage_key="easel-last-preset", secret="easel-local")}
+            "remember": gr.BrowserState(None, storage_key="easel-last-preset", secret="easel-local"),
+            # the form's unsaved edits ({"path", "t", "values": {key: widget value}}): a reload keeps them
+            "draft": gr.BrowserState(None, storage_key="easel-draft", secret="easel-local")}
 
 
 class _Wiring:
@@ -125,52 +130,110 @@ class _Wiring:
     def __init__(self, ctx, form: Form, bar: dict, yaml_view, sch: dict, problem_outputs: list):
         self.ctx, self.form, self.bar, self.yaml_view, self.sch = ctx, form, bar, yaml_view, sch
         self.problem_outputs = problem_outputs
-        self.edit_outputs = [bar["status"], bar["problems"], yaml_view, *problem_outputs]
-        self.load_outputs = [*form.components(), bar["baseline"], bar["path"], bar["remember"], bar["status"],
-                             bar["problems"],
-                             yaml_view, bar["dropdown"], *sch["helps"].values(), *problem_outputs]
+        self.edit_outputs = [bar["status"], bar["problems"], yaml_view, bar["draft"], *problem_outputs]
+        self.load_outputs = [*form.components(), bar["baseline"], bar["path"], bar["remember"], bar["draft"],
+                             bar["status"], bar["problems"], yaml_view, bar["dropdown"], *sch["helps"].values(),
+                             *problem_outputs]
 
     # --- state of the form ---
     def status_text(self, path, dirty: bool, problems=()) -> str:
-        name = Path(path).name if path else "new preset (not saved yet)"
-        mark = '<span class="dirty">● unsaved changes</span>' if dirty else '<span class="clean">saved</span>'
+        name = Path(path).name if path else "New preset"
+        if dirty:
+            mark = '<span class="dirty">● unsaved changes</span>'
+        else:
+            mark = ('<span class="clean">saved</span>' if path else
+                    '<span class="new">the defaults, not saved yet (Save as keeps it)</span>')
         extra = f" · {len(problems)} problem(s) to fix" if problems else ""
         return f"**{name}** — {mark}{extra}"
 
     def on_edit(self, values):
-        """After any edit: validate like the engine, mark the preset dirty, refresh the YAML view."""
+        """After any edit: validate like the engine, mark the preset dirty, refresh the YAML view, and keep the
+        form in the browser (a reload or a restarted GUI shows these edits, saved or not)."""
         baseline, path = values.pop(self.bar["baseline"]), values.pop(self.bar["path"], None)
+        draft = {self.bar["draft"]: {"path": path, "t": time.time(),
+                                     "values": {k: values[w] for k, w in self.form.widgets.items() if w in values}}}
         try:
             preset = self.form.to_preset(values)
         except ConfigError as exc:
             problems = problems_of(exc)
-            return {self.bar["status"]: self.status_text(path, True, problems),
-                    self.bar["problems"]: format_problems(problems), **self.form.problem_updates(problems)}
+            return {**draft, self.bar["status"]: self.status_text(path, True, problems),
+                    self.bar["problems"]: format_problems(problems, self.form),
+                    **self.form.problem_updates(problems)}
         text = dump_preset(preset)
-        return {self.bar["status"]: self.status_text(path, text != baseline),
-                self.bar["problems"]: "", self.yaml_view: text, **self.form.problem_updates([])}
+        missing = tab_run.preflight(preset, require=False)  # typed paths that are not there, marked as they change
+        notes = advice(preset)
+        listed = format_problems(missing, self.form) + ("\n\n**Worth a look:**\n" + format_problems(notes, self.form)
+                                                        if notes else "")
+        dirty = text != baseline
+        return {self.bar["draft"]: draft[self.bar["draft"]] if dirty else None,
+                self.bar["status"]: self.status_text(path, dirty, missing),
+                self.bar["problems"]: listed, self.yaml_view: text,
+                **self.form.problem_updates(missing, advice=notes)}
 
     def loaded(self, preset: Preset, path, message: str = "") -> dict:
         """Updates that put `preset` into the form and make it the new 'saved' baseline."""
         text = dump_preset(preset)
         helps = tab_schedule.help_updates(preset)
-        return {**self.form.problem_updates([], values=self.form.updates_from_preset(preset)),
+        notes = advice(preset)
+        return {**self.form.problem_updates([], values=self.form.updates_from_preset(preset), advice=notes),
                 self.bar["baseline"]: text, self.bar["path"]: path, self.bar["remember"]: path,
+                self.bar["draft"]: None,
                 self.bar["status"]: self.status_text(path, False) + (f" · {message}" if message else ""),
-                self.bar["problems"]: "", self.yaml_view: text,
+                self.bar["problems"]: "**Worth a look:**\n" + format_problems(notes, self.form) if notes else "",
+                self.yaml_view: text,
                 self.bar["dropdown"]: gr.update(choices=self._choices_with(path), value=path),
                 **{self.sch["helps"][k]: v for k, v in helps.items()}}
 
-    def restore(self, path):
-        """At page load: the preset file this browser worked on last, if it still loads; else a fresh form."""
-        fresh = {self.bar["dropdown"]: gr.update(choices=self.ctx.library.choices()),  # presets saved since
-                 self.bar["status"]: self.status_text(None, False)}
-        if not path or not Path(path).is_file():
-            return fresh
+    def restore(self, path, draft):
+        """At page load, the newest of: this browser's unsaved edits, the preset file it saved or loaded last, and
+        the preset of the run training now (a new browser, or a run started after the last edit); else defaults."""
+        path = path if path and Path(path).is_file() else None
+        run_dir = next(filter(None, map(runner.active_run, tab_run.run_roots(self.ctx, path))), None)
+        times = {"draft": (draft or {}).get("t", -1.0) if (draft or {}).get("values") else -1.0,
+                 "file": Path(path).stat().st_mtime if path else -1.0,
+                 "run": (run_dir / "preset.yaml").stat().st_mtime if run_dir else -1.0}
+        newest = max(times, key=times.get)
+        if times[newest] < 0:
+            return {self.bar["dropdown"]: gr.update(choices=self.ctx.library.choices()),  # presets saved since
+                    self.bar["status"]: self.status_text(None, False), self.yaml_view: dump_preset(Preset())}
+        if newest == "draft":
+            own = draft.get("path")  # the file the edits were made to (it may have been deleted since)
+            return self.restored_draft(draft, own if own and Path(own).is_file() else None)
+        source = run_dir / "preset.yaml" if newest == "run" else path
         try:
-            return self.loaded(load_preset(path), path, "reopened")
+            preset = load_preset(source)
         except ConfigError:
-            return fresh
+            return self.loaded(Preset(), None, "defaults")
+        if newest == "file":
+            return self.loaded(preset, path, "reopened")
+        shown = self.loaded(preset, path, f"running: the form shows the preset `{run_dir.name}` trains with")
+        if path:  # the file is the baseline: where the run's preset differs from it, the form says so
+            shown[self.bar["baseline"]] = dump_preset(load_preset(path))
+            if shown[self.bar["baseline"]] != dump_preset(preset):
+                shown[self.bar["status"]] = self.status_text(path, True) + f" · running `{run_dir.name}`"
+        return shown
+
+    def restored_draft(self, draft: dict, path) -> dict:
+        """The form as this browser left it, unsaved edits and all (invalid ones too, marked as problems)."""
+        form = self.form
+        values = {form.widgets[k]: v for k, v in draft["values"].items() if k in form.widgets}
+        try:
+            baseline = dump_preset(load_preset(path)) if path else dump_preset(Preset())
+        except ConfigError:
+            baseline, path = dump_preset(Preset()), None
+        try:
+            preset, problems = form.to_preset(values), []
+        except ConfigError as exc:
+            preset, problems = None, problems_of(exc)
+        updates = {**form.problem_updates(problems, values=values), self.bar["baseline"]: baseline,
+                   self.bar["path"]: path, self.bar["remember"]: path,
+                   self.bar["status"]: self.status_text(path, True, problems) + " · your edits, kept by this browser",
+                   self.bar["problems"]: format_problems(problems, form),
+                   self.bar["dropdown"]: gr.update(choices=self._choices_with(path), value=path)}
+        if preset is not None:
+            updates[self.yaml_view] = dump_preset(preset)
+            updates.update({self.sch["helps"][k]: v for k, v in tab_schedule.help_updates(preset).items()})
+        return updates
 
     def _choices_with(self, path) -> list:
         """The library's presets, plus `path` when it lives elsewhere (the demo's preset)."""
@@ -190,7 +253,7 @@ class _Wiring:
                 return self.loaded(load_preset(path), path, "loaded")
             except ConfigError as exc:
                 return {bar["problems"]: f"**{Path(path).name} has problems; the form is unchanged:**\n"
-                                         + format_problems(exc.problems)}
+                                         + format_problems(exc.problems, form)}
 
         self.after_load(bar["load"].click(on_load, inputs=bar["dropdown"], outputs=self.load_outputs,
                                           api_name="load_preset"))
@@ -202,7 +265,7 @@ class _Wiring:
                 preset = form.to_preset(values)
             except ConfigError as exc:
                 problems = problems_of(exc)
-                return {bar["problems"]: "**Not saved — fix these first:**\n" + format_problems(problems),
+                return {bar["problems"]: "**Not saved — fix these first:**\n" + format_problems(problems, form),
                         **form.problem_updates(problems)}
             try:
                 saved = self.ctx.library.save_as(preset, name) if as_name else self.ctx.library.save(preset, path)

@@ -30,7 +30,10 @@ DEMOS = {
     "lora_demo": ([], "Preparing the LoRA demo: building a tiny model and 16 images (takes a few seconds)…",
                   "LoRA demo loaded",
                   "LoRA demo started: a LoRA trains on a tiny random model (its samples stay noise: the random base "
-                  "model knows nothing). It shows the LoRA workflow and files; the Demo button shows learning."),
+                  "model knows nothing). It shows the LoRA workflow and files; the Demo button shows learning.  \n"
+                  "**Your own images on this model:** Stop, choose your folder and its trigger word on the Dataset "
+                  "tab, put the trigger in a sample prompt (Samples tab), then Start training. The run goes to "
+                  "`demo/runs/`."),
 }
 
 
@@ -71,7 +74,7 @@ def demo_handler(ctx, bar: dict, run: dict, wiring, flags: list[str], preparing:
             path = prepare(ctx.demo_dir, ctx.project_root, flags)
             preset = load_preset(path)
         except ConfigError as exc:
-            yield {bar["problems"]: "**The demo preset has problems:**\n" + format_problems(exc.problems)}
+            yield {bar["problems"]: "**The demo preset has problems:**\n" + format_problems(exc.problems, wiring.form)}
             return
         except (RuntimeError, OSError, subprocess.TimeoutExpired, runner.RunBusy) as exc:
             yield {bar["problems"]: f"**Demo:** {exc}", run["message"]: f"**Demo:** {exc}"}
@@ -84,6 +87,7 @@ def demo_handler(ctx, bar: dict, run: dict, wiring, flags: list[str], preparing:
             yield {**updates, run["message"]: f"**Could not start:** {exc}"}
             return
         view.poll()
-        yield {**updates, run["view"]: view, run["message"]: started, **tab_run.render(view, run, force=True)}
+        view.say(started, until="finished")
+        yield {**updates, run["view"]: view, **tab_run.render(view, run, force=True)}
 
     return on_demo

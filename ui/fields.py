@@ -12,6 +12,7 @@ Torch-free: imports only gradio, yaml and the torch-free parts of the engine.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -35,7 +36,9 @@ LABELS = {"lr": "Learning rate", "params": "Parameters", "enabled": "EMA of the 
           "caption_ext": "Caption extension", "save_every_n_steps": "Save every N steps",
           "save_every_n_minutes": "Save every N minutes", "save_every_n_epochs": "Save every N epochs",
           "every_n_steps": "Sample every N steps", "steps": "Sampling steps", "width_px": "Width",
-          "height_px": "Height", "rank": "Rank (dim)", "lr_decay_steps": "LR decay steps"}
+          "height_px": "Height", "rank": "Rank (dim)", "lr_decay_steps": "LR decay steps", "kl_beta": "KL beta",
+          "ddim_eta": "DDIM eta", "reward_server_url": "Reward server URL",
+          "num_images_per_prompt": "Images per prompt"}
 SECTION_LABELS = {("optimizers", "type"): "Optimizer", ("schedules", "type"): "LR schedule",
                   ("network", "type"): "Network type", ("model", "path"): "Base model (folder, file or Hub id)",
                   ("dataset", "path"): "Dataset folder", ("sampling", "seed"): "Sample seed",
@@ -61,14 +64,56 @@ class FieldSpec:
         return f"{words[:1].upper()}{words[1:]}" + shown_unit
 
     @property
-    def info(self) -> str:
+    def help(self) -> str:
+        """The schema's help in screen words: other keys named by their labels, the range appended."""
         lo, hi = self.meta.get("min"), self.meta.get("max")
         bounds = f" Range {lo:g}–{hi:g}." if lo is not None and hi is not None and hi < 1e6 else ""
-        return f"{self.meta.get('help', '')}{bounds}  [{self.key}]"
+        return humanize(self.meta.get("help", ""), self.key) + bounds
+
+    @property
+    def info(self) -> str:
+        """The line under the widget: the help, then the YAML key as a small code tag (Gradio renders `x` as code),
+        for those who edit presets by hand."""
+        return info_line(self.help, self.key)
 
     @property
     def advanced(self) -> bool:
         return bool(self.meta.get("advanced"))
+
+
+def info_line(text: str, key: str) -> str:
+    return f"{text} `{key}`"
+
+
+_KEY_WORD = re.compile(r"(?<![\w.`'])([a-z][a-z0-9]*(?:[._][a-z0-9]+)+)(?![\w`])")  # 'quoted' values stay
+
+
+@functools.cache
+def _unique_last_parts() -> dict[str, str]:
+    """'te_lr_ratio' -> 'network.te_lr_ratio': the bare names that belong to exactly one key."""
+    keys: dict[str, list[str]] = {}
+    for key in _specs():
+        keys.setdefault(key.rsplit(".", 1)[-1], []).append(key)
+    return {last: found[0] for last, found in keys.items() if len(found) == 1 and "_" in last}
+
+
+def humanize(text: str, own_key: str, name_own: bool = False) -> str:
+    """Help text that names another preset key by its YAML name ('te_lr_ratio', 'training.batch_size') names it by
+    its label instead ("Text-encoder LR ratio"). A bare name counts inside the key's own section, or where it names
+    one key only; the key's own name (unless name_own), choice values and the guides' flag names stay as written."""
+    specs = all_specs()
+    section = own_key.split(".")[0]
+    prefix = own_key.rsplit(".", 1)[0]
+
+    def label_of(word: str) -> str | None:
+        if word in specs and (word != own_key or name_own):
+            return specs[word].label
+        for candidate in (f"{prefix}.{word}", f"{section}.{word}", _unique_last_parts().get(word)):
+            if candidate in specs and (candidate != own_key or name_own):
+                return specs[candidate].label
+        return None
+
+    return _KEY_WORD.sub(lambda m: f"“{label_of(m.group(1))}”" if label_of(m.group(1)) else m.group(1), text)
 
 
 def _kind(key: str, field) -> str:
@@ -88,12 +133,17 @@ def _kind(key: str, field) -> str:
     return type_name  # str | int | float
 
 
-def all_specs() -> dict[str, FieldSpec]:
-    """key -> FieldSpec for every key the form binds, in schema order. The default is the value in a new Preset
-    (optimizer parameters are filled in there, not in the field's own default)."""
+@functools.cache
+def _specs() -> dict[str, FieldSpec]:
     fresh = Preset()
     return {key: FieldSpec(key, _kind(key, f), get_value(fresh, key), dict(f.metadata))
             for key, f in iter_fields() if key not in UNBOUND}
+
+
+def all_specs() -> dict[str, FieldSpec]:
+    """key -> FieldSpec for every key the form binds, in schema order. The default is the value in a new Preset
+    (optimizer parameters are filled in there, not in the field's own default)."""
+    return dict(_specs())
 
 
 # --- value conversion: preset value <-> widget value ----------------------------------------------------------------
@@ -254,6 +304,14 @@ class Form:
     def updates_from_preset(self, preset: Preset) -> dict:
         return {w: to_widget(self.specs[k], get_value(preset, k)) for k, w in self.widgets.items()}
 
+    def _by_key(self, problems) -> dict[str, list[str]]:
+        by_key: dict[str, list[str]] = {}
+        for problem_key, message in problems:
+            key = self.key_of_problem(problem_key)
+            if key:
+                by_key.setdefault(key, []).append(problem_words(message, problem_key))
+        return by_key
+
     def key_of_problem(self, problem_key: str) -> str | None:
         """The bound key a ConfigError problem belongs to (`optimizers.unet.betas` -> `optimizers.unet.params`)."""
         key = re.sub(r"\[\d+\]$", "", problem_key or "")
@@ -265,22 +323,22 @@ class Form:
                 return f"{prefix}.{parts[1]}.params"
         return None
 
-    def problem_updates(self, problems: list[tuple[str, str]], values: dict | None = None) -> dict:
-        """Each widget's info line: its help, or its problem in red words; advanced accordions with a problem open.
-        `values` ({widget: value}) are merged in: one update per widget may set both (a second would replace it)."""
+    def problem_updates(self, problems: list[tuple[str, str]], values: dict | None = None,
+                        advice: list[tuple[str, str]] = ()) -> dict:
+        """Each widget's info line: its help, its problem in red words, or advice (valid, but rarely meant) in amber;
+        advanced accordions with a problem open. `values` ({widget: value}) are merged in: one update per widget
+        may set both (a second would replace it)."""
         values = values or {}
-        by_key: dict[str, list[str]] = {}
-        for problem_key, message in problems:
-            key = self.key_of_problem(problem_key)
-            if key:
-                by_key.setdefault(key, []).append(f"{problem_key}: {message}")
+        by_key, advised = self._by_key(problems), self._by_key(advice)
         updates = {}
         for key, w in self.widgets.items():
-            text = self.specs[key].info
+            text, classes = self.specs[key].info, []
             if key in by_key:
-                text = "⚠ " + " · ".join(by_key[key])
+                text, classes = info_line("⚠ " + " · ".join(by_key[key]), key), ["has-problem"]
+            elif key in advised:
+                text, classes = info_line("Note: " + " · ".join(advised[key]), key), ["has-advice"]
             extra = {"value": values[w]} if w in values else {}
-            updates[w] = gr.update(info=text, elem_classes=["has-problem"] if key in by_key else [], **extra)
+            updates[w] = gr.update(info=text, elem_classes=classes, **extra)
         for key in by_key:
             if key in self.accordion_of:
                 updates[self.accordion_of[key]] = gr.update(open=True)
@@ -291,6 +349,22 @@ def problems_of(exc: Exception) -> list[tuple[str, str]]:
     return exc.problems if isinstance(exc, ConfigError) else [("", str(exc))]
 
 
-def format_problems(problems: list[tuple[str, str]]) -> str:
-    """Markdown list of problems, each starting with its YAML key."""
-    return "\n".join(f"- **{key or 'preset'}**: {message}" for key, message in problems)
+def problem_words(message: str, key: str) -> str:
+    """A loader message in screen words: without its leading key ("training.max_steps: must be ..." -> "must be
+    ..."), and keys inside it by their labels ("set “Max steps” or “Max epochs”")."""
+    for prefix in (f"{key}: ", f"{key} "):
+        if key and message.startswith(prefix):
+            message = message[len(prefix):]
+            break
+    return humanize(message, key, name_own=True)
+
+
+def format_problems(problems: list[tuple[str, str]], form: "Form | None" = None) -> str:
+    """Markdown list of problems, each by the field's label (when `form` binds it) with its YAML key as a tag."""
+    lines = []
+    for key, message in problems:
+        bound = form.key_of_problem(key) if form is not None and key else None
+        name = form.specs[bound].label if bound else (key or "preset")
+        tag = f" `{key}`" if bound else ""
+        lines.append(f"- **{name}**{tag}: {problem_words(message, key)}")
+    return "\n".join(lines)

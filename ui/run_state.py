@@ -83,6 +83,7 @@ class RunView:
     _last_phase: str | None = None
     phase_progress: tuple = (None, None)  # (n, total) of the latest long phase (caching, captioning)
     sent: dict = field(default_factory=dict)  # what the page shows already (tab_run.render skips unchanged parts)
+    note: tuple | None = None             # (text, until, marks when said): a button's message, see say()
 
     def poll(self) -> int:
         """Fold the new events in; returns how many there were."""
@@ -120,6 +121,32 @@ class RunView:
             self.finished = kind
             if kind == "error":
                 self.error = e
+
+    # --- the message under the buttons: said by a button, gone once the run has moved on ---
+    def stage(self) -> str:
+        """loading | training | stopping | done | stopped | error"""
+        if self.finished:
+            return self.finished
+        if self.stop_requested_at is not None:
+            return "stopping"
+        return "training" if self.last_step else "loading"
+
+    def say(self, text: str, until: str = "next stage") -> None:
+        """Show `text` until the run moves on: "next stage" (loading -> training -> stopping -> finished), "finished"
+        (the whole run), or "next file" (a sample or a checkpoint arrives: what Sample now / Save now asked for)."""
+        self.note = (text, until, (self.stage(), len(self.samples) + len(self.saved)))
+
+    def message(self) -> str:
+        if not self.note:
+            return ""
+        text, until, (stage, files) = self.note
+        if until == "finished":
+            current = not self.finished
+        elif until == "next file":
+            current = self.stage() == stage and len(self.samples) + len(self.saved) == files
+        else:
+            current = self.stage() == stage
+        return text if current else ""
 
     def progress(self) -> tuple[int, int]:
         s = self.last_step or {}

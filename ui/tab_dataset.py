@@ -15,7 +15,8 @@ from engine.dataset_doctor.check_dataset import check_dataset
 from ui.fields import Form
 
 THUMB_PX = 256
-SEVERITY_ICONS = {"error": "⛔ error", "warning": "⚠️ warning", "info": "ℹ️ info"}
+# words, not emoji: a PC without an emoji font draws those as empty boxes (the row's colour comes from style.css)
+SEVERITY_WORDS = {"error": "Error", "warning": "Warning", "info": "Note"}
 CHECK_KEYS = ("dataset.path", "dataset.trigger", "dataset.resolution_px", "dataset.caption_ext",
               "training.batch_size", "dataset.bucketing", "dataset.min_bucket_px", "dataset.max_bucket_px",
               "dataset.bucket_step_px")
@@ -42,7 +43,7 @@ def build(form: Form) -> dict:
         gr.Markdown("### Findings")
         for i, f in enumerate(rep["findings"]):
             with gr.Row(equal_height=True, elem_classes=["finding", f"finding-{f['severity']}"]):
-                gr.Markdown(f"**{SEVERITY_ICONS.get(f['severity'], f['severity'])}** — {f['message']}  \n"
+                gr.Markdown(f"**{SEVERITY_WORDS.get(f['severity'], f['severity'])}** — {f['message']}  \n"
                             f"*{f['hint']}*")
                 if f.get("fix"):
                     button = gr.Button(fix_label(f["fix"], len(f["fix_files"])), scale=0, min_width=220, size="sm",

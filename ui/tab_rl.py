@@ -74,7 +74,7 @@ def wire(form: Form, parts: dict, run_view) -> None:
         try:
             preset = form.to_preset(values)
         except ConfigError as exc:
-            return {parts["result"]: "**Fix these first:**\n" + format_problems(problems_of(exc)),
+            return {parts["result"]: "**Fix these first:**\n" + format_problems(problems_of(exc), form),
                     parts["table"]: gr.update(visible=False)}
         text, frame = score_view(preset, source, view)
         return {parts["result"]: text,

@@ -14,10 +14,19 @@ import gradio as gr
 import pandas as pd
 
 from engine.config.load import ConfigError, load_preset
+from engine.config.validate import needs_dataset
 from ui import runner
 from ui.fields import format_problems, problems_of
 from ui.run_state import RunView
 
+# Textbox(autoscroll=True) does not follow a non-interactive box's new lines (measured: scrollTop stayed 0): this
+# keeps the box at its last line, unless the person has scrolled up to read (then it stays where they are).
+FOLLOW_JS = """() => { for (const id of ['run-log', 'run-engine-log']) {
+  const t = document.querySelector('#' + id + ' textarea'); if (!t) continue;
+  const seen = Number(t.dataset.easelSeen || 0);
+  const atEnd = !seen || t.scrollTop + t.clientHeight >= seen - 8;
+  requestAnimationFrame(() => { if (atEnd) t.scrollTop = t.scrollHeight; t.dataset.easelSeen = t.scrollHeight; });
+} }"""
 STOP_TIMEOUT_S = 60.0   # graceful stop saves state first; a big model on a slow disk can take a while
 TICK_S = 1.0
 
@@ -30,6 +39,8 @@ def build() -> dict:
         sample_now = gr.Button("Sample now", elem_id="run-sample-now")
         save_now = gr.Button("Save now", elem_id="run-save-now")
     message = gr.Markdown(elem_id="run-message")
+    # shown when the dataset check found warnings: Start asks once, this starts with them
+    start_anyway = gr.Button("Start anyway", variant="secondary", visible=False, elem_id="run-start-anyway")
     folder = gr.Markdown(elem_id="run-folder")
     progress = gr.HTML(progress_html(None), elem_id="run-progress")
     error = gr.Markdown(elem_id="run-error")
@@ -43,7 +54,7 @@ def build() -> dict:
             # RL runs (training.mode rl): each epoch's mean reward; hidden until a run has one
             reward = gr.LinePlot(x="step", y="reward", height=220, elem_id="run-reward", x_title="step",
                                  y_title="mean reward", label="Reward (RL)", visible=False)
-    samples = gr.Gallery(label="Samples (newest step first; a LoRA's at each strength)", columns=8,
+    samples = gr.Gallery(label="Samples (newest step first; a LoRA's at each strength)", columns=6,
                          height="auto", elem_id="run-samples", object_fit="contain", preview=False)
     files = gr.File(label="Output files (.safetensors)", file_count="multiple", interactive=False,
                     elem_id="run-files", visible=False)
@@ -52,7 +63,7 @@ def build() -> dict:
                                 elem_id="run-engine-log")
     view = gr.State(None)
     timer = gr.Timer(TICK_S)
-    return {"start": start, "stop": stop, "resume": resume, "sample_now": sample_now, "save_now": save_now,
+    return {"start": start, "start_anyway": start_anyway, "accepted": gr.State(None), "stop": stop, "resume": resume, "sample_now": sample_now, "save_now": save_now,
             "message": message, "folder": folder, "progress": progress, "error": error, "log": log, "loss": loss, "reward": reward,
             "samples": samples, "files": files, "engine_log": engine_log, "view": view, "timer": timer}
 
@@ -129,6 +140,7 @@ def render(view: RunView | None, parts: dict, force: bool = False) -> dict:
         return {parts["progress"]: progress_html(None)}
     sent = view.sent
     values = {
+        "message": (view.message(), view.message),
         "progress": (progress_html(view), lambda: progress_html(view)),
         "log": (len(view.log), lambda: "\n".join(view.log)),
         "loss": (len(view.loss_points), lambda: _loss_frame(view)),
@@ -190,22 +202,55 @@ def attach(ctx, preset_path=None) -> RunView | None:
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name: a model the engine looks up in the Hub cache
 
 
-def preflight(preset) -> list[tuple[str, str]]:
-    """Problems a valid preset can still have on this PC (missing folders), found before a run folder is made."""
+def preflight(preset, require: bool = True) -> list[tuple[str, str]]:
+    """Problems a valid preset can still have on this PC (missing folders), found before a run folder is made.
+    require=False (while the form is edited): only paths that are typed and not found, not the empty ones."""
     problems = []
     d, m = preset.dataset, preset.model
     if not d.path.strip():
-        problems.append(("dataset.path", "choose your dataset folder (Dataset tab)"))
+        if require and needs_dataset(preset):
+            problems.append(("dataset.path", "choose your dataset folder (Dataset tab)"))
     elif not Path(d.path).is_dir():
         problems.append(("dataset.path", f"folder not found: {d.path}"))
     if d.use_reg and d.reg_path and not Path(d.reg_path).is_dir():
         problems.append(("dataset.reg_path", f"folder not found: {d.reg_path}"))
     if not m.path.strip():
-        problems.append(("model.path", "set the base model: a diffusers folder, a .safetensors file or a Hub id"))
+        if require and m.family != "dit":   # a DiT from scratch has no base model
+            problems.append(("model.path", "set the base model: a diffusers folder, a .safetensors file or a Hub "
+                                           "id"))
     elif not Path(m.path).exists() and not HUB_ID.match(m.path.strip()):
         problems.append(("model.path", f"not found: {m.path} (neither a file, a folder nor a Hub id like "
                                        "org/model-name)"))
     return problems
+
+
+def doctor_applies(preset) -> bool:
+    """The dataset doctor checks captioned image datasets: every SD / FLUX run but VAE training (images without
+    captions) and RL on a prompts file. A DiT's dataset is class folders, .npz arrays or bare images."""
+    return (preset.model.family != "dit" and preset.training.mode != "vae" and needs_dataset(preset)
+            and Path(preset.dataset.path).is_dir())
+
+
+def dataset_verdict(values: dict, form) -> tuple[dict | None, list[dict], list[dict], str]:
+    """(the doctor's report, its errors, its warnings, the summary line) for the form's dataset."""
+    from ui.tab_dataset import run_check
+
+    summary, rep, _ = run_check(values, form)
+    findings = (rep or {}).get("findings", [])
+    return (rep, [f for f in findings if f["severity"] == "error"], [f for f in findings if f["severity"] == "warning"],
+            summary)
+
+
+def findings_list(findings: list[dict], limit: int = 8) -> str:
+    lines = [f"- {f['message']} *{f['hint']}*" for f in findings[:limit]]
+    if len(findings) > limit:
+        lines.append(f"- … and {len(findings) - limit} more (the Dataset tab lists them all)")
+    return "\n".join(lines)
+
+
+def warnings_key(preset, warnings: list[dict]) -> str:
+    """What the user accepted with Start anyway: this dataset with these warnings (new ones ask again)."""
+    return "\n".join([preset.dataset.path, *sorted(f["message"] for f in warnings)])
 
 
 def start_new(preset, ctx) -> RunView:
@@ -228,36 +273,65 @@ def resume_view(view: RunView | None, ctx) -> RunView:
     return view
 
 
-def wire(ctx, form, parts: dict, problem_outputs: list) -> None:
+def wire(ctx, form, parts: dict, problem_outputs: list, dataset: dict) -> None:
+    """dataset: the Dataset tab's parts (Start shows the doctor's findings there, with their fix buttons)."""
     outs = [parts[k] for k in ("view", "message", "folder", "progress", "log", "loss", "reward", "samples", "files",
                                "error", "engine_log")]
+    doctor_outs = [parts["start_anyway"], parts["accepted"], dataset["summary"], dataset["report"],
+                   dataset["gallery"], dataset["fix_note"]]
 
-    def on_start(values):
+    def on_start(values, anyway: bool = False):
         try:
             preset = form.to_preset(values)
             problems = preflight(preset)
         except ConfigError as exc:
             problems = problems_of(exc)
         if problems:
-            return {**form.problem_updates(problems),
-                    parts["message"]: "**Fix these before starting:**\n" + format_problems(problems)}
+            return {**form.problem_updates(problems), parts["start_anyway"]: gr.update(visible=False),
+                    parts["message"]: "**Fix these before starting:**\n" + format_problems(problems, form)}
+        if doctor_applies(preset):
+            rep, errors, warnings, summary = dataset_verdict(values, form)
+            shown = {dataset["summary"]: summary, dataset["report"]: rep}
+            if errors:
+                from ui.tab_dataset import gallery_items
+                return {**shown, dataset["gallery"]: gallery_items(rep), parts["start_anyway"]: gr.update(visible=False),
+                        dataset["fix_note"]: "**Start is waiting for these fixes.** Fix the errors below, then press "
+                                             "Start training again.",
+                        parts["message"]: f"**The dataset check found {len(errors)} error(s); the run did not start.** "
+                                          f"The Dataset tab lists them with a fix button each:\n"
+                                          + findings_list(errors)}
+            key = warnings_key(preset, warnings)
+            if warnings and not anyway and values.get(parts["accepted"]) != key:
+                return {**shown, parts["start_anyway"]: gr.update(visible=True),
+                        parts["message"]: f"**The dataset check found {len(warnings)} warning(s).** Training works "
+                                          f"with them, but they may spoil the result:\n{findings_list(warnings)}\n\n"
+                                          "Press **Start anyway** to train as it is, or fix them on the Dataset tab."}
+            accepted = {parts["accepted"]: key}
+        else:
+            accepted = {}
         try:
             view = start_new(preset, ctx)
         except (runner.RunBusy, OSError) as exc:
             return {parts["message"]: f"**Could not start:** {exc}"}
         view.poll()
-        return {**form.problem_updates([]), parts["view"]: view,
-                parts["message"]: "Started: the engine is loading the model.", **render(view, parts, force=True)}
+        view.say("Started: the engine is loading the model.")
+        return {**form.problem_updates([]), parts["view"]: view, parts["start_anyway"]: gr.update(visible=False),
+                **accepted, **render(view, parts, force=True)}
 
-    parts["start"].click(on_start, inputs=form.inputs(), outputs=[*outs, *problem_outputs], api_name="start_run")
+    inputs = {*form.inputs(), parts["accepted"]}
+    parts["start"].click(on_start, inputs=inputs, outputs=[*outs, *doctor_outs, *problem_outputs],
+                         api_name="start_run")
+    parts["start_anyway"].click(lambda values: on_start(values, anyway=True), inputs=inputs,
+                                outputs=[*outs, *doctor_outs, *problem_outputs], api_name="start_run_anyway")
 
     def on_stop(view):
         if view is None or view.finished or not runner.is_running(view.run_dir):
             return {parts["message"]: "No run is training."}
         view.stop_requested_at = time.time()
         runner.stop(view.run_dir, STOP_TIMEOUT_S)
-        return {parts["view"]: view, parts["message"]: "Stopping: the engine saves its state at the end of this "
-                f"step, then exits (forced after {STOP_TIMEOUT_S:.0f} s)."}
+        view.say("Stopping: the engine saves its state at the end of this step, then exits (forced after "
+                 f"{STOP_TIMEOUT_S:.0f} s).")
+        return {parts["view"]: view, **render(view, parts)}
 
     parts["stop"].click(on_stop, inputs=parts["view"], outputs=outs)
 
@@ -266,8 +340,8 @@ def wire(ctx, form, parts: dict, problem_outputs: list) -> None:
             view = resume_view(view, ctx)
         except (ValueError, runner.RunBusy, OSError) as exc:
             return {parts["message"]: f"**Could not resume:** {exc}"}
-        return {parts["view"]: view, parts["message"]: f"Resuming `{view.run_dir.name}`…",
-                **render(view, parts, force=True)}
+        view.say(f"Resuming `{view.run_dir.name}`…")
+        return {parts["view"]: view, **render(view, parts, force=True)}
 
     parts["resume"].click(on_resume, inputs=parts["view"], outputs=outs)
 
@@ -276,9 +350,12 @@ def wire(ctx, form, parts: dict, problem_outputs: list) -> None:
             if view is None or view.finished or not runner.is_running(view.run_dir):
                 return {parts["message"]: "No run is training."}
             runner.request(view.run_dir, what)
-            return {parts["message"]: f"Asked the engine to {what.replace('_now', '')} at the next step."}
+            view.say(f"Asked the engine to {what.replace('_now', '')} at the next step.", until="next file")
+            return {parts["view"]: view, **render(view, parts)}
 
         parts[what].click(on_request, inputs=parts["view"], outputs=outs)
 
     parts["timer"].tick(lambda view: tick(view, parts), inputs=parts["view"], outputs=outs,
                         show_progress="hidden", queue=False)
+    for box in (parts["log"], parts["engine_log"]):
+        box.change(None, js=FOLLOW_JS, show_progress="hidden")

@@ -10,7 +10,7 @@ from ui.fields import Form, to_widget
 COMPONENT_TITLES = {"unet": "UNet / transformer", "text_encoder": "Text encoder(s)", "vae": "VAE",
                     "discriminator": "Discriminator"}
 COMPONENT_NOTES = {"text_encoder": "Used only when **Train text encoder** is on (Training tab). An empty learning "
-                                   "rate means te_lr_ratio × the UNet's.",
+                                   "rate means the Text-encoder LR ratio × the UNet's.",
                    "vae": "Used only when training.mode is **vae**.",
                    "discriminator": "Used only in training.mode **vae** with **gan** on."}
 
@@ -94,12 +94,31 @@ def lr_frame(preset):
     picks = sorted(set(range(0, total, stride)) | {total - 1})
     rows = [(i + 1, float(curve[i]), comp) for comp, curve in curves.items() for i in picks]
     marks = lr_marks(preset, total)
-    notes = [f"{comp}: peak {max(c):.2e}, last {c[-1]:.2e}" for comp, c in curves.items()]
+    notes = [f"{comp}: peak {max(c):.2e}, last {c[-1]:.2e}" + (" (a learning rate of 0 trains nothing)"
+                                                               if max(c) == 0 else "") for comp, c in curves.items()]
     if marks.get("sample"):
         notes.append(f"samples at {_steps_text(marks['sample'])}")
     if marks.get("checkpoint"):
         notes.append(f"checkpoints at {_steps_text(marks['checkpoint'])}")
     return pd.DataFrame(rows, columns=["step", "lr", "component"]), f"{total} steps · " + " · ".join(notes)
+
+
+def empty_frame():
+    """No curve (an invalid field must not leave the last good curve, or a flat line, on screen)."""
+    import pandas as pd
+
+    return pd.DataFrame({"step": pd.Series([], dtype="int64"), "lr": pd.Series([], dtype="float64"),
+                         "component": pd.Series([], dtype="object")})
+
+
+def invalid_note(problems: list[tuple[str, str]], form: Form) -> str:
+    """Why no curve is drawn: an invalid learning rate said as such, other fields by their labels."""
+    from ui.fields import format_problems
+
+    lr = [(k, m) for k, m in problems if k.endswith(".lr")]
+    if lr:
+        return "**Invalid learning rate**, so no curve:\n" + format_problems(lr, form)
+    return "**No curve until these fields are valid:**\n" + format_problems(problems, form)
 
 
 def _steps_text(steps: list[int]) -> str:
@@ -113,10 +132,10 @@ def wire_plot(form: Form, parts: dict, triggers: list) -> None:
     def redraw(values):
         try:
             preset = form.to_preset(values)
-        except ConfigError:
-            return {parts["plot_note"]: "The curve updates once the fields above are valid."}
+        except ConfigError as exc:
+            return {parts["plot"]: empty_frame(), parts["plot_note"]: invalid_note(exc.problems, form)}
         frame, note = lr_frame(preset)
-        return {parts["plot"]: frame, parts["plot_note"]: note} if frame is not None else {parts["plot_note"]: note}
+        return {parts["plot"]: empty_frame() if frame is None else frame, parts["plot_note"]: note}
 
     parts["redraw"] = redraw
     # .input (a person's edit), not .change: loading a preset changes 80 widgets one by one, and a redraw between

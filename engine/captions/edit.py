@@ -92,6 +92,13 @@ def lowercase(text: str) -> str:
     return text.lower()
 
 
+# What each op did, in the words the undo message and the journal show ("Undone: added the trigger 'zqx'").
+OP_WORDS = {"add_trigger": "added the trigger {trigger!r}", "remove_trigger": "removed the trigger {trigger!r}",
+            "prefix": "put {text_to_add!r} before the captions", "suffix": "put {text_to_add!r} after the captions",
+            "replace": "replaced {find!r} with {replace!r}", "strip_tags": "tidied the tags' spaces",
+            "dedupe_tags": "removed repeated tags", "remove_tags": "removed the tags {tags}",
+            "lowercase": "lowercased the captions"}
+
 OPS = {"add_trigger": add_trigger, "remove_trigger": remove_trigger, "prefix": prefix, "suffix": suffix,
        "replace": replace, "strip_tags": strip_tags, "dedupe_tags": dedupe_tags, "remove_tags": remove_tags,
        "lowercase": lowercase}
@@ -163,8 +170,16 @@ def write_caption(entry: JournalEntry, path: Path, text: str) -> None:
 def apply(root: Path, op: str, files=None, **params) -> dict | None:
     """Apply `op` (see preview) and return the journal entry: {"id", "replaced": [{"path", "backup"}...], ...}."""
     changes = preview(root, op, files, **params)
-    label = f"{op} " + ", ".join(f"{k}={v!r}" for k, v in params.items())
-    return write_captions(root, {c.path: c.after for c in changes}, label.strip())
+    return write_captions(root, {c.path: c.after for c in changes}, op_words(op, params, len(changes)))
+
+
+def op_words(op: str, params: dict, count: int) -> str:
+    """'added the trigger 'zqx' to 12 caption(s)': what a caption edit did, for the undo message."""
+    try:
+        words = OP_WORDS[op].format(**params)
+    except (KeyError, IndexError):
+        words = op.replace("_", " ")
+    return f"{words} ({count} caption(s))"
 
 
 def undo(root: Path) -> dict | None:

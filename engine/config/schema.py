@@ -21,6 +21,7 @@ OBJECTIVES = ("auto", "epsilon", "v_prediction", "sample", "flow")
 FLOW_PATHS = ("condot", "cosine", "vp", "linear_vp")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PRECISIONS = ("bf16", "fp16", "fp32")
+TRAINING_PRECISIONS = ("auto", *PRECISIONS)
 EXPORT_FORMATS = ("kohya", "diffusers")
 # The optimizer and schedule names; their parameters are in engine/config/optim_specs.py.
 OPTIMIZER_TYPES = ("adamw", "adamw8bit", "lion", "lion8bit", "sgd", "prodigy", "adafactor")
@@ -174,8 +175,8 @@ class TrainingConfig:
     num_gpus: int = opt(1, "GPUs that train together, one engine process each (through accelerate launch); every "
                            "GPU trains batch_size images per batch, so the effective batch is batch x "
                            "grad_accum x this.", min=1, max=64, env="NUM_GPUS", advanced=True)
-    precision: str = opt("bf16", "Mixed precision. bf16 is the safe default on RTX 30xx and newer; fp16 for older "
-                                 "cards; fp32 on CPU.", choices=PRECISIONS)
+    precision: str = opt("auto", "Mixed precision. auto: bf16 on GPUs that have it (RTX 30xx and newer), fp16 on "
+                                 "older cards, fp32 on the CPU.", choices=TRAINING_PRECISIONS)
     gradient_checkpointing: bool = opt(True, "Recompute activations in the backward pass: much less VRAM, ~20% "
                                              "slower.")
     seed: int = opt(42, "Random seed; the same seed and data give the same run.", min=0, max=2**32 - 1, env="SEED")

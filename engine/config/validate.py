@@ -146,3 +146,25 @@ def rl_problems(p: Preset) -> list[tuple[str, str]]:
         out.append(("rl.num_images_per_prompt", "one image per epoch has advantage 0, so nothing would learn: use "
                                                 "4-8 images per prompt (the group GRPO compares)"))
     return out
+
+
+def needs_dataset(preset: Preset) -> bool:
+    """Every run trains on its dataset, but RL without a supervised warmup on a prompts file."""
+    rl = preset.rl
+    return not (preset.training.mode == "rl" and rl.warmup_steps == 0 and rl.prompts_file)
+
+
+def advice(p: Preset) -> list[tuple[str, str]]:
+    """(key, message) for settings that are valid but rarely what was meant: said as a warning when a run starts
+    and next to the field in the GUI, never refused."""
+    out = []
+    for comp, opt in p.optimizers.items():  # legal (re-saving a LoRA unchanged), but rarely what was meant
+        if opt.lr == 0 and (comp == "unet" or p.network.train_text_encoder):
+            out.append((f"optimizers.{comp}.lr", f"the learning rate is 0, so this run will not change the {comp} "
+                                                 f"at all (1e-4 is the usual LoRA learning rate)."))
+    trigger = p.dataset.trigger.strip()
+    prompts = p.sampling.prompts
+    if trigger and prompts and p.model.family != "dit" and not any(trigger.lower() in q.lower() for q in prompts):
+        out.append(("sampling.prompts", f"no sample prompt contains the trigger '{trigger}': the samples will not "
+                                        f"show what the LoRA learned. Put '{trigger}' in at least one prompt."))
+    return out

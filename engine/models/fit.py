@@ -76,7 +76,7 @@ VAE_ENCODE_GB_PER_MPX = 1.5   # VAE encoder activations per megapixel in bf16 (n
 
 DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "BF16": 2, "F16": 2, "I16": 2, "U16": 2,
                "F8_E4M3": 1, "F8_E5M2": 1, "I8": 1, "U8": 1, "BOOL": 1}
-PRECISION_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+PRECISION_BYTES = {"auto": 2, "bf16": 2, "fp16": 2, "fp32": 4}  # auto: bf16 or fp16 on a GPU
 # Bytes of optimizer state per trained parameter: bitsandbytes' 8-bit states are 1 byte each; Prodigy keeps
 # exp_avg, exp_avg_sq, s and the initial weights; Adafactor's factored second moment is rows + cols per matrix,
 # under 0.5 B per LoRA parameter; SGD keeps a momentum buffer only with momentum > 0.

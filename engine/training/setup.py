@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from engine.config.save import preset_to_dict
+from engine.config.validate import advice, needs_dataset
 from engine.events import EventWriter
 from engine.failures import UserError
 from engine.models.base_storage import check_quantize_supported
@@ -135,7 +136,7 @@ def begin(preset, events: EventWriter, resume) -> tuple:
     training = preset.training
     read_prompts_file(preset.sampling.eval_prompts_file)  # a wrong path fails now, not after the whole run
     processes = start()  # with several GPUs: joins the other processes and picks this one's GPU
-    device, mixed, weight_dtype = choose_precision(training, preset.network, events)
+    device, mixed, weight_dtype = choose_precision(training, preset.network, events, preset.model.family)
     events.emit("started", preset=preset_to_dict(preset), versions=versions(), device=device_name(device),
                 resume=resume, processes=processes.world,
                 effective_batch=training.batch_size * training.grad_accum * processes.world,
@@ -154,22 +155,40 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def choose_precision(training, network, events) -> tuple[str, str, torch.dtype]:
-    """(device, accelerate mixed_precision, dtype of the frozen weights). CPU trains in fp32."""
+def choose_precision(training, network, events, family: str = "") -> tuple[str, str, torch.dtype]:
+    """(device, accelerate mixed_precision, dtype of the frozen weights). CPU trains in fp32; `auto` picks bf16 where
+    the GPU has it, else fp16."""
     if not torch.cuda.is_available():
-        if training.precision != "fp32":
+        if training.precision not in ("fp32", "auto"):
             events.emit("warning", message=f"No CUDA GPU found: training on the CPU in fp32 (training.precision "
                                            f"{training.precision} needs a GPU). This is slow except for tiny models.")
         return "cpu", "no", torch.float32
     enable_tf32()
-    if training.precision == "bf16" and not torch.cuda.is_bf16_supported():
+    precision = resolved_precision(training.precision, native_bf16(), family)
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
         raise UserError("training.precision: bf16 is not supported by this GPU.",
                         "Use training.precision: fp16 (cards older than RTX 30xx).")
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    mixed = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[training.precision]
+    mixed = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[precision]
     # a full fine-tune keeps fp32 master weights; a LoRA keeps the frozen base in the half type (half the VRAM)
-    weight_dtype = torch.float32 if network.type == "full" else dtypes[training.precision]
+    weight_dtype = torch.float32 if network.type == "full" else dtypes[precision]
+    if training.precision == "auto":
+        events.emit("status", phase="precision", text=f"Precision auto: {precision} on this GPU.")
     return "cuda", mixed, weight_dtype
+
+
+def resolved_precision(precision: str, bf16_native: bool, family: str = "") -> str:
+    """training.precision on a GPU: `auto` is bf16 where the card has it natively (RTX 30xx and newer), else fp16.
+    FLUX is always bf16: its activations overflow fp16 (an older card emulates bf16, slowly but correctly)."""
+    if precision != "auto":
+        return precision
+    return "bf16" if bf16_native or family == "flux" else "fp16"
+
+
+def native_bf16() -> bool:
+    """bf16 in hardware (compute capability 8.0+): torch.cuda.is_bf16_supported() also says yes where it is only
+    emulated, which is several times slower than fp16 there."""
+    return torch.cuda.get_device_capability()[0] >= 8
 
 
 def versions() -> dict:
@@ -191,14 +210,9 @@ def device_name(device: str) -> str:
 
 
 def warn_unsupported(preset, events) -> None:
-    """Settings this engine does not act on yet: said plainly instead of silently ignored."""
-    notes = []
-    for comp, opt in preset.optimizers.items():  # legal (re-saving a LoRA unchanged), but rarely what was meant
-        if opt.lr == 0 and (comp == "unet" or preset.network.train_text_encoder):
-            notes.append(f"optimizers.{comp}.lr is 0: this run will not change the {comp} at all "
-                         f"(1e-4 is the usual LoRA learning rate).")
-    for message in notes:
-        events.emit("warning", message=message)
+    """Settings that are valid but rarely what was meant (engine.config.validate.advice): said plainly."""
+    for key, message in advice(preset):
+        events.emit("warning", message=f"{key}: {message}")
 
 
 def configure_for_training(comps, training, family=None) -> None:
@@ -408,12 +422,6 @@ def ema_too_slow(ema, total: int) -> str | None:
     return (f"training.ema.decay {ema.decay:g} averages over ~{span:,.0f} steps, more than a third of this run's "
             f"{total}: the samples and saved files (the EMA) will show little of the training. Lower it (e.g. "
             f"{max(0.9, 1 - 3 * ema.update_interval / max(total, 1)):.3g}), or train longer.")
-
-
-def needs_dataset(preset) -> bool:
-    """Every run trains on its dataset, but RL without a supervised warmup on a prompts file."""
-    rl = preset.rl
-    return not (preset.training.mode == "rl" and rl.warmup_steps == 0 and rl.prompts_file)
 
 
 def check_rectified_flow(objective: str, prediction_type: str, model_cfg) -> None:
