@@ -211,7 +211,8 @@ def test_the_loss_plot_gets_numbers_even_before_the_first_step(tmp_path):
     assert str(empty["step"].dtype) == "int64" and str(empty["loss"].dtype) == "float64"  # not object: numeric axes
     w.emit("step", step=1, total_steps=2, epoch=1, loss=0.5, lr={"unet": 1e-4}, s_per_it=0.1, eta_s=0.1, vram_gb=None)
     view.poll()
-    assert _loss_frame(view).values.tolist() == [[1, 0.5]]
+    assert _loss_frame(view).dropna().values.tolist() == [[1, 0.5, "training"]]
+    assert set(empty["series"]) == {"training", "validation"}   # both series from the first frame on
 
 
 def test_the_run_log_shows_rl_epochs_and_sample_rewards():
@@ -226,6 +227,7 @@ def test_the_run_log_shows_rl_epochs_and_sample_rewards():
 
 def test_a_buttons_message_goes_once_the_run_moves_on(tmp_path):
     """'Started: loading the model' stayed through training and after Finished; 'Stopping…' stayed after the stop."""
+    from ui import tab_run
     from ui.tab_run import render
 
     w = EventWriter(tmp_path / "run" / "events.jsonl")
@@ -233,8 +235,7 @@ def test_a_buttons_message_goes_once_the_run_moves_on(tmp_path):
     view = RunView(tmp_path / "run")
     view.poll()
     view.say("Started: the engine is loading the model.")
-    parts = {k: k for k in ("message", "progress", "log", "loss", "reward", "samples", "files", "folder", "error",
-                            "engine_log")}
+    parts = {k: k for k in tab_run.RENDERED}
     assert render(view, parts)["message"] == "Started: the engine is loading the model."
     w.emit("step", step=1, total_steps=9, epoch=1, loss=0.5, lr={"unet": 1e-4}, s_per_it=0.1, eta_s=1, vram_gb=None)
     view.poll()
@@ -254,3 +255,78 @@ def test_a_buttons_message_goes_once_the_run_moves_on(tmp_path):
     assert view.message() == "" and view.progress_text().startswith("Stopped at step 2")
     view.say("Demo run started.", until="finished")
     assert view.message() == ""                         # said after the end: nothing to keep it for
+
+
+def test_the_loss_plot_shows_validation_and_the_files_put_the_best_checkpoint_first(tmp_path):
+    from ui.tab_run import _loss_frame
+
+    run = tmp_path / "run"
+    best = run / "checkpoints" / "best"
+    best.mkdir(parents=True)
+    w = EventWriter(run / "events.jsonl")
+    w.emit("started", preset={}, versions={}, device="cpu")
+    last = run / "checkpoints" / "lora-step000040.safetensors"
+    last.write_bytes(b"x")
+    for step, loss in ((20, 0.31), (40, 0.27)):
+        w.emit("step", step=step, total_steps=40, epoch=1, loss=loss + 0.1, lr={"unet": 1e-4}, s_per_it=0.1,
+               eta_s=1, vram_gb=None)
+        name = best / f"lora-epoch001-step{step:06d}-val_loss{loss:.4f}.safetensors"
+        name.write_bytes(b"x")
+        w.emit("saved", path=str(name), format="kohya", step=step)
+        w.emit("val", step=step, val_loss=loss, best=min(0.31, loss))
+    w.emit("saved", path=str(last), format="kohya", step=40)
+    view = RunView(run)
+    view.poll()
+    frame = _loss_frame(view).dropna()
+    assert sorted(set(frame["series"])) == ["training", "validation"]
+    assert frame[frame["series"] == "validation"]["loss"].tolist() == [0.31, 0.27]
+    assert view.output_files()[0].endswith("val_loss0.2700.safetensors")   # the best first
+    assert "val_loss0.2700" in view.best_text() and "step 40" in view.best_text()
+    assert any("validation loss 0.2700 at step 40 (the best so far)" in line for line in view.log)
+    (best / "lora-epoch001-step000040-val_loss0.2700.safetensors").unlink()   # Best deleted it (not in the K best)
+    assert "val_loss0.3100" in view.best_text()
+
+
+def test_the_tensorboard_button_serves_the_runs_folder(tmp_path):
+    import urllib.request
+
+    from ui.tensorboard import open_board
+
+    (tmp_path / "runs" / "a run" / "tensorboard").mkdir(parents=True)
+    url = open_board(tmp_path / "runs", Path(__file__).resolve().parents[1])
+    assert url.startswith("http://127.0.0.1:")
+    with urllib.request.urlopen(url, timeout=30) as page:
+        assert page.status == 200 and b"TensorBoard" in page.read()
+    assert open_board(tmp_path / "runs", Path(__file__).resolve().parents[1]) == url   # one server per folder
+
+
+def test_the_sample_grid_puts_steps_down_and_strengths_across_and_compares_two_steps(tmp_path):
+    from ui import sample_grid, tab_run
+
+    run = tmp_path / "run"
+    (run / "samples").mkdir(parents=True)
+    w = EventWriter(run / "events.jsonl")
+    w.emit("started", preset={}, versions={}, device="cpu")
+    for step in (0, 50, 100):
+        for strength in (0.5, 1.0):
+            for k, prompt in enumerate(("ohwx, a portrait", "ohwx, oil painting")):
+                png = run / "samples" / f"step{step:06d}_p{k:02d}_s{strength:.2f}.png"
+                png.write_bytes(b"\x89PNG fake")
+                w.emit("sample", path=str(png), prompt=prompt, strength=strength, step=step)
+    ckpt = run / "checkpoints" / "lora-step000050.safetensors"
+    w.emit("saved", path=str(ckpt), format="kohya", step=50)
+    view = RunView(run)
+    view.poll()
+    out = tab_run.render(view, {k: k for k in tab_run.RENDERED})
+    html = out["grid"]
+    assert html.count("<tr>") == 4 and html.count("strength 0.5</th>") == 1   # a header row and 3 steps
+    assert html.index("step 0") < html.index("step 50") < html.index("step 100")
+    assert "checkpoint saved" in html and "oil painting" not in html            # the first prompt only
+    assert sample_grid.file_url(run / "samples" / "step000050_p00_s1.00.png") in html
+    assert out["grid_step_a"]["value"] == 50 and out["grid_step_b"]["value"] == 100   # the last two steps
+    compare = out["compare"]
+    assert "step 50</th><th>step 100" in compare and compare.count("<img") == 4
+    view.grid = ("ohwx, oil painting", 0, 100)
+    out = tab_run.render(view, {k: k for k in tab_run.RENDERED})
+    assert "oil painting" in out["grid"] and "step 0</th><th>step 100" in out["compare"]
+    assert "_p01_" in out["grid"] and "_p00_" not in out["grid"]

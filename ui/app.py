@@ -90,9 +90,7 @@ def build_app(ctx: AppContext | None = None) -> gr.Blocks:
         tab_caption.wire(ctx, form, cap)
         demo.wire(ctx, form, bar, run, wiring)
         app.load(lambda path: {run["view"]: tab_run.attach(ctx, path)}, inputs=bar["remember"], outputs=[run["view"]]) \
-            .then(lambda v: tab_run.render(v, run, force=True), inputs=run["view"],
-                  outputs=[run[k] for k in ("message", "progress", "folder", "log", "loss", "reward", "samples",
-                                            "files", "error", "engine_log")])
+            .then(lambda v: tab_run.render(v, run, force=True), inputs=run["view"], outputs=tab_run.rendered(run))
         # one load chain (not parallel loads that could overwrite each other): reopen, then draw the LR curve
         wiring.after_load(app.load(wiring.restore, inputs=[bar["remember"], bar["draft"]],
                                    outputs=wiring.load_outputs))

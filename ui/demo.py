@@ -53,8 +53,7 @@ def prepare(demo_dir: Path, cwd: Path, flags: list[str] = ()) -> Path:
 
 
 def wire(ctx, form, bar: dict, run: dict, wiring) -> None:
-    outputs = [*wiring.load_outputs, *[run[k] for k in ("view", "message", "folder", "progress", "log", "loss",
-                                                         "reward", "samples", "files", "error", "engine_log")]]
+    outputs = [*wiring.load_outputs, run["view"], *tab_run.rendered(run)]
 
     for button, (flags, preparing, loaded, started) in DEMOS.items():
         handler = demo_handler(ctx, bar, run, wiring, flags, preparing, loaded, started)

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,10 @@ def event_line(e: dict) -> str | None:
                 f"{e.get('reward_std', 0):.3g} over {e.get('images')} images")
     if kind == "saved":
         return f"{stamp} saved {e.get('format', '')} {e.get('path')}"
+    if kind == "val" and isinstance(e.get("val_loss"), (int, float)):
+        best = e.get("best")
+        return (f"{stamp} validation loss {e['val_loss']:.4f} at step {e.get('step')}"
+                + (" (the best so far)" if best is not None and e["val_loss"] <= best else ""))
     if kind == "warning":
         return f"{stamp} WARNING {e.get('message', '')}"
     if kind == "error":
@@ -66,6 +71,13 @@ def event_line(e: dict) -> str | None:
     return None
 
 
+def _loss_in_name(path) -> float:
+    """checkpoints/best/<run>-epoch012-step001500-val_loss0.0412.safetensors -> 0.0412 (engine/training/validation.py
+    names them so); inf when the name has none."""
+    found = re.search(r"val_loss(\d+\.\d+)", Path(str(path)).name)
+    return float(found.group(1)) if found else float("inf")
+
+
 @dataclass
 class RunView:
     run_dir: Path
@@ -73,6 +85,7 @@ class RunView:
     log: list[str] = field(default_factory=list)
     loss_points: list[tuple[int, float]] = field(default_factory=list)
     reward_points: list[tuple[int, float]] = field(default_factory=list)  # (step, an RL epoch's mean reward)
+    val_points: list[tuple[int, float]] = field(default_factory=list)     # (step, validation loss)
     last_step: dict | None = None
     phase: str = ""
     samples: list[dict] = field(default_factory=list)
@@ -84,6 +97,7 @@ class RunView:
     phase_progress: tuple = (None, None)  # (n, total) of the latest long phase (caching, captioning)
     sent: dict = field(default_factory=dict)  # what the page shows already (tab_run.render skips unchanged parts)
     note: tuple | None = None             # (text, until, marks when said): a button's message, see say()
+    grid: tuple = (None, None, None)      # the sample grid's prompt and the two steps compared
 
     def poll(self) -> int:
         """Fold the new events in; returns how many there were."""
@@ -111,6 +125,8 @@ class RunView:
             self.last_step, self.phase = e, "training"
             if isinstance(e.get("loss"), (int, float)):
                 self.loss_points.append((int(e["step"]), float(e["loss"])))
+        elif kind == "val" and isinstance(e.get("val_loss"), (int, float)):
+            self.val_points.append((int(e.get("step") or 0), float(e["val_loss"])))
         elif kind == "rl" and isinstance(e.get("reward_mean"), (int, float)):
             self.reward_points.append((int(e.get("step") or 0), float(e["reward_mean"])))
         elif kind == "sample":
@@ -181,10 +197,30 @@ class RunView:
         return [(str(e["path"]), f"step {e.get('step')} · strength {e.get('strength')} · {e.get('prompt', '')}")
                 for e in rows]
 
+    def best_files(self) -> list[dict]:
+        """The saved events of the best checkpoints by validation (checkpoints/best/, lowest loss first) whose
+        files still exist: Best keeps only the K lowest and deletes the rest."""
+        best = [e for e in self.saved if Path(str(e.get("path", ""))).parent.name == "best"
+                and Path(str(e.get("path", ""))).exists()]
+        return sorted(best, key=lambda e: (_loss_in_name(e["path"]), str(e["path"])))
+
+    def best_text(self) -> str:
+        """'Best by validation: <file> (val loss 0.0412, step 1500)', the lowest first; '' without validation."""
+        files = self.best_files()
+        if not files:
+            return ""
+        first = files[0]
+        name = Path(str(first["path"])).name
+        loss = _loss_in_name(first["path"])
+        others = len({Path(str(e["path"])).stem.split("-val_loss")[0] for e in files}) - 1
+        more = f"; {others} more of the lowest are kept beside it" if others > 0 else ""
+        return (f"**Best checkpoint by validation:** `{name}` (validation loss {loss:.4g}, step {first.get('step')}), "
+                f"in `{Path(str(first['path'])).parent}`{more}.")
+
     def output_files(self) -> list[str]:
-        """The saved files that still exist (older checkpoints may have been pruned by keep_last); a saved folder
-        (a full fine-tune, the DiT) by its weight files."""
-        seen: dict[str, None] = {}
+        """The saved files that still exist (older checkpoints may have been pruned by keep_last), the best by
+        validation first; a saved folder (a full fine-tune, the DiT) by its weight files."""
+        seen: dict[str, None] = {str(e["path"]): None for e in self.best_files() if Path(str(e["path"])).is_file()}
         for e in self.saved:
             path = Path(str(e.get("path", "")))
             if path.is_file():

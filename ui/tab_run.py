@@ -6,6 +6,7 @@ The engine is a separate process (ui/runner.py); this tab tails its events.jsonl
 from __future__ import annotations
 
 import html
+import math
 import re
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import pandas as pd
 
 from engine.config.load import ConfigError, load_preset
 from engine.config.validate import needs_dataset
-from ui import runner
+from ui import runner, sample_grid
 from ui.fields import format_problems, problems_of
 from ui.run_state import RunView
 
@@ -49,23 +50,50 @@ def build() -> dict:
             log = gr.Textbox(label="Log", lines=14, max_lines=14, autoscroll=True, interactive=False,
                              elem_id="run-log")
         with gr.Column(scale=2):
-            loss = gr.LinePlot(x="step", y="loss", height=280, elem_id="run-loss", x_title="step",
-                               y_title="loss", label="Loss")
+            # training loss per step, and the validation loss (when the preset holds out a split) in its colour
+            loss = gr.LinePlot(loss_frame([], []), x="step", y="loss", color="series", height=330,
+                               elem_id="run-loss", x_title="step", y_title="loss", label="Loss",
+                               color_map={"training": "#2563eb", "validation": "#dc2626"})
             # RL runs (training.mode rl): each epoch's mean reward; hidden until a run has one
             reward = gr.LinePlot(x="step", y="reward", height=220, elem_id="run-reward", x_title="step",
                                  y_title="mean reward", label="Reward (RL)", visible=False)
+    with gr.Accordion("Sample grid: a row per step, a column per LoRA strength (click an image for full size)",
+                      open=True, elem_id="sample-grid-box"):
+        with gr.Row():
+            grid_prompt = gr.Dropdown(label="Prompt", choices=[], elem_id="grid-prompt", scale=3)
+            grid_step_a = gr.Dropdown(label="Compare step", choices=[], elem_id="grid-step-a", scale=1)
+            grid_step_b = gr.Dropdown(label="with step", choices=[], elem_id="grid-step-b", scale=1)
+        compare = gr.HTML(elem_id="grid-compare")
+        grid = gr.HTML(sample_grid.grid_html([], None), elem_id="sample-grid")
     samples = gr.Gallery(label="Samples (newest step first; a LoRA's at each strength)", columns=6,
                          height="auto", elem_id="run-samples", object_fit="contain", preview=False)
-    files = gr.File(label="Output files (.safetensors)", file_count="multiple", interactive=False,
-                    elem_id="run-files", visible=False)
+    files = gr.File(label="Output files (.safetensors; the best by validation first)", file_count="multiple",
+                    interactive=False, elem_id="run-files", visible=False)
+    best = gr.Markdown(elem_id="run-best")
+    with gr.Row():
+        tensorboard = gr.Button("Open TensorBoard", size="sm", scale=0, min_width=180, elem_id="run-tensorboard")
+        tensorboard_link = gr.Markdown(elem_id="run-tensorboard-link")
     with gr.Accordion("Engine output (engine.log)", open=False):
         engine_log = gr.Textbox(lines=12, max_lines=12, autoscroll=True, interactive=False, show_label=False,
                                 elem_id="run-engine-log")
     view = gr.State(None)
     timer = gr.Timer(TICK_S)
-    return {"start": start, "start_anyway": start_anyway, "accepted": gr.State(None), "stop": stop, "resume": resume, "sample_now": sample_now, "save_now": save_now,
-            "message": message, "folder": folder, "progress": progress, "error": error, "log": log, "loss": loss, "reward": reward,
-            "samples": samples, "files": files, "engine_log": engine_log, "view": view, "timer": timer}
+    return {"start": start, "start_anyway": start_anyway, "accepted": gr.State(None), "stop": stop, "resume": resume,
+            "sample_now": sample_now, "save_now": save_now, "message": message, "folder": folder,
+            "progress": progress, "error": error, "log": log, "loss": loss, "reward": reward, "samples": samples,
+            "files": files, "best": best, "tensorboard": tensorboard,
+            "tensorboard_link": tensorboard_link, "engine_log": engine_log, "view": view, "timer": timer,
+            "grid": grid, "compare": compare, "grid_prompt": grid_prompt, "grid_step_a": grid_step_a,
+            "grid_step_b": grid_step_b}
+
+
+# what render() updates: every handler that shows a run lists these as outputs
+RENDERED = ("message", "folder", "progress", "log", "loss", "reward", "samples", "files", "best", "error",
+            "engine_log", "grid", "compare", "grid_prompt", "grid_step_a", "grid_step_b")
+
+
+def rendered(parts: dict) -> list:
+    return [parts[k] for k in RENDERED]
 
 
 def progress_html(view: RunView | None) -> str:
@@ -122,10 +150,22 @@ def _files_update(view: RunView):
 
 
 def _loss_frame(view: RunView) -> pd.DataFrame:
-    """Numeric columns even before the first step: an empty frame's object columns make the plot treat both axes
-    as categories (labels piled up, the falling loss drawn rising) for the rest of the run."""
-    steps, losses = zip(*view.loss_points) if view.loss_points else ((), ())
-    return pd.DataFrame({"step": pd.Series(steps, dtype="int64"), "loss": pd.Series(losses, dtype="float64")})
+    return loss_frame(view.loss_points, view.val_points)
+
+
+def loss_frame(train: list, val: list) -> pd.DataFrame:
+    """The training and the validation loss as two series, for Gradio's LinePlot, which (measured in Chromium)
+    - draws nothing after an empty first frame, and fixes the series' colours at the first data it gets, dropping
+      a series that appears later (validation starts at the first checkpoint): so every frame starts with one
+      point of each series with no loss (NaN, not drawn);
+    - treats object-typed columns as categories (labels piled up, a falling loss drawn rising): so the columns
+      are numeric even when there is nothing else yet."""
+    first = min([s for s, _ in train + val], default=0)
+    rows = [(first, math.nan, "training"), (first, math.nan, "validation")]
+    rows += [(s, v, "training") for s, v in train] + [(s, v, "validation") for s, v in val]
+    steps, losses, series = zip(*rows)
+    return pd.DataFrame({"step": pd.Series(steps, dtype="int64"), "loss": pd.Series(losses, dtype="float64"),
+                         "series": pd.Series(series, dtype="object")})
 
 
 def _reward_update(view: RunView):
@@ -143,13 +183,15 @@ def render(view: RunView | None, parts: dict, force: bool = False) -> dict:
         "message": (view.message(), view.message),
         "progress": (progress_html(view), lambda: progress_html(view)),
         "log": (len(view.log), lambda: "\n".join(view.log)),
-        "loss": (len(view.loss_points), lambda: _loss_frame(view)),
+        "loss": ((len(view.loss_points), len(view.val_points)), lambda: _loss_frame(view)),
         "reward": (len(view.reward_points), lambda: _reward_update(view)),
         "samples": (len(view.samples), view.gallery),
         "files": ((len(view.saved), view.finished), lambda: _files_update(view)),
+        "best": ((len(view.saved), view.finished), view.best_text),
         "folder": (str(view.run_dir), lambda: f"Run folder: `{view.run_dir}`"),
         "error": (view.finished, lambda: error_markdown(view) if view.finished == "error" else ""),
         "engine_log": (view.offset, lambda: engine_log_tail(view.run_dir)),
+        **grid_values(view),
     }
     out = {}
     for name, (signature, make) in values.items():
@@ -157,6 +199,28 @@ def render(view: RunView | None, parts: dict, force: bool = False) -> dict:
             sent[name] = signature
             out[parts[name]] = make()
     return out
+
+
+def grid_values(view: RunView) -> dict:
+    """render()'s entries for the sample grid: the prompt and step choices follow the samples; the grid and the
+    comparison follow them and the choices (view.grid: prompt, step A, step B)."""
+    samples = view.samples
+    prompts = sample_grid.prompts_of(samples)
+    prompt, a, b = view.grid
+    prompt = prompt if prompt in prompts else (prompts[0] if prompts else None)
+    steps = sample_grid.steps_of(samples, prompt)
+    a = a if a in steps else (steps[-2] if len(steps) > 1 else None)   # default: the last two sampled steps
+    b = b if b in steps else (steps[-1] if steps else None)
+    view.grid = (prompt, a, b)
+    best = {str(e["path"]) for e in view.best_files()}
+    marks = sample_grid.step_marks(view.saved, best)
+    return {
+        "grid_prompt": (tuple(prompts), lambda: gr.update(choices=prompts, value=prompt)),
+        "grid_step_a": (tuple(steps), lambda: gr.update(choices=steps, value=a)),
+        "grid_step_b": (tuple(steps), lambda: gr.update(choices=steps, value=b)),
+        "grid": ((len(samples), len(view.saved), prompt), lambda: sample_grid.grid_html(samples, prompt, marks)),
+        "compare": ((len(samples), prompt, a, b), lambda: sample_grid.compare_html(samples, prompt, a, b)),
+    }
 
 
 def tick(view: RunView | None, parts: dict) -> dict:
@@ -275,8 +339,7 @@ def resume_view(view: RunView | None, ctx) -> RunView:
 
 def wire(ctx, form, parts: dict, problem_outputs: list, dataset: dict) -> None:
     """dataset: the Dataset tab's parts (Start shows the doctor's findings there, with their fix buttons)."""
-    outs = [parts[k] for k in ("view", "message", "folder", "progress", "log", "loss", "reward", "samples", "files",
-                               "error", "engine_log")]
+    outs = [parts["view"], *rendered(parts)]
     doctor_outs = [parts["start_anyway"], parts["accepted"], dataset["summary"], dataset["report"],
                    dataset["gallery"], dataset["fix_note"]]
 
@@ -294,7 +357,8 @@ def wire(ctx, form, parts: dict, problem_outputs: list, dataset: dict) -> None:
             shown = {dataset["summary"]: summary, dataset["report"]: rep}
             if errors:
                 from ui.tab_dataset import gallery_items
-                return {**shown, dataset["gallery"]: gallery_items(rep), parts["start_anyway"]: gr.update(visible=False),
+                return {**shown, dataset["gallery"]: gallery_items(rep),
+                        parts["start_anyway"]: gr.update(visible=False),
                         dataset["fix_note"]: "**Start is waiting for these fixes.** Fix the errors below, then press "
                                              "Start training again.",
                         parts["message"]: f"**The dataset check found {len(errors)} error(s); the run did not start.** "
@@ -357,5 +421,26 @@ def wire(ctx, form, parts: dict, problem_outputs: list, dataset: dict) -> None:
 
     parts["timer"].tick(lambda view: tick(view, parts), inputs=parts["view"], outputs=outs,
                         show_progress="hidden", queue=False)
+    def on_tensorboard(view):
+        from ui.tensorboard import open_board
+
+        root = Path(view.run_dir).parent if view is not None else Path(ctx.runs_root)
+        try:
+            url = open_board(root, ctx.project_root)
+        except (RuntimeError, OSError) as exc:
+            return f"**{exc}**"
+        return f"[TensorBoard: {url}]({url}) (every run in `{root}`: losses, learning rates, samples)"
+
+    parts["tensorboard"].click(on_tensorboard, inputs=parts["view"], outputs=parts["tensorboard_link"],
+                               api_name="open_tensorboard")
+    def on_grid_choice(view, prompt, a, b):
+        if view is None:
+            return {parts["view"]: gr.skip()}
+        view.grid = (prompt, a, b)
+        return {parts["view"]: view, **render(view, parts)}
+
+    choices = [parts["view"], parts["grid_prompt"], parts["grid_step_a"], parts["grid_step_b"]]
+    for choice in choices[1:]:
+        choice.input(on_grid_choice, inputs=choices, outputs=outs, show_progress="hidden")
     for box in (parts["log"], parts["engine_log"]):
         box.change(None, js=FOLLOW_JS, show_progress="hidden")

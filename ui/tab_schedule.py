@@ -92,7 +92,7 @@ def lr_frame(preset):
         return None, "Nothing to draw: no component trains with a fixed learning rate."
     stride = max(1, total // MAX_PLOT_POINTS)
     picks = sorted(set(range(0, total, stride)) | {total - 1})
-    rows = [(i + 1, float(curve[i]), comp) for comp, curve in curves.items() for i in picks]
+    rows = ANCHORS + [(i + 1, float(curve[i]), comp) for comp, curve in curves.items() for i in picks]
     marks = lr_marks(preset, total)
     notes = [f"{comp}: peak {max(c):.2e}, last {c[-1]:.2e}" + (" (a learning rate of 0 trains nothing)"
                                                                if max(c) == 0 else "") for comp, c in curves.items()]
@@ -103,12 +103,19 @@ def lr_frame(preset):
     return pd.DataFrame(rows, columns=["step", "lr", "component"]), f"{total} steps · " + " · ".join(notes)
 
 
+# One point with no value (NaN, not drawn) per component, first in every frame: Gradio's LinePlot fixes its series
+# at the first data it draws and drops components that appear later (the text encoder, once it trains), and it
+# draws nothing at all after an empty frame (see ui/tab_run.py loss_frame).
+ANCHORS = [(1, float("nan"), comp) for comp in COMPONENTS]
+
+
 def empty_frame():
     """No curve (an invalid field must not leave the last good curve, or a flat line, on screen)."""
     import pandas as pd
 
-    return pd.DataFrame({"step": pd.Series([], dtype="int64"), "lr": pd.Series([], dtype="float64"),
-                         "component": pd.Series([], dtype="object")})
+    steps, lrs, comps = zip(*ANCHORS)
+    return pd.DataFrame({"step": pd.Series(steps, dtype="int64"), "lr": pd.Series(lrs, dtype="float64"),
+                         "component": pd.Series(comps, dtype="object")})
 
 
 def invalid_note(problems: list[tuple[str, str]], form: Form) -> str:
