@@ -330,3 +330,20 @@ def test_the_sample_grid_puts_steps_down_and_strengths_across_and_compares_two_s
     out = tab_run.render(view, {k: k for k in tab_run.RENDERED})
     assert "oil painting" in out["grid"] and "step 0</th><th>step 100" in out["compare"]
     assert "_p01_" in out["grid"] and "_p00_" not in out["grid"]
+
+
+def test_a_counted_phase_between_steps_shows_in_the_progress_bar(tmp_path):
+    """Reflow generates its pairs between training stretches: 'reflow 2/3: generating 40/80', not a frozen step."""
+    w = EventWriter(tmp_path / "run" / "events.jsonl")
+    w.emit("started", preset={}, versions={}, device="cpu")
+    w.emit("step", step=120, total_steps=360, epoch=1, loss=0.3, lr={"unet": 1e-4}, s_per_it=0.1, eta_s=9,
+           vram_gb=None)
+    w.emit("status", phase="reflow", text="reflow 2/3: generating", n=40, total=80)
+    view = RunView(tmp_path / "run")
+    view.poll()
+    assert view.progress_text() == "reflow 2/3: generating 40/80 · at step 120/360"
+    w.emit("status", phase="reflow", text="reflow 2/3: generating", n=80, total=80)
+    w.emit("step", step=121, total_steps=360, epoch=1, loss=0.3, lr={"unet": 1e-4}, s_per_it=0.1, eta_s=9,
+           vram_gb=None)
+    view.poll()
+    assert view.progress_text().startswith("Step 121/360")

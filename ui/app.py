@@ -14,7 +14,8 @@ from engine.config.load import ConfigError, load_preset
 from engine.config.save import dump_preset
 from engine.config.schema import Preset
 from engine.config.validate import advice
-from ui import demo, runner, tab_caption, tab_dataset, tab_rl, tab_run, tab_samples, tab_schedule, tab_training
+from ui import (demo, runner, tab_caption, tab_dataset, tab_rl, tab_run, tab_runs, tab_samples, tab_schedule,
+                tab_training)
 from ui.fields import Form, format_problems, problems_of
 from ui.presets import PROJECT_ROOT, PresetLibrary
 
@@ -68,6 +69,8 @@ def build_app(ctx: AppContext | None = None) -> gr.Blocks:
                 rl_tab = tab_rl.build(form)
             with gr.Tab("Run", id="run"):
                 run = tab_run.build()
+            with gr.Tab("Runs", id="runs") as runs_page:
+                runs_tab = tab_runs.build()
             with gr.Tab("YAML", id="yaml"):
                 gr.Markdown("The preset exactly as it will be saved (and as the engine reads it).")
                 yaml_view = gr.Code(language="yaml", interactive=False, elem_id="yaml-view", show_label=False,
@@ -86,6 +89,7 @@ def build_app(ctx: AppContext | None = None) -> gr.Blocks:
                 wiring.on_edit, inputs={*form.inputs(), bar["baseline"], bar["path"]}, outputs=wiring.edit_outputs)
         tab_run.wire(ctx, form, run, problem_outputs, ds)
         tab_rl.wire(form, rl_tab, run["view"])
+        tab_runs.wire(ctx, runs_tab, run, bar["remember"], runs_page)
         tab_dataset.wire(ctx, form, ds)
         tab_caption.wire(ctx, form, cap)
         demo.wire(ctx, form, bar, run, wiring)

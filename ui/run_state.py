@@ -95,6 +95,8 @@ class RunView:
     stop_requested_at: float | None = None
     _last_phase: str | None = None
     phase_progress: tuple = (None, None)  # (n, total) of the latest long phase (caching, captioning)
+    # a counted phase between training steps (reflow 2/3: generating 40/80; its text, n, total), until it ends
+    phase_between: tuple | None = None
     sent: dict = field(default_factory=dict)  # what the page shows already (tab_run.render skips unchanged parts)
     note: tuple | None = None             # (text, until, marks when said): a button's message, see say()
     grid: tuple = (None, None, None)      # the sample grid's prompt and the two steps compared
@@ -121,8 +123,11 @@ class RunView:
         elif kind == "status":
             self.phase = f"{e.get('phase', '')}: {e.get('text', '')}"
             self.phase_progress = (e.get("n"), e.get("total"))
+            n, total = self.phase_progress
+            counted = self.last_step and isinstance(n, int) and isinstance(total, int) and n < total
+            self.phase_between = (e.get("text", ""), n, total) if counted else None
         elif kind == "step":
-            self.last_step, self.phase = e, "training"
+            self.last_step, self.phase, self.phase_between = e, "training", None
             if isinstance(e.get("loss"), (int, float)):
                 self.loss_points.append((int(e["step"]), float(e["loss"])))
         elif kind == "val" and isinstance(e.get("val_loss"), (int, float)):
@@ -178,6 +183,9 @@ class RunView:
         step, total = self.progress()
         if not self.last_step:
             return self.phase or "Starting the engine…"
+        if self.phase_between:  # training waits for it: say what runs now, and where training stands
+            text, n, of = self.phase_between
+            return f"{text} {n}/{of} · at step {step}/{total or '?'}"
         s = self.last_step
         return (f"Step {step}/{total or '?'} · {s.get('s_per_it', 0):.2f} s/it · ETA {format_seconds(s.get('eta_s'))}"
                 + (f" · VRAM {s['vram_gb']:.1f} GB" if isinstance(s.get("vram_gb"), (int, float)) else ""))
