@@ -27,7 +27,7 @@ def test_gui_builds_without_torch(tmp_path):
                          encoding="utf-8", timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "HEAVY []" in out.stdout
-    for tab in ("Dataset", "Captions", "Training", "Optimizer & LR", "Samples", "Run", "YAML"):
+    for tab in ("Dataset", "Captions", "Training", "Optimizer & LR", "Samples", "Run", "Runs", "System", "YAML"):
         assert f"'{tab}'" in out.stdout
 
 

@@ -14,12 +14,12 @@ from engine.config.load import ConfigError, load_preset
 from engine.config.save import dump_preset
 from engine.config.schema import Preset
 from engine.config.validate import advice
-from ui import (demo, runner, tab_caption, tab_dataset, tab_rl, tab_run, tab_runs, tab_samples, tab_schedule,
-                tab_training)
+from ui import (demo, fit_gauge, runner, tab_caption, tab_dataset, tab_rl, tab_run, tab_runs, tab_samples,
+                tab_schedule, tab_system, tab_training)
 from ui.fields import Form, format_problems, problems_of
 from ui.presets import PROJECT_ROOT, PresetLibrary
 
-CSS = Path(__file__).with_name("style.css").read_text(encoding="utf-8")
+CSS = Path(__file__).with_name("style.css").read_text(encoding="utf-8") + fit_gauge.GAUGE_CSS
 
 
 @dataclass
@@ -71,6 +71,8 @@ def build_app(ctx: AppContext | None = None) -> gr.Blocks:
                 run = tab_run.build()
             with gr.Tab("Runs", id="runs") as runs_page:
                 runs_tab = tab_runs.build()
+            with gr.Tab("System", id="system"):
+                system = tab_system.build()
             with gr.Tab("YAML", id="yaml"):
                 gr.Markdown("The preset exactly as it will be saved (and as the engine reads it).")
                 yaml_view = gr.Code(language="yaml", interactive=False, elem_id="yaml-view", show_label=False,
@@ -79,10 +81,13 @@ def build_app(ctx: AppContext | None = None) -> gr.Blocks:
         if missing:
             raise RuntimeError(f"preset keys without a widget: {', '.join(missing)}")
         problem_outputs = [*form.components(), *dict.fromkeys(form.accordion_of.values())]
-        wiring = _Wiring(ctx, form, bar, yaml_view, sch, problem_outputs)
+        fit_gauge.wire(form, tr["fit"])  # every widget exists now
+        wiring = _Wiring(ctx, form, bar, yaml_view, sch, problem_outputs, tr["fit"])
         wiring.live_checks()  # first: defines the LR redraw that loads chain to
         wiring.presets()
         tab_schedule.wire(form, sch)
+        wiring.after_load(tr["fit"]["applied"]).then(
+            wiring.on_edit, inputs={*form.inputs(), bar["baseline"], bar["path"]}, outputs=wiring.edit_outputs)
         for name, button in tr["profile_buttons"].items():
             wiring.after_load(button.click(lambda name=name: tab_training.profile_updates(form, name),
                                            outputs=form.components())).then(
@@ -90,6 +95,9 @@ def build_app(ctx: AppContext | None = None) -> gr.Blocks:
         tab_run.wire(ctx, form, run, problem_outputs, ds)
         tab_rl.wire(form, rl_tab, run["view"])
         tab_runs.wire(ctx, runs_tab, run, bar["remember"], runs_page)
+        tab_system.wire(ctx, system)
+        # its own load, not the preset chain: the doctor takes seconds and the form must not wait for it
+        tab_system.wire_first_start(ctx, app, system, bar["system_banner"])
         tab_dataset.wire(ctx, form, ds)
         tab_caption.wire(ctx, form, cap)
         demo.wire(ctx, form, bar, run, wiring)
@@ -117,8 +125,10 @@ def _preset_bar(ctx: AppContext) -> dict:
         lora_demo_button = gr.Button("LoRA demo", variant="secondary", scale=0, min_width=100, elem_id="lora-demo")
     status = gr.Markdown(elem_id="preset-status")
     problems = gr.Markdown(elem_id="preset-problems")
+    system_banner = gr.Markdown(elem_id="system-banner")  # the system doctor's verdict when something needs attention
     return {"dropdown": dropdown, "load": load, "save": save, "name": name, "save_as": save_as, "reset": reset,
             "demo": demo_button, "lora_demo": lora_demo_button, "status": status, "problems": problems,
+            "system_banner": system_banner,
             "baseline": gr.State(dump_preset(Preset())), "path": gr.State(None),
             # the last loaded or saved preset file, kept by the browser: a reload or a GUI restart shows it again
             "remember": gr.BrowserState(None, storage_key="easel-last-preset", secret="easel-local"),
@@ -129,8 +139,8 @@ def _preset_bar(ctx: AppContext) -> dict:
 class _Wiring:
     """The preset bar's handlers and the live checks (unsaved marker, problems next to fields, YAML, LR plot)."""
 
-    def __init__(self, ctx, form: Form, bar: dict, yaml_view, sch: dict, problem_outputs: list):
-        self.ctx, self.form, self.bar, self.yaml_view, self.sch = ctx, form, bar, yaml_view, sch
+    def __init__(self, ctx, form: Form, bar: dict, yaml_view, sch: dict, problem_outputs: list, fit: dict):
+        self.ctx, self.form, self.bar, self.yaml_view, self.sch, self.fit = ctx, form, bar, yaml_view, sch, fit
         self.problem_outputs = problem_outputs
         self.edit_outputs = [bar["status"], bar["problems"], yaml_view, bar["draft"], *problem_outputs]
         self.load_outputs = [*form.components(), bar["baseline"], bar["path"], bar["remember"], bar["draft"],
@@ -296,9 +306,11 @@ class _Wiring:
                                            api_name="reset_preset"))
 
     def after_load(self, event):
-        """Once a handler has filled the form: redraw the LR plot and refresh the checks from the whole form."""
-        return event.then(self.sch["redraw"], inputs=self.form.inputs(),
-                          outputs=[self.sch["plot"], self.sch["plot_note"]], show_progress="hidden")
+        """Once a handler has filled the form: redraw the LR plot and the will-it-fit gauge."""
+        event = event.then(self.sch["redraw"], inputs=self.form.inputs(),
+                           outputs=[self.sch["plot"], self.sch["plot_note"]], show_progress="hidden")
+        return event.then(self.fit["redraw"], inputs=self.fit["inputs"], outputs=self.fit["gauge"],
+                          show_progress="hidden")
 
     def live_checks(self) -> None:
         form = self.form

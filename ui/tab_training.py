@@ -7,6 +7,7 @@ import gradio as gr
 
 from engine.config.fields import get_value
 from engine.config.load import load_preset
+from ui import fit_gauge
 from ui.fields import Form
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
@@ -60,18 +61,22 @@ def build(form: Form) -> dict:
                 for name in PROFILES:
                     buttons[name] = gr.Button(f"Apply {name} profile", size="sm")
             gr.Markdown(profile_help(PROFILES))
+    gr.Markdown("### FLUX from ComfyUI files (one file each; empty: read from the base model's folder)")
+    form.grid(["model.clip_l_path", "model.t5_path", "model.vae_path", "model.single_file_config"])
     form.section("model", advanced_label="Advanced model options")
     gr.Markdown("### Network")
     form.section("network", advanced_label="Advanced network options")
     gr.Markdown("### Training")
     form.section("training", advanced_label="Advanced training options")
+    gr.Markdown("### Will it fit?")
+    fit = fit_gauge.build(form)
     with gr.Accordion("VAE training (training.mode: vae)", open=False):
         form.section("vae", advanced_label="Advanced VAE options")
     gr.Markdown("### Validation (a held-out split picks the best checkpoints)")
     form.section("validation", advanced_label="Advanced validation options")
     gr.Markdown("### Output")
     form.section("output", advanced_label="Advanced output options")
-    return {"profile_buttons": buttons}
+    return {"profile_buttons": buttons, "fit": fit}
 
 
 def profile_updates(form: Form, name: str) -> dict:

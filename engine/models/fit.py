@@ -76,7 +76,7 @@ VAE_ENCODE_GB_PER_MPX = 1.5   # VAE encoder activations per megapixel in bf16 (n
 
 DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "BF16": 2, "F16": 2, "I16": 2, "U16": 2,
                "F8_E4M3": 1, "F8_E5M2": 1, "I8": 1, "U8": 1, "BOOL": 1}
-PRECISION_BYTES = {"auto": 2, "bf16": 2, "fp16": 2, "fp32": 4}  # auto: bf16 or fp16 on a GPU
+PRECISION_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 # Bytes of optimizer state per trained parameter: bitsandbytes' 8-bit states are 1 byte each; Prodigy keeps
 # exp_avg, exp_avg_sq, s and the initial weights; Adafactor's factored second moment is rows + cols per matrix,
 # under 0.5 B per LoRA parameter; SGD keeps a momentum buffer only with momentum > 0.
@@ -249,19 +249,29 @@ class Settings:
     single_file: bool = False        # model.path is one file: fp8 blocks are read straight into fp8 (flux_loading)
 
 
+def local_path(text: str) -> Path:
+    """A typed path with ~ expanded; '~nobody/x' (a home folder that does not exist) stays as typed, so it is
+    simply not found instead of raising."""
+    try:
+        return Path(text.strip()).expanduser()
+    except RuntimeError:
+        return Path(text.strip())
+
+
 def fit_settings(preset, captions: int = 0) -> Settings:
     """The Settings of a preset (engine.config.schema.Preset); `captions`: distinct captions, when known."""
     m, n, t, d = preset.model, preset.network, preset.training, preset.dataset
     opt = preset.optimizers["unet"]
     momentum = float(opt.params.get("momentum", 0.0) or 0.0) if opt.type == "sgd" else 0.0
     return Settings(
-        family=m.family, quantize_base=m.quantize_base, block_swap=m.block_swap, precision=t.precision,
+        family=m.family, quantize_base=m.quantize_base, block_swap=m.block_swap,
+        precision="bf16" if t.precision == "auto" else t.precision,   # auto trains in a 2-byte type on any GPU
         batch_size=t.batch_size, gradient_checkpointing=t.gradient_checkpointing, resolution_px=d.resolution_px,
         network_type=n.type, rank=n.rank, targets=tuple(n.targets), lora_modulation=n.lora_modulation,
         train_text_encoder=n.train_text_encoder, cache_text=t.cache_text_embeddings and not d.shuffle_tags,
         cache_latents=t.cache_latents and not (d.random_crop or d.flip), optimizer=opt.type,
         sgd_momentum=momentum, text_tokens=t.max_sequence_length, captions=captions,
-        single_file=bool(m.path.strip()) and Path(m.path.strip()).expanduser().is_file())
+        single_file=bool(m.path.strip()) and local_path(m.path).is_file())
 
 
 # ------------------------------------------------------------------------------------------------ activations
@@ -403,7 +413,7 @@ def model_sizes(model) -> ModelSizes:
     safetensors headers; a component not found locally is taken at the real model's size, and a note says so."""
     spec = FAMILIES[model.family]
     wanted = (spec.denoiser, *spec.text_encoders, "vae")
-    path = Path(model.path).expanduser() if model.path.strip() else None
+    path = local_path(model.path) if model.path.strip() else None
     found: dict[str, Component] = {}
     notes = []
     try:
@@ -412,13 +422,13 @@ def model_sizes(model) -> ModelSizes:
         elif path is not None and path.is_file() and path.suffix.lower() == ".safetensors":
             for name, tensors in _split_by_prefix(read_header(path), spec.single_file_prefixes).items():
                 found[name] = component_from_tensors(name, tensors, str(path))
-        config = Path(model.single_file_config).expanduser() if model.single_file_config.strip() else None
+        config = local_path(model.single_file_config) if model.single_file_config.strip() else None
         if path is not None and path.is_file() and config is not None and config.is_dir():
             # single files: the parts not in the checkpoint may be in the config folder
             found.update(_read_folder(config, [n for n in wanted if n not in found]))
         separate = {"text_encoder": model.clip_l_path, "text_encoder_2": model.t5_path, "vae": model.vae_path}
         for name, file in separate.items():
-            file = Path(file).expanduser() if file else None
+            file = local_path(file) if file else None
             if name in wanted and file is not None and file.is_file() and file.suffix.lower() == ".safetensors":
                 found[name] = component_from_tensors(name, read_header(file), str(file))
     except Exception as e:  # noqa: BLE001 - a damaged header: the loader names the file; the estimate falls back

@@ -16,6 +16,7 @@ from pathlib import Path
 
 CHROMIUM = Path(os.environ.get("EASEL_CHROMIUM", "/usr/bin/chromium"))
 ROOT = Path(__file__).resolve().parents[2]
+TABS = ("Dataset", "Captions", "Training", "Optimizer & LR", "Samples", "RL", "Run", "Runs", "System", "YAML")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic", "--disable-dev-shm-usage"]
 

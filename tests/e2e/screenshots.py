@@ -8,9 +8,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.e2e.browser import ROOT, chromium_page, open_tab, running_gui, textarea_js
+from tests.e2e.browser import ROOT, TABS, chromium_page, open_tab, running_gui, textarea_js
 
-TABS = ("Dataset", "Captions", "Training", "Optimizer & LR", "Samples", "RL", "Run", "YAML")
 
 
 def shrink(path: Path) -> None:

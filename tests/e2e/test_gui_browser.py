@@ -15,7 +15,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from tests.e2e.browser import CHROMIUM, chromium_page, open_tab, running_gui, textarea_js
+from tests.e2e.browser import CHROMIUM, TABS, chromium_page, open_tab, running_gui, textarea_js
 
 if not CHROMIUM.exists():
     # On a developer's machine the browser test may skip; in CI it must run, so a missing browser is a failure.
@@ -123,6 +123,10 @@ def test_demo_preset_edit_save_reload_run_and_stop(tmp):
         page.wait_for_selector("#run-samples img", timeout=ENGINE_S)
         src = page.locator("#run-samples img").first.get_attribute("src")
         assert src and (run_dir / "samples" / unquote(src).rsplit("/", 1)[-1]).is_file(), src  # this run's sample
+        # the sample grid: this step's row, one image per strength, served from the run folder (loaded: width > 0)
+        page.wait_for_function("() => [...document.querySelectorAll('#sample-grid img')].some(i => i.naturalWidth "
+                               "> 0)", timeout=60_000)
+        assert "strength 1" in page.locator("#sample-grid").inner_text()
         stop_and_wait(page)
         kinds = event_kinds(run_dir)
         assert kinds[0] == "started" and "sample" in kinds and kinds[-1] == "stopped", kinds[-5:]
@@ -135,6 +139,16 @@ def test_demo_preset_edit_save_reload_run_and_stop(tmp):
         assert [e["kind"] for e in events][0] == "started" and events[-1]["kind"] == "stopped"
         resumed_steps = [e["step"] for e in events if e["kind"] == "step"]
         assert resumed_steps == [stopped_at + 1], (stopped_at, resumed_steps)
+
+        # the Runs tab lists the three runs; choosing the DiT demo's and Show puts it on the Run tab
+        open_tab(page, "Runs")
+        wait_text(page, "runs-table", run_dir.name)
+        assert dit_run.name in page.locator("#runs-table").inner_text()
+        page.locator("#runs-table").get_by_text(dit_run.name, exact=True).filter(visible=True).first.click()
+        wait_text(page, "runs-chosen", dit_run.name)
+        page.locator("#runs-show").click()
+        on_run_tab(page)
+        wait_text(page, "run-folder", dit_run.name)
 
 
 def on_run_tab(page) -> None:
@@ -184,7 +198,7 @@ def test_an_idle_page_on_every_tab_makes_no_server_or_browser_errors(tmp):
     with running_gui(tmp) as (url, gui_log), chromium_page() as page:
         page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
         page.goto(url)
-        for tab in ("Dataset", "Captions", "Training", "Optimizer & LR", "Samples", "RL", "Run", "YAML"):
+        for tab in TABS:
             open_tab(page, tab)
             page.wait_for_timeout(700)
         page.wait_for_timeout(3000)  # a few more timer ticks
@@ -266,6 +280,61 @@ def test_your_own_dataset_start_waits_for_the_doctor_fields_are_checked_as_typed
         wait_text(page, "run-error", "The run failed", timeout_ms=ENGINE_S)
         page.wait_for_function("() => !(document.querySelector('#run-message')?.innerText || '').includes("
                                "'loading the model')", timeout=30_000)
+        # every tab with this dataset loaded: the Runs tab lists the failed run, the YAML tab shows the form
+        for tab in TABS:
+            open_tab(page, tab)
+        open_tab(page, "Runs")
+        wait_text(page, "runs-table", "error")
+        open_tab(page, "YAML")
+        assert "my photos" in page.locator("#yaml-view").inner_text()
         server = gui_log.read_text(encoding="utf-8", errors="replace")
     assert "Traceback" not in server, server[server.index("Traceback"):][:1500]
     assert "share=True" not in server   # Gradio's banner would tell a user to edit code
+
+
+def wait_gauge_above(page, gb: float, timeout_ms: int = 60_000) -> None:
+    page.wait_for_function("(gb) => { const m = (document.querySelector('#fit-gauge')?.innerText || '')"
+                           ".match(/≈\\s*([\\d.]+)\\s*GB/); return !!m && parseFloat(m[1]) > gb; }", arg=gb,
+                           timeout=timeout_ms)
+
+
+def gauge_gb(page) -> float:
+    """The gauge's predicted peak: '≈ 14.8 GB of 16 GB …' -> 14.8."""
+    import re
+    text = page.locator("#fit-gauge").inner_text()
+    found = re.search(r"≈\s*([\d.]+)\s*GB", text)
+    assert found, text
+    return float(found.group(1))
+
+
+def test_the_will_it_fit_gauge_follows_the_tier_resolution_and_batch_of_a_flux_preset(tmp):
+    with running_gui(tmp) as (url, gui_log), chromium_page() as page:
+        page.goto(url)
+        status_has(page, "New preset")
+        page.locator("#preset-choice input").click()
+        page.get_by_role("option", name="flux-lora-16gb (shipped)", exact=True).click()
+        page.locator("#preset-load").click()
+        status_has(page, "· loaded")
+        open_tab(page, "Training")
+        page.locator("#fit-tier").get_by_text("16 GB", exact=True).click()
+        wait_text(page, "fit-gauge", "of 16 GB")
+        tier_16 = gauge_gb(page)
+        assert tier_16 < 16, page.locator("#fit-gauge").inner_text()   # the tier's own preset fits its budget
+        open_tab(page, "Dataset")   # the resolution lives with the dataset; the gauge follows it there too
+        type_into(page, "f-dataset-resolution-px", "1536")
+        open_tab(page, "Training")
+        wait_gauge_above(page, tier_16)                                  # more pixels, more activations
+        open_tab(page, "Dataset")
+        type_into(page, "f-dataset-resolution-px", "512")
+        open_tab(page, "Training")
+        wait_text(page, "fit-gauge", "of 16 GB")
+        at_512 = gauge_gb(page)
+        type_into(page, "f-training-batch-size", "4")
+        wait_gauge_above(page, at_512)                                   # a bigger batch, more activations
+        page.locator("#fit-tier").get_by_text("12 GB", exact=True).click()
+        wait_text(page, "fit-gauge", "of 12 GB")
+        page.locator("#fit-apply").click()          # the 12 GB tier's settings: 34 of FLUX's 57 blocks swapped
+        wait_text(page, "fit-gauge", "23 of 57 blocks on the card")
+        status_has(page, "unsaved changes")
+        server = gui_log.read_text(encoding="utf-8", errors="replace")
+    assert "Traceback" not in server, server[server.index("Traceback"):][:1500]

@@ -1,0 +1,389 @@
+"""Will it fit? A gauge of the predicted peak VRAM against a card, and the FLUX VRAM tiers that set the memory keys.
+
+    parts = fit_gauge.build(form)             # the tier picker, "Apply tier settings", the gauge (Training tab)
+    fit_gauge.wire(form, parts)               # redraws on every edit of a key in GAUGE_KEYS and on a tier change
+    html = fit_gauge.gauge_html(preset, 16.0) # "≈ 14.8 GB of 16 GB", the parts, and when over, the ways to fit
+
+The numbers are engine/models/fit.py's (torch-free: safetensors headers, or the real models' sizes for a Hub id).
+The tiers are presets/flux-lora-<N>gb.yaml: the files are the one table of their settings.
+"""
+from __future__ import annotations
+
+import functools
+import html
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import gradio as gr
+
+from engine.config.fields import get_value
+from engine.config.load import ConfigError, load_preset
+from engine.models.fit import (EIGHT_BIT, FAMILIES, OPTIMIZER_STATE_BYTES, PRECISION_BYTES, advice, estimate,
+                               fit_settings, model_sizes)
+from ui.fields import Form, to_widget
+from ui.presets import PROJECT_ROOT
+
+PRESETS_DIR = PROJECT_ROOT / "presets"
+TIER_FILE = re.compile(r"^flux-lora-(\d+)gb$")   # presets/flux-lora-24gb.yaml is the "24 GB" tier
+THIS_GPU = "this GPU"
+
+# What a tier sets: the keys its files choose for memory. Rank, alpha and the text-encoder policy stay (the
+# profiles choose them for quality); model files, dataset, prompts and outputs stay.
+TIER_KEYS = ("model.quantize_base", "model.block_swap", "training.precision", "training.batch_size",
+             "training.gradient_checkpointing", "training.cache_latents", "training.cache_text_embeddings",
+             "dataset.resolution_px", "dataset.min_bucket_px", "dataset.max_bucket_px", "optimizers.unet.type")
+BUCKET_KEYS = ("dataset.min_bucket_px", "dataset.max_bucket_px")   # they travel with the resolution they bracket
+OPTIMIZER_KEYS = ("optimizers.unet.lr", "optimizers.unet.params")  # set with another optimizer's type only
+# Settings that also shape quality: where the form is already lighter than the tier, it stays (a 512 px run is not
+# raised to the tier's 1024 px, an nf4 base not raised to fp8). Each maps a value to what it costs in memory.
+BASE_BYTES = {"none": 2, "fp8": 1, "int8": 1, "nf4": 0.5}
+LIGHTER_STAYS = {"dataset.resolution_px": int, "training.batch_size": int, "model.quantize_base": BASE_BYTES.get,
+                 "optimizers.unet.type": OPTIMIZER_STATE_BYTES.get, "training.precision": PRECISION_BYTES.get}
+
+# The keys fit_settings and model_sizes read: an edit of any of them moves the estimate.
+FLUX_FILE_KEYS = ("model.path", "model.single_file_config", "model.clip_l_path", "model.t5_path", "model.vae_path")
+GAUGE_KEYS = ("model.family", *FLUX_FILE_KEYS, "model.quantize_base", "model.block_swap", "dataset.resolution_px",
+              "dataset.random_crop", "dataset.flip", "dataset.shuffle_tags", "network.type", "network.rank",
+              "network.targets", "network.lora_modulation", "network.train_text_encoder", "training.mode",
+              "training.batch_size", "training.precision", "training.gradient_checkpointing",
+              "training.cache_latents", "training.cache_text_embeddings", "training.max_sequence_length",
+              "optimizers.unet.type", "optimizers.unet.params")
+
+GAUGE_CSS = """
+.easel-fit { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 0.6rem 0.8rem; }
+.easel-fit-head { font-size: 1.05rem; margin-bottom: 0.4rem; }
+.easel-fit-bar { position: relative; height: 1.4rem; border-radius: 6px; overflow: hidden; display: flex;
+  background: var(--background-fill-secondary); border: 1px solid var(--border-color-primary); }
+.easel-fit-seg { height: 100%; border-right: 1px solid rgba(255, 255, 255, 0.7); box-sizing: border-box; }
+.easel-fit-seg:nth-child(even) { opacity: 0.7; }
+.easel-fit-caching { background-image: repeating-linear-gradient(45deg, transparent 0 4px,
+  rgba(255, 255, 255, 0.45) 4px 8px); }
+.easel-fit-budget { position: absolute; top: 0; bottom: 0; width: 2px; background: var(--body-text-color); }
+.easel-fit-range { position: relative; height: 4px; margin: 2px 0 0.4rem 0; }
+.easel-fit-range span { position: absolute; top: 0; bottom: 0; background: var(--body-text-color-subdued);
+  opacity: 0.5; border-radius: 2px; }
+.easel-fit-green .easel-fit-seg { background-color: #16a34a; }
+.easel-fit-amber .easel-fit-seg { background-color: #d97706; }
+.easel-fit-red .easel-fit-seg { background-color: #dc2626; }
+.easel-fit-unknown .easel-fit-seg { background-color: #6b7280; }
+.easel-fit-green .easel-fit-verdict { color: #15803d; }
+.easel-fit-amber .easel-fit-verdict { color: #b45309; }
+.easel-fit-red .easel-fit-verdict { color: #b91c1c; }
+.easel-fit-parts { margin: 0.2rem 0; padding-left: 1.2rem; font-size: 0.9rem; }
+.easel-fit-advice { margin-top: 0.3rem; }
+.easel-fit-advice code, .easel-fit-parts code { font-size: 0.8em; opacity: 0.75; }
+.easel-fit-notes { font-size: 0.8rem; color: var(--body-text-color-subdued); margin-top: 0.3rem; }
+"""
+
+
+# ------------------------------------------------------------------------------------------------ the tiers
+
+@dataclass(frozen=True)
+class Tier:
+    name: str               # "24 GB"
+    file: Path
+    budget_gb: float        # the card's VRAM the tier is made for (GB = 2**30 bytes, as fit.py counts)
+    values: dict            # preset key -> value, for TIER_KEYS and OPTIMIZER_KEYS
+
+
+def load_tiers(presets_dir: Path = PRESETS_DIR) -> dict[str, Tier]:
+    """{"24 GB": Tier, ...} from presets/flux-lora-<N>gb.yaml, the largest card first."""
+    tiers = []
+    for path in presets_dir.glob("flux-lora-*gb.yaml"):
+        match = TIER_FILE.match(path.stem)
+        if match:
+            preset = load_preset(path)   # resolved: keys the file leaves out hold the schema's defaults
+            values = {key: get_value(preset, key) for key in (*TIER_KEYS, *OPTIMIZER_KEYS)}
+            tiers.append(Tier(f"{match[1]} GB", path, float(match[1]), values))
+    return {t.name: t for t in sorted(tiers, key=lambda t: -t.budget_gb)}
+
+
+TIERS = load_tiers()
+
+
+def tier_for_vram(vram_gb: float | None) -> str | None:
+    """The tier made for a card of vram_gb: the largest that is not larger (the smallest for a smaller card).
+    A card reports a little under its label (a 16 GB card: 15.99), hence the half GB."""
+    if vram_gb is None or not TIERS:
+        return None
+    fitting = [name for name, t in TIERS.items() if t.budget_gb <= vram_gb + 0.5]
+    return fitting[0] if fitting else list(TIERS)[-1]
+
+
+def tier_updates(form: Form, tier_name: str, values: dict | None = None) -> dict:
+    """Widget updates that put a tier's memory settings into the form (TIER_KEYS); nothing else changes.
+    values: the form as Gradio passes it ({widget: value}); where it is valid, a setting of LIGHTER_STAYS that is
+    already lighter stays, and another optimizer comes with the tier's learning rate and parameters (Prodigy's
+    lr 1.0 would wreck AdamW), except AdamW and Lion, which become their 8-bit twins and keep theirs."""
+    tier = TIERS[tier_name].values
+    mine = _valid_values(form, values)
+    chosen = {key: tier[key] for key in TIER_KEYS}
+    for key, cost in LIGHTER_STAYS.items():
+        if key in mine and (cost(mine[key]) or 0) <= (cost(tier[key]) or 0):
+            chosen[key] = mine[key]
+    if mine and chosen["dataset.resolution_px"] == mine["dataset.resolution_px"]:
+        chosen.update({key: mine[key] for key in BUCKET_KEYS})   # they bracket the kept resolution already
+    old, new = mine.get("optimizers.unet.type"), chosen["optimizers.unet.type"]
+    if old != new and EIGHT_BIT.get(old) != new:
+        chosen.update({key: tier[key] for key in OPTIMIZER_KEYS})
+    return {form.widgets[k]: to_widget(form.specs[k], v) for k, v in chosen.items() if k in form.widgets}
+
+
+def _valid_values(form: Form, values: dict | None) -> dict:
+    """{key: preset value} of the keys a tier reads, when the form is a valid preset; else {}."""
+    try:
+        preset = form.to_preset(values) if values else None
+    except ConfigError:
+        preset = None
+    return {} if preset is None else {key: get_value(preset, key) for key in (*TIER_KEYS, *OPTIMIZER_KEYS)}
+
+
+def tier_help(form: Form) -> str:
+    """One line per tier with the settings it applies, as its file has them."""
+    lines = []
+    for name, tier in TIERS.items():
+        v = tier.values
+        swap = f"block swap {v['model.block_swap']}" if v["model.block_swap"] else "no block swap"
+        lines.append(f"**{name}**: {v['model.quantize_base']} base, {swap}, {v['optimizers.unet.type']}, "
+                     f"{v['dataset.resolution_px']} px, batch {v['training.batch_size']} (`{tier.file.name}`)")
+    labels = ", ".join(form.specs[k].label for k in TIER_KEYS if k in form.specs)
+    return "  \n".join(lines) + f"  \nApply sets only {labels}; model files, dataset and rank stay. Where the form " \
+                                "is lighter already (a lower resolution or batch, NF4, a lighter optimizer), it stays."
+
+
+# ------------------------------------------------------------------------------------------------ the card
+
+@functools.cache
+def detected_vram_gb() -> tuple[str | None, float | None]:
+    """(name, total VRAM in GB) of the first GPU from nvidia-smi; (None, None) without one. Asked once per process:
+    the card does not change while the GUI runs."""
+    from engine.system_doctor import query_nvidia_smi
+
+    _, gpus = query_nvidia_smi()
+    return (gpus[0]["name"], gpus[0]["vram_gb"]) if gpus else (None, None)
+
+
+def budget_of(choice: str | None) -> tuple[float | None, str | None]:
+    """(budget GB, GPU name) for the picker's choice: a tier's VRAM, or the detected card's."""
+    if choice in TIERS:
+        return TIERS[choice].budget_gb, None
+    name, vram = detected_vram_gb()
+    return vram, name
+
+
+# ------------------------------------------------------------------------------------------------ the gauge
+
+_SIZES: dict = {}   # (family, files, their mtimes and sizes) -> ModelSizes: headers are read once per file version
+
+
+def _model_sizes(model):
+    files = (model.path, model.single_file_config, model.clip_l_path, model.t5_path, model.vae_path)
+    key = (model.family, files, tuple(map(_stamp, files)))
+    if key not in _SIZES:
+        if len(_SIZES) > 16:
+            _SIZES.clear()
+        _SIZES[key] = model_sizes(model)
+    return _SIZES[key]
+
+
+def _expandable(preset):
+    """The preset with "~nobody/flux1.sft" (a home folder not on this PC, where Path.expanduser raises, and fit.py
+    with it) read as a relative path, <this folder>/~nobody/flux1.sft: missing, so the real model's sizes stand in."""
+    model = preset.model
+    missing = {}
+    for key in FLUX_FILE_KEYS:
+        value = getattr(model, key.split(".")[1])
+        try:
+            Path(value).expanduser()
+        except RuntimeError:
+            missing[key.split(".")[1]] = str(Path(value).absolute())
+    return replace(preset, model=replace(model, **missing)) if missing else preset
+
+
+def _stamp(path: str):
+    try:
+        stat = Path(path).expanduser().stat() if path.strip() else None
+    except (OSError, ValueError):
+        return None
+    return stat and (stat.st_mtime_ns, stat.st_size)
+
+
+def _gb(value: float) -> str:
+    """16 -> '16', 15.99 -> '16', 11.5 -> '11.5'."""
+    return f"{round(value, 1):g}"
+
+
+def _box(kind: str, body: str) -> str:
+    return f'<div class="easel-fit easel-fit-{kind}">{body}</div>'
+
+
+def message_html(text: str) -> str:
+    """The gauge without an estimate: why (an invalid form, a family fit.py does not know)."""
+    return _box("unknown", f'<div class="easel-fit-head">{html.escape(text)}</div>')
+
+
+INVALID_HTML = message_html("Fix the fields marked in red first: the estimate needs a valid preset.")
+PLACEHOLDER_HTML = message_html("The estimate appears when a preset is loaded or a field changes.")
+
+
+def gauge_html(preset, budget_gb: float | None, gpu_name: str | None = None) -> str:
+    """The predicted peak VRAM of `preset` against budget_gb as a bar, its parts, and the ways to fit when over."""
+    if preset.model.family not in FAMILIES:
+        return message_html(f"No memory estimate for model.family {preset.model.family} yet.")
+    if preset.training.mode == "vae":
+        return message_html("No memory estimate for VAE training (training.mode: vae) yet.")
+    try:
+        preset = _expandable(preset)
+        sizes, settings = _model_sizes(preset.model), fit_settings(preset)
+        fit = estimate(sizes, settings)
+        over = budget_gb is not None and fit.phases["training"] > budget_gb
+        options = advice(sizes, settings, budget_gb) if over else []
+    except Exception as exc:  # noqa: BLE001 - the gauge redraws on every edit: a gap in fit.py must not break the form
+        return message_html(f"No memory estimate ({type(exc).__name__}: {exc}).")
+    kind = _verdict(fit, budget_gb)
+    lines = [_head(fit, budget_gb, gpu_name, kind), _bar(fit, budget_gb), _parts(fit)]
+    if kind == "red":
+        lines.append(_advice(fit, options, budget_gb, sizes, settings))
+    lines.append(_notes(fit, preset))
+    return _box(kind, "".join(lines))
+
+
+def _verdict(fit, budget_gb) -> str:
+    """green: fits with the estimate's margin to spare; amber: fits, inside the margin; red: over; unknown."""
+    if budget_gb is None:
+        return "unknown"
+    if fit.vram_gb > budget_gb:
+        return "red"
+    return "amber" if fit.range_gb[1] > budget_gb else "green"
+
+
+def _head(fit, budget_gb, gpu_name, kind) -> str:
+    card = f" ({html.escape(gpu_name.removeprefix('NVIDIA '))})" if gpu_name else ""
+    if budget_gb is None:
+        why = (f"{html.escape(gpu_name)}: its memory could not be read" if gpu_name else
+               "no NVIDIA GPU found") + ": choose a tier to compare"
+        return f'<div class="easel-fit-head"><b>≈ {fit.vram_gb:.1f} GB</b> at its peak · {why}</div>'
+    words = {"green": f"fits, {budget_gb - fit.vram_gb:.1f} GB to spare",
+             "amber": f"fits, but tight: within the estimate's ±{fit.margin:.0%}",
+             "red": f"does not fit: {fit.vram_gb - budget_gb:.1f} GB over"}[kind]
+    phase = "" if fit.phase == "training" else \
+        f" · the peak is while {fit.phase} (before training); training itself ≈ {fit.phases['training']:.1f} GB"
+    return (f'<div class="easel-fit-head"><b>≈ {fit.vram_gb:.1f} GB of {_gb(budget_gb)} GB</b>{card} · '
+            f'<span class="easel-fit-verdict">{words}</span>{phase}</div>')
+
+
+def _bar(fit, budget_gb) -> str:
+    """Segments for the training parts (and the caching phase's extra, hatched), a line at the budget, and the
+    estimate's margin as a thin band under the bar."""
+    low, high = fit.range_gb
+    scale = max(budget_gb or 0.0, high)
+    segments = [(p.what, p.vram_gb, "") for p in fit.parts if p.vram_gb > 0]
+    if fit.vram_gb > fit.phases["training"]:
+        segments.append((f"while {fit.phase}", fit.vram_gb - fit.phases["training"], " easel-fit-caching"))
+    bar = "".join(f'<div class="easel-fit-seg{extra}" style="width:{100 * gb / scale:.2f}%" '
+                  f'title="{html.escape(what)}: {gb:.1f} GB"></div>' for what, gb, extra in segments)
+    if budget_gb is not None:
+        bar += f'<div class="easel-fit-budget" style="left:{100 * budget_gb / scale:.2f}%" title="budget"></div>'
+    band = f'<span style="left:{100 * low / scale:.2f}%;width:{100 * (high - low) / scale:.2f}%"></span>'
+    return (f'<div class="easel-fit-bar">{bar}</div>'
+            f'<div class="easel-fit-range" title="the estimate\'s margin: {low:.1f}-{high:.1f} GB">{band}</div>')
+
+
+def _parts(fit) -> str:
+    items = "".join(f"<li>{p.vram_gb:.1f} GB — {html.escape(p.what)}</li>" for p in fit.parts if p.vram_gb >= 0.05)
+    ram = f"<li>system RAM ≈ {fit.ram_gb:.1f} GB at its peak ({html.escape(fit.ram_phase)})</li>"
+    return f'<ul class="easel-fit-parts">{items}{ram}</ul>'
+
+
+def _advice(fit, options, budget_gb, sizes, settings) -> str:
+    """The savers of fit.advice that bring it under budget, cheapest first; or how far the best falls short."""
+    def words(option) -> str:
+        changes = ", ".join(f"{k}: {v}" for sv in option for k, v in sv.changes.items())
+        return (" and ".join(f"<b>{html.escape(sv.words)}</b> (−{sv.saves_gb:.1f} GB)" for sv in option)
+                + f" → ≈ {option[-1].vram_gb:.1f} GB <code>{html.escape(changes)}</code>")
+
+    others = [f"<b>{words}</b> (−{saved:.1f} GB)" for words, saved in _other_savers(sizes, settings) if saved >= 0.1]
+    too_small = "" if others else ": this card is too small for these settings"
+    fitting = [o for o in options if o[-1].vram_gb <= budget_gb]
+    lines = []
+    if fitting:
+        lines.append("To fit, turn on: " + "<br>or ".join(words(o) for o in fitting[:3]))
+    elif options:
+        lines.append(f"Even with {words(options[0])} it is over{too_small}.")
+    elif fit.phases["training"] <= budget_gb:
+        lines.append("Training fits; the card is fuller while the captions and images are encoded before it: close "
+                     "programs that use the GPU.")
+    else:
+        lines.append(f"No memory saver of fit.py is left to turn on{too_small}.")
+    if others:
+        lines.append(("Also: " if fitting else "What else saves memory: ") + " · ".join(others))
+    return "".join(f'<div class="easel-fit-advice">{line}</div>' for line in lines)
+
+
+def _other_savers(sizes, settings) -> list[tuple[str, float]]:
+    """[(words, GB saved)] of the changes fit.advice does not offer (it keeps what shapes the step as it is):
+    gradient checkpointing, a batch of 1, and the text encoders off the card (their outputs cached)."""
+    changes = []
+    if not settings.gradient_checkpointing:
+        changes.append(("Gradient checkpointing on", replace(settings, gradient_checkpointing=True)))
+    if settings.batch_size > 1:
+        changes.append(("Batch size 1 (raise Gradient accumulation to keep the effective batch)",
+                        replace(settings, batch_size=1)))
+    if settings.train_text_encoder or not settings.cache_text:
+        changes.append(("Train text encoder off, Cache text embeddings on, Shuffle tags off",
+                        replace(settings, train_text_encoder=False, cache_text=True)))
+    start = estimate(sizes, settings).phases["training"]
+    return [(words, start - estimate(sizes, changed).phases["training"]) for words, changed in changes]
+
+
+def _notes(fit, preset) -> str:
+    notes = list(fit.notes)
+    if preset.training.mode == "rl":
+        notes.append("RL fine-tuning also generates images with the model, which this estimate does not count")
+    notes.append(f"an estimate (±{fit.margin:.0%}) from the model's files, by engine/models/fit.py")
+    return f'<div class="easel-fit-notes">{"<br>".join(html.escape(n) for n in notes)}</div>'
+
+
+# ------------------------------------------------------------------------------------------------ the section
+
+def build(form: Form) -> dict:
+    """The "Will it fit?" section: a tier picker, "Apply tier settings", and the gauge (drawn by wire's redraw)."""
+    gr.Markdown("### Will it fit?")
+    with gr.Row(equal_height=False):
+        tier = gr.Radio([THIS_GPU, *TIERS], value=THIS_GPU, label="Compare with", elem_id="fit-tier", scale=3,
+                        info="The card this run is for: the one in this PC, or a FLUX VRAM tier.")
+        apply = gr.Button("Apply tier settings", elem_id="fit-apply", size="sm", scale=0, min_width=180)
+    gauge = gr.HTML(PLACEHOLDER_HTML, elem_id="fit-gauge")
+    gr.Markdown(tier_help(form))
+    return {"tier": tier, "apply": apply, "gauge": gauge}
+
+
+def wire(form: Form, parts: dict) -> None:
+    """The gauge redraws on an edit of a GAUGE_KEYS field and on a tier change; Apply sets the tier's keys (for
+    "this GPU", the tier made for the card), then redraws. parts gains "redraw" ({widget: value} -> html), "inputs"
+    (what redraw reads: the form and the picker) and "applied" (Apply's event, for the app to chain its checks)."""
+    tier, gauge = parts["tier"], parts["gauge"]
+
+    def redraw(values: dict) -> str:
+        values = dict(values)
+        budget, gpu = budget_of(values.pop(tier, THIS_GPU))
+        try:
+            preset = form.to_preset(values)
+        except ConfigError:
+            return INVALID_HTML
+        return gauge_html(preset, budget, gpu)
+
+    def apply(values: dict) -> dict:
+        values = dict(values)
+        choice = values.pop(tier, THIS_GPU)
+        name = choice if choice in TIERS else tier_for_vram(detected_vram_gb()[1])
+        return tier_updates(form, name, values) if name else {}
+
+    inputs = {*form.inputs(), tier}
+    parts.update(redraw=redraw, inputs=inputs)
+    triggers = [form.widgets[k].input for k in GAUGE_KEYS if k in form.widgets] + [tier.change]
+    gr.on(triggers=triggers, fn=redraw, inputs=inputs, outputs=gauge, show_progress="hidden",
+          trigger_mode="always_last", api_name="fit_gauge")
+    parts["applied"] = parts["apply"].click(apply, inputs=inputs, outputs=form.components(), api_name="fit_apply")
+    parts["applied"].then(redraw, inputs=inputs, outputs=gauge, show_progress="hidden", trigger_mode="always_last")
