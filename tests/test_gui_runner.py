@@ -326,7 +326,13 @@ def test_the_sample_grid_puts_steps_down_and_strengths_across_and_compares_two_s
     assert out["grid_step_a"]["value"] == 50 and out["grid_step_b"]["value"] == 100   # the last two steps
     compare = out["compare"]
     assert "step 50</th><th>step 100" in compare and compare.count("<img") == 4
-    view.grid = ("ohwx, oil painting", 0, 100)
+    png = run / "samples" / "step000150_p00_s1.00.png"
+    png.write_bytes(b"\x89PNG fake")
+    w.emit("sample", path=str(png), prompt="ohwx, a portrait", strength=1.0, step=150)
+    view.poll()
+    out = tab_run.render(view, {k: k for k in tab_run.RENDERED})
+    assert (out["grid_step_a"]["value"], out["grid_step_b"]["value"]) == (100, 150)   # they follow the newest
+    view.grid, view.grid_chosen = ("ohwx, oil painting", 0, 100), True
     out = tab_run.render(view, {k: k for k in tab_run.RENDERED})
     assert "oil painting" in out["grid"] and "step 0</th><th>step 100" in out["compare"]
     assert "_p01_" in out["grid"] and "_p00_" not in out["grid"]

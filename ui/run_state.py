@@ -100,6 +100,7 @@ class RunView:
     sent: dict = field(default_factory=dict)  # what the page shows already (tab_run.render skips unchanged parts)
     note: tuple | None = None             # (text, until, marks when said): a button's message, see say()
     grid: tuple = (None, None, None)      # the sample grid's prompt and the two steps compared
+    grid_chosen: bool = False             # a person picked the steps (else they follow the newest two)
 
     def poll(self) -> int:
         """Fold the new events in; returns how many there were."""

@@ -61,7 +61,7 @@ def grid_html(samples: list[dict], prompt: str | None, marks: dict[int, str] | N
 
 def compare_html(samples: list[dict], prompt: str | None, step_a, step_b) -> str:
     """Two steps side by side, larger: each strength's image at step A beside the one at step B."""
-    if not samples or step_a in (None, "") or step_b in (None, ""):
+    if not samples or step_a in (None, "") or step_b in (None, "") or int(step_a) == int(step_b):
         return ""
     prompt = prompt if prompt in prompts_of(samples) else prompts_of(samples)[0]
     cells = table(samples, prompt)

@@ -63,8 +63,8 @@ def build() -> dict:
             grid_prompt = gr.Dropdown(label="Prompt", choices=[], elem_id="grid-prompt", scale=3)
             grid_step_a = gr.Dropdown(label="Compare step", choices=[], elem_id="grid-step-a", scale=1)
             grid_step_b = gr.Dropdown(label="with step", choices=[], elem_id="grid-step-b", scale=1)
-        compare = gr.HTML(elem_id="grid-compare")
         grid = gr.HTML(sample_grid.grid_html([], None), elem_id="sample-grid")
+        compare = gr.HTML(elem_id="grid-compare")
     samples = gr.Gallery(label="Samples (newest step first; a LoRA's at each strength)", columns=6,
                          height="auto", elem_id="run-samples", object_fit="contain", preview=False)
     files = gr.File(label="Output files (.safetensors; the best by validation first)", file_count="multiple",
@@ -209,8 +209,8 @@ def grid_values(view: RunView) -> dict:
     prompt, a, b = view.grid
     prompt = prompt if prompt in prompts else (prompts[0] if prompts else None)
     steps = sample_grid.steps_of(samples, prompt)
-    a = a if a in steps else (steps[-2] if len(steps) > 1 else None)   # default: the last two sampled steps
-    b = b if b in steps else (steps[-1] if steps else None)
+    if not view.grid_chosen or a not in steps or b not in steps:   # until a person picks: the last two steps
+        a, b = (steps[-2], steps[-1]) if len(steps) > 1 else (None, None)
     view.grid = (prompt, a, b)
     best = {str(e["path"]) for e in view.best_files()}
     marks = sample_grid.step_marks(view.saved, best)
@@ -436,7 +436,7 @@ def wire(ctx, form, parts: dict, problem_outputs: list, dataset: dict) -> None:
     def on_grid_choice(view, prompt, a, b):
         if view is None:
             return {parts["view"]: gr.skip()}
-        view.grid = (prompt, a, b)
+        view.grid, view.grid_chosen = (prompt, a, b), True
         return {parts["view"]: view, **render(view, parts)}
 
     choices = [parts["view"], parts["grid_prompt"], parts["grid_step_a"], parts["grid_step_b"]]

@@ -68,8 +68,9 @@ def build() -> dict:
         resume = gr.Button("Resume", size="sm", scale=0, min_width=120, elem_id="runs-resume")
         folder = gr.Button("Open folder", size="sm", scale=0, min_width=140, elem_id="runs-open-folder")
     chosen = gr.Markdown("No run chosen yet: click a row.", elem_id="runs-chosen")
+    # widths: without them the long folder column squeezed "best val loss" to one letter a line
     table = gr.Dataframe(pd.DataFrame(columns=COLUMNS), interactive=False, wrap=True, elem_id="runs-table",
-                         show_label=False)
+                         show_label=False, column_widths=["20%", "9%", "8%", "8%", "10%", "6%", "12%", "27%"])
     return {"refresh": refresh, "show": show, "resume": resume, "folder": folder, "chosen": chosen, "table": table,
             "selected": gr.State(None)}
 

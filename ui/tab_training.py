@@ -63,13 +63,17 @@ def build(form: Form) -> dict:
             gr.Markdown(profile_help(PROFILES))
     gr.Markdown("### FLUX from ComfyUI files (one file each; empty: read from the base model's folder)")
     form.grid(["model.clip_l_path", "model.t5_path", "model.vae_path", "model.single_file_config"])
+    # a DiT's size and conditioning mean nothing to an SD or FLUX run: closed unless opened
+    with gr.Accordion("DiT from scratch (family dit): size and conditioning", open=False) as dit:
+        form.section("model.dit", advanced_label="Advanced DiT options")
+    for key in form.keys_under("model.dit"):   # a problem in one of them opens the accordion
+        form.accordion_of.setdefault(key, dit)
     form.section("model", advanced_label="Advanced model options")
     gr.Markdown("### Network")
     form.section("network", advanced_label="Advanced network options")
     gr.Markdown("### Training")
     form.section("training", advanced_label="Advanced training options")
-    gr.Markdown("### Will it fit?")
-    fit = fit_gauge.build(form)
+    fit = fit_gauge.build(form)   # "Will it fit?": its own heading
     with gr.Accordion("VAE training (training.mode: vae)", open=False):
         form.section("vae", advanced_label="Advanced VAE options")
     gr.Markdown("### Validation (a held-out split picks the best checkpoints)")
