@@ -173,3 +173,12 @@ def test_edits_are_kept_as_a_draft_and_a_save_clears_it(app):
     assert out[draft_state]["values"]["training.max_steps"] == 777
     values[form.widgets["training.max_steps"]] = Preset().training.max_steps   # back to the saved value
     assert fn.fn(dict(values))[draft_state] is None
+
+
+def test_a_remembered_file_that_no_longer_loads_gives_the_defaults_not_an_error(app, tmp_path, monkeypatch):
+    broken = tmp_path / "edited by hand.yaml"
+    broken.write_text("training: {max_steps: lots}\n", encoding="utf-8")
+    monkeypatch.setattr("ui.runner.active_run", lambda root: None)
+    out = restore(app, str(broken), None)
+    assert "defaults" in status_of(out)
+    assert out[app.easel_form.widgets["training.max_steps"]]["value"] == Preset().training.max_steps

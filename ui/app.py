@@ -211,17 +211,22 @@ class _Wiring:
         if newest == "draft":
             own = draft.get("path")  # the file the edits were made to (it may have been deleted since)
             return self.restored_draft(draft, own if own and Path(own).is_file() else None)
-        source = run_dir / "preset.yaml" if newest == "run" else path
         try:
-            preset = load_preset(source)
+            saved = load_preset(path) if path else None
+        except ConfigError:   # the remembered file was edited by hand into a preset that no longer loads
+            saved, path = None, None
+        if newest == "file" and saved is not None:
+            return self.loaded(saved, path, "reopened")
+        try:
+            running = load_preset(run_dir / "preset.yaml") if run_dir else None
         except ConfigError:
+            running = None
+        if running is None:
             return self.loaded(Preset(), None, "defaults")
-        if newest == "file":
-            return self.loaded(preset, path, "reopened")
-        shown = self.loaded(preset, path, f"running: the form shows the preset `{run_dir.name}` trains with")
-        if path:  # the file is the baseline: where the run's preset differs from it, the form says so
-            shown[self.bar["baseline"]] = dump_preset(load_preset(path))
-            if shown[self.bar["baseline"]] != dump_preset(preset):
+        shown = self.loaded(running, path, f"running: the form shows the preset `{run_dir.name}` trains with")
+        if saved is not None:  # the file is the baseline: where the run's preset differs from it, the form says so
+            shown[self.bar["baseline"]] = dump_preset(saved)
+            if shown[self.bar["baseline"]] != dump_preset(running):
                 shown[self.bar["status"]] = self.status_text(path, True) + f" · running `{run_dir.name}`"
         return shown
 

@@ -20,7 +20,7 @@ import gradio as gr
 from engine.config.fields import get_value
 from engine.config.load import ConfigError, load_preset
 from engine.models.fit import (EIGHT_BIT, FAMILIES, OPTIMIZER_STATE_BYTES, PRECISION_BYTES, advice, estimate,
-                               fit_settings, model_sizes)
+                               fit_settings, local_path, model_sizes)
 from ui.fields import Form, to_widget
 from ui.presets import PROJECT_ROOT
 
@@ -187,23 +187,9 @@ def _model_sizes(model):
     return _SIZES[key]
 
 
-def _expandable(preset):
-    """The preset with "~nobody/flux1.sft" (a home folder not on this PC, where Path.expanduser raises, and fit.py
-    with it) read as a relative path, <this folder>/~nobody/flux1.sft: missing, so the real model's sizes stand in."""
-    model = preset.model
-    missing = {}
-    for key in FLUX_FILE_KEYS:
-        value = getattr(model, key.split(".")[1])
-        try:
-            Path(value).expanduser()
-        except RuntimeError:
-            missing[key.split(".")[1]] = str(Path(value).absolute())
-    return replace(preset, model=replace(model, **missing)) if missing else preset
-
-
 def _stamp(path: str):
     try:
-        stat = Path(path).expanduser().stat() if path.strip() else None
+        stat = local_path(path).stat() if path.strip() else None
     except (OSError, ValueError):
         return None
     return stat and (stat.st_mtime_ns, stat.st_size)
@@ -234,7 +220,6 @@ def gauge_html(preset, budget_gb: float | None, gpu_name: str | None = None) -> 
     if preset.training.mode == "vae":
         return message_html("No memory estimate for VAE training (training.mode: vae) yet.")
     try:
-        preset = _expandable(preset)
         sizes, settings = _model_sizes(preset.model), fit_settings(preset)
         fit = estimate(sizes, settings)
         over = budget_gb is not None and fit.phases["training"] > budget_gb

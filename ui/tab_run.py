@@ -334,6 +334,7 @@ def resume_view(view: RunView | None, ctx) -> RunView:
     runner.start_run(view.run_dir, ctx.runs_root, resume=True)
     view.finished, view.error, view.stop_requested_at = None, None, None
     view.sent.clear()
+    view.say(f"Resuming `{view.run_dir.name}`…")
     return view
 
 
@@ -404,7 +405,6 @@ def wire(ctx, form, parts: dict, problem_outputs: list, dataset: dict) -> None:
             view = resume_view(view, ctx)
         except (ValueError, runner.RunBusy, OSError) as exc:
             return {parts["message"]: f"**Could not resume:** {exc}"}
-        view.say(f"Resuming `{view.run_dir.name}`…")
         return {parts["view"]: view, **render(view, parts, force=True)}
 
     parts["resume"].click(on_resume, inputs=parts["view"], outputs=outs)
@@ -421,6 +421,7 @@ def wire(ctx, form, parts: dict, problem_outputs: list, dataset: dict) -> None:
 
     parts["timer"].tick(lambda view: tick(view, parts), inputs=parts["view"], outputs=outs,
                         show_progress="hidden", queue=False)
+
     def on_tensorboard(view):
         from ui.tensorboard import open_board
 
@@ -433,6 +434,7 @@ def wire(ctx, form, parts: dict, problem_outputs: list, dataset: dict) -> None:
 
     parts["tensorboard"].click(on_tensorboard, inputs=parts["view"], outputs=parts["tensorboard_link"],
                                api_name="open_tensorboard")
+
     def on_grid_choice(view, prompt, a, b):
         if view is None:
             return {parts["view"]: gr.skip()}

@@ -118,7 +118,6 @@ def wire(ctx, parts: dict, run: dict, remember, page) -> None:
             view = tab_run.resume_view(shown(folder), ctx)
         except (ValueError, runner.RunBusy, OSError) as exc:
             return {parts["chosen"]: f"**Could not resume:** {exc}"}
-        view.say(f"Resuming `{view.run_dir.name}`…")
         return {run["view"]: view, **tab_run.render(view, run, force=True),
                 parts["chosen"]: f"Resuming **{view.run_dir.name}**: follow it on the Run tab."}
 
