@@ -68,7 +68,9 @@ def test_demo_preset_edit_save_reload_run_and_stop(tmp):
         from ui import runner
         wait_for(lambda: not runner.is_running(dit_run), ENGINE_S / 1000)  # one run at a time: it has exited
 
-        # LoRA demo: the tiny SD1.5 model, then the rest of the workflow on its preset
+        # LoRA demo: the tiny SD1.5 model, then the rest of the workflow on its preset. From another tab: the demo
+        # ends by switching to the Run tab, and on_run_tab must see that switch, not the DiT demo's
+        open_tab(page, "Dataset")
         page.get_by_role("button", name="LoRA demo", exact=True).click()
         status_has(page, "LoRA demo loaded", timeout_ms=240_000)
         on_run_tab(page)
