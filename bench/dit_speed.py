@@ -38,7 +38,7 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 def plain_dit_kwargs(preset) -> dict:
     """DiTTransformer2DModel's arguments for the preset, written out as a plain script would. They match
-    engine/models/families/dit.py's build_transformer (tests/test_dit_speed_smoke.py checks that), which sizes
+    engine/models/families/dit/record.py's build_transformer (tests/test_dit_speed_smoke.py checks that), which sizes
     the position table for 64 px whatever dataset.resolution_px is."""
     dit = preset.model.dit
     return {"num_attention_heads": dit.heads, "attention_head_dim": dit.width // dit.heads, "in_channels": 3,

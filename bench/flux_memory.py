@@ -76,7 +76,7 @@ def flux(double: int, single: int, device: str = "cpu"):
 def add_engine_lora(model, modulation: bool = False) -> list:
     """LoRA as the trainer adds it: the family's targets, fp32 trained weights."""
     from engine.config.schema import NetworkConfig
-    from engine.models.families.flux import lora_target_names
+    from engine.models.families.flux.record import lora_target_names
     from engine.models.lora import add_lora
 
     model.requires_grad_(False)

@@ -262,7 +262,7 @@ class Suite:
             torch.manual_seed(preset.training.seed)
             comps = BUILDERS[case.family](self.smoke, self.device, weight_dtype)
             if case.family == "flux" and preset.model.quantize_base == "fp8":
-                # engine/models/flux_loading.py stores the transformer in fp8 as soon as it is read, before LoRA
+                # engine/models/families/flux/loading.py stores the transformer in fp8 as soon as it is read, before LoRA
                 store_in_fp8(comps.denoiser, weight_dtype)
                 comps.denoiser.easel_fp8 = True
             configure_for_training(comps, preset.training)
@@ -478,7 +478,7 @@ def autoencoder(widths: dict, **config):
 def ddpm_alphas():
     from diffusers import DDPMScheduler
 
-    from engine.models.families.sd import alphas_cumprod_of
+    from engine.models.families.sd.record import alphas_cumprod_of
 
     return alphas_cumprod_of(DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                            num_train_timesteps=1000))
@@ -522,7 +522,7 @@ def build_flux(tiny: bool, device: str, dtype):
     from transformers import T5Config, T5EncoderModel
 
     from engine.models.families.base import Components
-    from engine.models.families.flux import T5_TOKENS
+    from engine.models.families.flux.record import T5_TOKENS
     from engine.models.tiny import tiny_clip_tokenizer, tiny_t5_tokenizer
 
     tok, tok_2 = tiny_clip_tokenizer(), tiny_t5_tokenizer()

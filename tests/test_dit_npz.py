@@ -139,7 +139,7 @@ def test_samples_show_the_generated_target_beside_the_ground_truth(tmp_path, sce
 
 
 def test_predict_sees_the_context_and_returns_target_channels(tmp_path):
-    from engine.models.families.dit import DIT, configure
+    from engine.models.families.dit.record import DIT, configure
 
     preset = load_preset(FLOW, [*TINY, "model.dit.coordinate_grid=true"])
     comps = DIT.load(preset.model, torch.float32, "cpu")

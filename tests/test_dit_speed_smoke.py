@@ -41,7 +41,7 @@ def test_the_bench_runs_tiny_and_prints_both_loops_the_ratio_and_the_breakdowns(
 def test_the_plain_loop_builds_the_same_dit_as_easel(tmp_path):
     from engine.config.load import load_preset
     from engine.demo import prepare_dit
-    from engine.models.families.dit import build_transformer
+    from engine.models.families.dit.record import build_transformer
 
     spec = importlib.util.spec_from_file_location("dit_speed", SCRIPT)
     bench = importlib.util.module_from_spec(spec)

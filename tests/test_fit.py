@@ -71,7 +71,7 @@ def test_trained_params_equal_the_lora_layers_the_engine_adds(tiny_flux):
     from diffusers import FluxTransformer2DModel
 
     from engine.config.schema import NetworkConfig
-    from engine.models.families.flux import FLUX, lora_target_names
+    from engine.models.families.flux.record import FLUX, lora_target_names
     from engine.models.lora import add_lora
 
     sizes = model_sizes(ModelConfig(family="flux", path=str(tiny_flux["folder"])))

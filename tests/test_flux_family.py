@@ -68,7 +68,7 @@ def test_bfl_conversion_matches_diffusers_converter_at_full_width_and_round_trip
     from diffusers import FluxTransformer2DModel
     from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
 
-    from engine.models.flux_bfl import bfl_to_diffusers, diffusers_to_bfl
+    from engine.models.families.flux.bfl_names import bfl_to_diffusers, diffusers_to_bfl
 
     with torch.device("meta"):  # the real width (diffusers' converter hard-codes 3072), no memory used
         big = FluxTransformer2DModel(num_layers=2, num_single_layers=2)
@@ -103,8 +103,8 @@ def make_schnell(folder):
 def test_dev_and_schnell_are_told_apart_by_the_guidance_embedding(flux, tmp_path):
     from safetensors import safe_open
 
-    from engine.models.families.flux import load
-    from engine.models.flux_bfl import is_schnell
+    from engine.models.families.flux.record import load
+    from engine.models.families.flux.bfl_names import is_schnell
 
     with safe_open(str(flux["files"]["transformer"]), "pt") as f:
         assert not is_schnell(f.keys())
@@ -128,7 +128,7 @@ def test_a_dev_lora_continued_on_schnell_is_said_plainly(flux, tmp_path):
 def test_the_comfyui_files_load_the_same_weights_as_the_folder_fp8_file_included(flux, tmp_path):
     from diffusers import FluxPipeline
 
-    from engine.models.flux_loading import load_flux_pipeline
+    from engine.models.families.flux.loading import load_flux_pipeline
 
     f = flux["files"]
     fp8 = write_flux_files(flux["folder"], tmp_path / "fp8", transformer_dtype=torch.float8_e4m3fn)
@@ -155,7 +155,7 @@ def test_the_comfyui_files_load_the_same_weights_as_the_folder_fp8_file_included
     ("model.clip_l_path", "missing", ["model.clip_l_path", "no such file"]),
 ])
 def test_a_file_of_the_wrong_kind_names_the_key_and_where_it_belongs(flux, key, value, words):
-    from engine.models.flux_loading import load_flux_pipeline
+    from engine.models.families.flux.loading import load_flux_pipeline
 
     f = flux["files"]
     paths = {"model.path": f["transformer"], "model.clip_l_path": f["clip_l"], "model.t5_path": f["t5"],
@@ -173,7 +173,7 @@ def test_a_file_of_the_wrong_kind_names_the_key_and_where_it_belongs(flux, key, 
 
 
 def test_single_files_without_their_partners_or_configs_say_which(flux):
-    from engine.models.flux_loading import load_flux_pipeline
+    from engine.models.families.flux.loading import load_flux_pipeline
 
     f = flux["files"]
     with pytest.raises(UserError, match="model.single_file_config is empty") as info:
@@ -251,7 +251,7 @@ def test_int8_and_nf4_without_cuda_say_so_before_loading(flux, tmp_path):
 
 def test_fp8_storage_keeps_the_lora_in_fp32_and_computes_like_the_rounded_weights(flux):
     from engine.models.base_storage import store_in_fp8
-    from engine.models.families.flux import lora_target_names, load, predict
+    from engine.models.families.flux.record import lora_target_names, load, predict
     from engine.models.lora import add_lora
 
     comps = load(ModelConfig(family="flux", path=str(flux["folder"])), torch.float32, "cpu")
@@ -278,7 +278,7 @@ def test_fp8_storage_keeps_the_lora_in_fp32_and_computes_like_the_rounded_weight
 
 
 def test_default_lora_targets_are_every_block_linear_but_modulation(flux):
-    from engine.models.families.flux import lora_target_names, load
+    from engine.models.families.flux.record import lora_target_names, load
 
     tr = load(ModelConfig(family="flux", path=str(flux["folder"])), torch.float32, "cpu").denoiser
     names = lora_target_names(tr, NetworkConfig())
@@ -293,7 +293,7 @@ def test_default_lora_targets_are_every_block_linear_but_modulation(flux):
 
 def test_block_swap_computes_the_same_values_and_gradients_and_moves_only_frozen_weights(flux):
     from engine.models.block_swap import swap_blocks
-    from engine.models.families.flux import lora_target_names, load, predict
+    from engine.models.families.flux.record import lora_target_names, load, predict
     from engine.models.lora import add_lora
 
     def run(swap: bool):

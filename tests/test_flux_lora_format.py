@@ -1,4 +1,4 @@
-"""FLUX.1 LoRA files in kohya format (BFL names, fused q/k/v: engine/models/lora_bfl.py) load everywhere exactly as
+"""FLUX.1 LoRA files in kohya format (BFL names, fused q/k/v: engine/models/lora_names.py) load everywhere exactly as
 trained, and load back into adapters exactly: names against ComfyUI's and sd-scripts' rules (tests/lora_name_rules.py),
 numbers through diffusers' own kohya converter, and round trips through load_lora_into.
 
@@ -17,24 +17,24 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from engine.models import lora_bfl
+from engine.models.families.flux import lora_names
 from engine.models.lora import (add_lora, load_lora_into, lora_file_components, lora_file_info, lora_layers,
                                 LoraLoadError)
 from engine.models.lora_check import self_check
 from engine.models.lora_export import LoraExportInfo, save_lora
-from engine.models.families.flux import DOUBLE_BLOCK_LINEARS, MODULATION_LINEARS, SINGLE_BLOCK_LINEARS
+from engine.models.families.flux.record import DOUBLE_BLOCK_LINEARS, MODULATION_LINEARS, SINGLE_BLOCK_LINEARS
 from engine.models.tiny import build_tiny
 from lora_name_rules import (COMFY_FLUX, SD_SCRIPTS_FLUX, SD_SCRIPTS_FLUX_DEFAULT_COUNTS, diffusers_flux_layers,
                              matches_any)
 
 RANK, ALPHA = 4, 8  # alpha != rank: a lost or unscaled alpha shows as a different output
-# the trainer's default targets (engine/models/families/flux.py)
+# the trainer's default targets (engine/models/families/flux/record.py)
 DOUBLE, SINGLE, MODULATION = DOUBLE_BLOCK_LINEARS, SINGLE_BLOCK_LINEARS, MODULATION_LINEARS
 LINEAR1 = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
 CLIP = ["q_proj", "k_proj", "v_proj", "out_proj"]
-INFO = LoraExportInfo(title="flux_lora", base_model_version=lora_bfl.BASE_MODEL_VERSION,
-                      architecture=lora_bfl.ARCHITECTURE["dev"], prediction_type="",
-                      implementation=lora_bfl.IMPLEMENTATION, text_encoder_names=("text_encoder", "text_encoder_2"),
+INFO = LoraExportInfo(title="flux_lora", base_model_version=lora_names.BASE_MODEL_VERSION,
+                      architecture=lora_names.ARCHITECTURE["dev"], prediction_type="",
+                      implementation=lora_names.IMPLEMENTATION, text_encoder_names=("text_encoder", "text_encoder_2"),
                       resolution_px=(1024, 1024), kohya_unet_names="bfl")
 
 
@@ -174,7 +174,7 @@ def test_real_size_flux_writes_sd_scripts_default_set():
     assert (len(unet), len(te)) == SD_SCRIPTS_FLUX_DEFAULT_COUNTS
     assert not [n for n in names if not matches_any(n, SD_SCRIPTS_FLUX) or not matches_any(n, COMFY_FLUX)]
     assert tuple(tensors["lora_unet_single_blocks_0_linear1.lora_up.weight"].shape) == (3 * 3072 + 12288, 4 * RANK)
-    assert header["ss_network_module"] == lora_bfl.NETWORK_MODULE
+    assert header["ss_network_module"] == lora_names.NETWORK_MODULE
 
 
 def test_metadata_is_what_sd_scripts_writes_for_flux(exported):
@@ -293,10 +293,10 @@ def test_sd_scripts_dense_fused_file_loads_exactly(folder, tmp_path):
     transformer = fresh(folder).transformer
     g = torch.Generator().manual_seed(2)
     tensors, want = {}, {}
-    for name, paths in lora_bfl.modules(transformer).items():
+    for name, paths in lora_names.modules(transformer).items():
         if len(paths) == 1:
             continue
-        widths = [lora_bfl.out_features(transformer, p) for p in paths]
+        widths = [lora_names.out_features(transformer, p) for p in paths]
         down = torch.randn(rank, transformer.get_submodule(paths[0]).in_features, generator=g)
         up = torch.randn(sum(widths), rank, generator=g) * 0.05
         tensors.update({f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up,

@@ -66,7 +66,7 @@ def test_a_new_folder_must_be_given_its_rules(engine_copy):
 
 def test_parts_are_named_by_folder_and_helpers_by_file():
     assert part_of("engine.data.plan", "engine") == "data"
-    assert part_of("engine.models.families.sd", "engine") == "models"
+    assert part_of("engine.models.families.sd.record", "engine") == "models"
     assert part_of("engine.events", "engine") == "helpers"
     assert part_of("engine.cli", "engine") == "entry"
     assert part_of("engine", "engine") == "entry"

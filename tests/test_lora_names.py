@@ -11,7 +11,7 @@ import torch
 
 from engine.models.families import get_family
 from engine.models.families.base import by_prediction
-from engine.models.ldm_convert import unet_module_to_ldm
+from engine.models.families.sd.ldm_convert import unet_module_to_ldm
 from engine.models.lora import add_lora
 from engine.models.lora_export import LoraExportInfo, _kohya_tensors
 from lora_name_rules import (A1111_TE, COMFY_TE, SD_SCRIPTS, SD_SCRIPTS_WIDEST_COUNTS, SDXL_NEVER, a1111_unet_module,

@@ -38,7 +38,7 @@ Phases (engine/training/setup.py's order): the text encoders cache their outputs
 waits in RAM, except an int8/nf4 one, which bitsandbytes puts on the GPU while loading), then the VAE caches latents,
 then training; the VRAM peak is the largest. RAM while training: the process (~3 GB: Python, PyTorch, the CUDA
 libraries), the text encoders and VAE waiting in RAM, the swapped blocks, the text-embedding cache. RAM while
-loading (flux_loading.py's order): the small parts, then the denoiser read in the compute dtype and then stored in
+loading (flux/loading.py's order): the small parts, then the denoiser read in the compute dtype and then stored in
 fp8 (from a single file: read tensor by tensor straight into fp8), then T5; int8/nf4 are quantized on the way to
 the GPU.
 
@@ -64,7 +64,7 @@ from functools import partial
 from pathlib import Path
 
 from engine.models.base_storage import FP8_SKIP_PATTERNS
-from engine.models.flux_bfl import diffusers_modules_of
+from engine.models.families.flux.bfl_names import diffusers_modules_of
 
 GB = 2**30
 MARGIN = 0.15                 # the stated uncertainty of the estimate
@@ -132,7 +132,7 @@ def read_header(file: Path) -> Tensors:
 
 
 def _bfl_to_diffusers(name: str, shape: tuple, hidden: int) -> list[tuple[str, int, int]]:
-    """A BFL-named FLUX block linear as the diffusers linears it holds (engine/models/flux_bfl.py's map; of a fused
+    """A BFL-named FLUX block linear as the diffusers linears it holds (engine/models/families/flux/bfl_names.py's map; of a fused
     one, every part but the last has `hidden` rows): [(name, in, out)]."""
     if not _BLOCK.match(name):
         return []
@@ -598,7 +598,7 @@ def estimate(sizes: ModelSizes, s: Settings) -> Estimate:
               Part("text encoders and VAE waiting in RAM", 0.0, parked),
               Part(f"text-embedding cache ({s.captions} captions)", 0.0, text_cache),
               Part(f"block swap: {len(swapped)} blocks wait in RAM", 0.0, swapped_gb)]
-    # ... and while loading (flux_loading.py's order: the small parts, the denoiser, which is read in the compute
+    # ... and while loading (flux/loading.py's order: the small parts, the denoiser, which is read in the compute
     # dtype and then stored, then the largest text encoder; bitsandbytes quantizes on the way to the GPU)
     others = sorted(sizes.components[n].params * compute / GB for n in (*spec.text_encoders, "vae"))
     bnb = quantize in ("int8", "nf4")

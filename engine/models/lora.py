@@ -2,7 +2,7 @@
 (one we wrote, or a user's; kohya or diffusers keys) back into them, for resume and "continue from a file".
 
 Writing LoRA files is lora_export.py; the load self-check after every save is lora_check.py; FLUX's kohya names
-(BFL's, with fused q/k/v) and their (de)composition are lora_bfl.py.
+(BFL's, with fused q/k/v) and their (de)composition are lora_names.py.
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def kohya_names(component: str, path: str, module, prefixes: dict[str, str], une
     first: `lora_unet_input_blocks_4_1_proj_in` (SDXL, unet_names="ldm") or `lora_unet_down_blocks_1_...`
     (SD1.x/SD2); `lora_te_text_model_encoder_layers_0_self_attn_q_proj`. A second name, in the other UNet
     style, is what a loader also accepts (older Easel files wrote SDXL in diffusers style)."""
-    from engine.models.ldm_convert import unet_module_to_ldm
+    from engine.models.families.sd.ldm_convert import unet_module_to_ldm
 
     if component.startswith("text_encoder") and is_flattened_clip(module):
         path = "text_model." + path  # trap 3: A1111/ComfyUI name CLIP layers with text_model.
@@ -102,11 +102,11 @@ class LoraFileInfo:
 def lora_file_info(path: Path) -> LoraFileInfo:
     """Format, rank and alpha of a LoRA file, so an adapter of the same shape can be created before loading.
 
-    For a FLUX file whose modules are all fused (a qkv or linear1: several adapter layers in one, lora_bfl.py), the
+    For a FLUX file whose modules are all fused (a qkv or linear1: several adapter layers in one, lora_names.py), the
     rank and alpha are those of one part, which is what each adapter layer takes."""
     from safetensors import safe_open
 
-    from engine.models import lora_bfl
+    from engine.models.families.flux import lora_names
 
     with safe_open(str(path), "pt") as f:
         metadata = f.metadata() or {}
@@ -116,11 +116,11 @@ def lora_file_info(path: Path) -> LoraFileInfo:
             raise LoraLoadError(f"{path}: no LoRA weights (no *.lora_down.weight or *.lora_A.weight keys)")
         if downs[0].endswith(".lora_down.weight"):
             stems = [k.removesuffix(".lora_down.weight") for k in downs]
-            stem = next((s for s in stems if lora_bfl.fused_size(s) == 1), stems[0])  # an unfused one says it plainly
+            stem = next((s for s in stems if lora_names.fused_size(s) == 1), stems[0])  # an unfused one says it plainly
             rank = f.get_slice(f"{stem}.lora_down.weight").get_shape()[0]
             alpha = float(f.get_tensor(f"{stem}.alpha")) if f"{stem}.alpha" in keys else float(rank)
-            if lora_bfl.fused_size(stem) > 1:
-                part = lora_bfl.part_rank(stem, f.get_tensor(f"{stem}.lora_down.weight"),
+            if lora_names.fused_size(stem) > 1:
+                part = lora_names.part_rank(stem, f.get_tensor(f"{stem}.lora_down.weight"),
                                           f.get_tensor(f"{stem}.lora_up.weight"))
                 rank, alpha = part, alpha * part / rank  # the same alpha / rank
             return LoraFileInfo("kohya", rank, alpha, metadata)
@@ -170,7 +170,7 @@ def load_lora_into(denoiser: torch.nn.Module | None, text_encoders: dict[str, to
     """
     from safetensors.torch import load_file
 
-    from engine.models import lora_bfl
+    from engine.models.families.flux import lora_names
 
     tensors = load_file(str(path))
     denoiser_name = denoiser_component(denoiser) if denoiser is not None else None
@@ -195,7 +195,7 @@ def load_lora_into(denoiser: torch.nn.Module | None, text_encoders: dict[str, to
             file_alpha = adapter_alphas.get(name.split(".", 1)[0], float(rank))
         # a part with no adapter takes the dense split, only to see whether the file trained it
         ranks = [layer.r[adapter_name] if layer is not None else rank for layer, _ in parts]
-        pieces = [(down, up)] if len(parts) == 1 else lora_bfl.split(name, down, up, ranks)
+        pieces = [(down, up)] if len(parts) == 1 else lora_names.split(name, down, up, ranks)
         for (layer, layer_path), piece in zip(parts, pieces):
             if layer is None:
                 if piece[1].any():  # the file changes a layer that has no adapter
@@ -222,11 +222,11 @@ def _file_targets(denoiser, text_encoders: dict, text_encoder_names: tuple, adap
     """{file module name: [(adapter layer or None, module path), ...]} under every name a file may use for it: the
     peft path, kohya names in both UNet styles, CLIP-L as `lora_te_` or `lora_te1_` (loaders take both), and for a
     FLUX transformer the BFL names, whose fused modules list all their parts."""
-    from engine.models import lora_bfl
+    from engine.models.families.flux import lora_names
 
-    bfl = lora_bfl.is_flux_transformer(denoiser)
+    bfl = lora_names.is_flux_transformer(denoiser)
     components = {**({denoiser_component(denoiser): denoiser} if denoiser is not None else {}), **text_encoders}
-    prefixes = dict(lora_bfl.PREFIXES) if bfl else kohya_prefixes(text_encoder_names)
+    prefixes = dict(lora_names.PREFIXES) if bfl else kohya_prefixes(text_encoder_names)
     targets = {}
     for component, module in components.items():
         layers = lora_layers(module, adapter_name)
@@ -241,7 +241,7 @@ def _file_targets(denoiser, text_encoders: dict, text_encoder_names: tuple, adap
                     for alias in (prefix, *_KOHYA_ALIASES.get(prefix, ())):
                         targets[alias + name[len(prefix):]] = part
         if bfl and module is denoiser:
-            for name, paths in lora_bfl.modules(module).items():
+            for name, paths in lora_names.modules(module).items():
                 if any(p in layers for p in paths):
                     targets[name] = [(layers.get(p), p) for p in paths]
     return targets

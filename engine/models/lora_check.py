@@ -29,7 +29,7 @@ class SelfCheckReport:
     modules_in_file: int      # LoRA modules (down/up pairs) in the file
     modules_loaded: int       # LoRA layers that received them in the pipeline
     warnings: list[str]
-    layers_expected: int = 0  # the layers the file's modules stand for (a fused FLUX module: 3 or 4, lora_bfl.py)
+    layers_expected: int = 0  # the layers the file's modules stand for (a fused FLUX module: 3 or 4, lora_names.py)
 
 
 def self_check(path: Path, pipeline) -> SelfCheckReport:
@@ -43,27 +43,27 @@ def self_check(path: Path, pipeline) -> SelfCheckReport:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from engine.models import lora_bfl
+    from engine.models.families.flux import lora_names
 
     with safe_open(str(path), "pt") as f:
         keys = list(f.keys())
     stems = [k.rsplit(".", 2)[0] for k in keys if k.endswith((".lora_down.weight", ".lora_A.weight",
                                                               ".lora.down.weight"))]
     transformer = getattr(pipeline, "transformer", None)
-    flux = lora_bfl.is_flux_transformer(transformer)
-    layers_expected = sum(lora_bfl.fused_size(s) if flux else 1 for s in stems)
+    flux = lora_names.is_flux_transformer(transformer)
+    layers_expected = sum(lora_names.fused_size(s) if flux else 1 for s in stems)
     source, placed_here, unplaced = str(path), 0, []
     messages: list[str] = []
-    if flux and not _diffusers_splits_linear1(transformer) and any(lora_bfl.fused_size(s) == 4 for s in stems):
+    if flux and not _diffusers_splits_linear1(transformer) and any(lora_names.fused_size(s) == 4 for s in stems):
         # diffusers 0.42 splits single-block linear1 only at FLUX.1's widths, so for a narrower FLUX (the tests' tiny
         # one) those modules are checked here against the layers' shapes and the rest goes through diffusers.
         tensors = load_file(str(path))
-        linear1 = {s for s in stems if lora_bfl.fused_size(s) == 4}
-        unplaced = lora_bfl.unplaced({k: v for k, v in tensors.items() if k.split(".")[0] in linear1}, transformer)
+        linear1 = {s for s in stems if lora_names.fused_size(s) == 4}
+        unplaced = lora_names.unplaced({k: v for k, v in tensors.items() if k.split(".")[0] in linear1}, transformer)
         placed_here = 4 * (len(linear1) - len(unplaced))
         source = {k: v for k, v in tensors.items() if k.split(".")[0] not in linear1}
         messages.append(f"{len(linear1)} single-block linear1 modules checked by shape: diffusers reads them only "
-                        f"at FLUX.1's widths {lora_bfl.DIFFUSERS_LINEAR1_WIDTHS}")
+                        f"at FLUX.1's widths {lora_names.DIFFUSERS_LINEAR1_WIDTHS}")
     before = _pipeline_state(pipeline)
     try:
         if source:
@@ -89,13 +89,13 @@ def self_check(path: Path, pipeline) -> SelfCheckReport:
 
 
 def _diffusers_splits_linear1(transformer) -> bool:
-    from engine.models import lora_bfl
+    from engine.models.families.flux import lora_names
 
     if not len(transformer.single_transformer_blocks):
         return True
     block = transformer.single_transformer_blocks[0]
     widths = tuple(m.out_features for m in (block.attn.to_q, block.attn.to_k, block.attn.to_v, block.proj_mlp))
-    return widths == lora_bfl.DIFFUSERS_LINEAR1_WIDTHS
+    return widths == lora_names.DIFFUSERS_LINEAR1_WIDTHS
 
 
 def _unmatched_keys(messages: list[str]) -> dict[str, list[str]]:

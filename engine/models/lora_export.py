@@ -7,7 +7,7 @@ Formats (EXPORT_FORMATS; keys equal the preset's `export.format` values):
              `ss_*` and `modelspec.*` metadata (A1111 shows these in its LoRA card). Denoiser modules are named as
              sd-scripts names them (Family.kohya_unet_names): diffusers paths for SD1.x/SD2, the original
              `input_blocks/middle_block/output_blocks` paths for SDXL, Black Forest Labs' names for FLUX, whose
-             fused q/k/v layers hold several adapter layers each (lora_bfl.py; tests/lora_name_rules.py).
+             fused q/k/v layers hold several adapter layers each (lora_names.py; tests/lora_name_rules.py).
   diffusers  peft keys under the pipeline's component names (`unet.`/`transformer.`/`text_encoder.`), with the peft
              config in the `lora_adapter_metadata` header, exactly what `<Pipeline>.save_lora_weights` writes.
              For diffusers / Python: for SD1.x/SD2/SDXL, A1111/Forge and ComfyUI match none of its keys. ComfyUI
@@ -80,14 +80,14 @@ def save_lora(path: Path, fmt: str, denoiser: torch.nn.Module, text_encoders: di
 
 
 def _kohya_tensors(components: dict, info: LoraExportInfo, adapter_name: str) -> tuple[dict, dict]:
-    from engine.models import lora_bfl
+    from engine.models.families.flux import lora_names
 
     bfl = info.kohya_unet_names == "bfl"
-    prefixes = dict(lora_bfl.PREFIXES) if bfl else kohya_prefixes(info.text_encoder_names)
+    prefixes = dict(lora_names.PREFIXES) if bfl else kohya_prefixes(info.text_encoder_names)
     tensors = {}
     for component, module in components.items():
         if bfl and component == "transformer":
-            tensors.update(lora_bfl.tensors(module, lora_layers(module, adapter_name), adapter_name))
+            tensors.update(lora_names.tensors(module, lora_layers(module, adapter_name), adapter_name))
             continue
         if component not in prefixes:
             raise ValueError(
@@ -99,7 +99,7 @@ def _kohya_tensors(components: dict, info: LoraExportInfo, adapter_name: str) ->
             tensors[f"{name}.lora_up.weight"] = layer.lora_B[adapter_name].weight
             # trap 1: kohya's scale is alpha / rank, so alpha = peft's scaling * rank (also right for rsLoRA).
             tensors[f"{name}.alpha"] = torch.tensor(layer.scaling[adapter_name] * layer.r[adapter_name])
-    return tensors, {"ss_network_module": lora_bfl.NETWORK_MODULE if bfl else "networks.lora"}
+    return tensors, {"ss_network_module": lora_names.NETWORK_MODULE if bfl else "networks.lora"}
 
 
 def _diffusers_tensors(components: dict, info: LoraExportInfo, adapter_name: str) -> tuple[dict, dict]:

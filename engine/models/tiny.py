@@ -6,7 +6,7 @@ The shapes are the smallest that keep each family's real structure (two UNet lev
 a VAE with scale factor 8, two text encoders for SDXL, CLIP + T5 for FLUX); see notes/platform-facts.md §2, §4.
 
 Everything is deterministic for a seed, and the caller's global RNG is left untouched (fork_rng).
-`write_single_file` lives in engine/models/ldm_convert.py and is re-exported here for the tests.
+`write_single_file` lives in engine/models/families/sd/ldm_convert.py and is re-exported here for the tests.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from engine.models.ldm_convert import write_flux_files, write_single_file  # noqa: F401  (re-export for the tests)
+from engine.models.families.sd.ldm_convert import write_flux_files, write_single_file  # noqa: F401  (re-export for the tests)
 
 FAMILIES = ("sd15", "sd2", "sdxl", "flux")
 

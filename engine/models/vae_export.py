@@ -17,7 +17,7 @@ import torch
 
 from engine.atomic import atomic_save_file
 from engine.failures import UserError
-from engine.models.ldm_convert import vae_state_to_ldm
+from engine.models.families.sd.ldm_convert import vae_state_to_ldm
 
 FOLDER_SUFFIX = "-vae"
 

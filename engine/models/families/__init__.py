@@ -5,10 +5,10 @@ A new family (FLUX, a small DiT) is one more file with a Family record (engine/m
 from __future__ import annotations
 
 from engine.models.families.base import Components, Family
-from engine.models.families.dit import DIT
-from engine.models.families.flux import FLUX
-from engine.models.families.sd import SD2, SD15
-from engine.models.families.sdxl import SDXL
+from engine.models.families.dit.record import DIT
+from engine.models.families.flux.record import FLUX
+from engine.models.families.sd.record import SD2, SD15
+from engine.models.families.sdxl.record import SDXL
 from engine.registry import choose
 
 FAMILIES: dict[str, Family] = {"sd15": SD15, "sd2": SD2, "sdxl": SDXL, "flux": FLUX, "dit": DIT}

@@ -242,7 +242,7 @@ def encode_image(comps: Components, pixels: torch.Tensor) -> torch.Tensor:
     [B, C, H/8, W/8] (the SD families' encoding)."""
     if isinstance(comps.vae, Pixels):
         return pixels
-    from engine.models.families.sd import encode_image as vae_encode
+    from engine.models.families.sd.record import encode_image as vae_encode
 
     return vae_encode(comps, pixels)
 

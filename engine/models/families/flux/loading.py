@@ -19,7 +19,7 @@ from pathlib import Path
 
 from engine.failures import UserError
 from engine.models.base_storage import bnb_config, store_in_fp8
-from engine.models.flux_bfl import KINDS, bfl_to_diffusers, file_kind
+from engine.models.families.flux.bfl_names import KINDS, bfl_to_diffusers, file_kind
 from engine.models.loading import load_pipeline, missing_config_parts
 
 FILE_KEYS = {"transformer": ("model.path", "flux_transformer"), "text_encoder": ("model.clip_l_path", "clip_l"),

@@ -21,7 +21,7 @@ import re
 
 import torch
 
-from engine.models.flux_bfl import bfl_module_of
+from engine.models.families.flux.bfl_names import bfl_module_of
 
 # sd-scripts' prefixes for FLUX.1 (LoRANetwork.LORA_PREFIX_*): the transformer, CLIP-L, T5-XXL (lora_te2 in its
 # first FLUX versions; ComfyUI reads both).
@@ -35,7 +35,7 @@ ARCHITECTURE = {"dev": "flux-1-dev/lora", "schnell": "flux-1-schnell/lora"}
 IMPLEMENTATION = "https://github.com/black-forest-labs/flux"
 NETWORK_MODULE = "networks.lora_flux"
 
-# The modules a FLUX LoRA may name (the diffusers <-> BFL map itself is engine/models/flux_bfl.py): the blocks'
+# The modules a FLUX LoRA may name (the diffusers <-> BFL map itself is engine/models/families/flux/bfl_names.py): the blocks'
 # linears, and the embedders, which sd-scripts trains with its in_dims option: read back, never written, because
 # diffusers 0.42's converter drops them (it files them without the `transformer.` prefix).
 _BLOCK = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.\d+\.")

@@ -1,6 +1,6 @@
 """FLUX.1 (dev and schnell): a rectified-flow transformer over 2x2-packed 16-channel latents, conditioned on T5-XXL
 hidden states (the sequence), CLIP-L's pooled output (the vector), the timestep and, for dev, a distilled guidance
-value. Loading (a diffusers folder, a Hub id, or the single files a ComfyUI user has) is flux_loading.py.
+value. Loading (a diffusers folder, a Hub id, or the single files a ComfyUI user has) is flux/loading.py.
 
 Shapes: latents [B, C, H/8, W/8] -> packed tokens [B, (H/16)(W/16), 4C]; positions `img_ids` [(H/16)(W/16), 3]
 (0, row, column) and `txt_ids` [L, 3] (zeros), as FluxPipeline builds them. The transformer takes the noise level
@@ -12,9 +12,9 @@ import re
 
 import torch
 
-from engine.models import lora_bfl
+from engine.models.families.flux import lora_names
 from engine.models.families.base import Components, Family
-from engine.models.families.sd import CLIP_ATTENTION, encode_image, pipeline, tokenize
+from engine.models.families.sd.record import CLIP_ATTENTION, encode_image, pipeline, tokenize
 
 T5_TOKENS = {"dev": 512, "schnell": 256}  # the models' own max_sequence_length (BFL's reference code)
 CLIP_TOKENS = 77
@@ -50,7 +50,7 @@ def lora_target_names(denoiser, network) -> list[str]:
 
 
 def load(model_cfg, dtype, device, progress=None) -> Components:
-    from engine.models.flux_loading import load_flux_pipeline
+    from engine.models.families.flux.loading import load_flux_pipeline
 
     pipe = load_flux_pipeline(model_cfg, dtype, progress or (lambda text, n, total: None))
     pipe.set_progress_bar_config(disable=True)
@@ -116,9 +116,9 @@ def predict(comps: Components, x_t, t, cond: dict, size_cond) -> torch.Tensor:
 FLUX = Family(
     name="flux", pipeline_class="FluxPipeline", default_resolution_px=1024,
     lora_targets=DOUBLE_BLOCK_LINEARS, te_lora_targets=CLIP_ATTENTION, text_encoder_names=("text_encoder", "text_encoder_2"),
-    kohya_base_model={"flow": lora_bfl.BASE_MODEL_VERSION}, modelspec_architecture=lora_bfl.ARCHITECTURE,
+    kohya_base_model={"flow": lora_names.BASE_MODEL_VERSION}, modelspec_architecture=lora_names.ARCHITECTURE,
     vae_fp32=False, load=load, encode_text=encode_text, encode_image=encode_image, predict=predict, pipeline=pipeline,
-    kohya_unet_names="bfl", modelspec_implementation=lora_bfl.IMPLEMENTATION, writes_prediction_type=False,
+    kohya_unet_names="bfl", modelspec_implementation=lora_names.IMPLEMENTATION, writes_prediction_type=False,
     lora_target_names=lora_target_names, trained_text_encoders=1, latent_multiple_px=16,
     cached_sample_prompts=True,
 )

@@ -71,7 +71,7 @@ def write_flux_files(diffusers_dir: Path, out_dir: Path, transformer_dtype=None)
 
     from safetensors.torch import save_file
 
-    from engine.models.flux_bfl import diffusers_to_bfl
+    from engine.models.families.flux.bfl_names import diffusers_to_bfl
 
     diffusers_dir, out_dir = Path(diffusers_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

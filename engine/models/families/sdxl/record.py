@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from engine.models.families.base import Components, Family
-from engine.models.families.sd import CLIP_ATTENTION, UNET_ATTENTION, components_from_pipe, encode_image, pipeline, \
+from engine.models.families.sd.record import CLIP_ATTENTION, UNET_ATTENTION, components_from_pipe, encode_image, pipeline, \
     tokenize, unet_timestep
 
 
