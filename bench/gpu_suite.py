@@ -251,14 +251,14 @@ class Suite:
 
         from engine.events import EventWriter
         from engine.models.base_storage import store_in_fp8
-        from engine.models.families import get_family
+        from engine.models.families import capabilities, get_family
         from engine.training.setup import add_network, choose_precision, configure_for_training, store_base
 
         started = time.monotonic()
         preset = self.preset(case, Path("."))
         family = get_family(case.family)
         with tempfile.TemporaryDirectory() as tmp, EventWriter(Path(tmp) / "events.jsonl") as events:
-            _, _, weight_dtype = choose_precision(preset.training, preset.network, events, case.family)
+            _, _, weight_dtype = choose_precision(preset.training, preset.network, events, capabilities(case.family).default_precision)
             torch.manual_seed(preset.training.seed)
             comps = BUILDERS[case.family](self.smoke, self.device, weight_dtype)
             if case.family == "flux" and preset.model.quantize_base == "fp8":
@@ -290,14 +290,14 @@ class Suite:
     def easel_loop(self, case: Case, models: Models, preset, run_dir: Path) -> tuple[dict, float, str]:
         """(timing, forward FLOPs per step, what the model trained on) of Easel's own set-up and loop."""
         from engine.events import EventWriter, read_all
-        from engine.models.families import get_family
+        from engine.models.families import capabilities, get_family
         from engine.training.setup import build_run, choose_precision, configure_for_training
 
         comps = models.comps
         unswap(comps)  # the previous case's block swap: build_run places the denoiser anew
         run_dir.mkdir(parents=True, exist_ok=True)
         with EventWriter(run_dir / "events.jsonl") as events:
-            device, mixed, weight_dtype = choose_precision(preset.training, preset.network, events, case.family)
+            device, mixed, weight_dtype = choose_precision(preset.training, preset.network, events, capabilities(case.family).default_precision)
             configure_for_training(comps, preset.training)
             r = build_run(run_dir, preset, events, get_family(case.family), comps, models.trainables, device, mixed,
                           weight_dtype)

@@ -41,9 +41,10 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text or "can't allocate memory" in text
 
 
-def oom_savers(training, network, dataset, unet_optimizer_type: str, model=None) -> list[str]:
+def oom_savers(training, network, dataset, unet_optimizer_type: str, model=None, block_swap_max: int = 0) -> list[str]:
     """Memory savers that are still off, cheapest first (cost to speed or quality): for FLUX fp8 base, then block
-    swap, then an 8-bit optimizer, then the resolution."""
+    swap (up to block_swap_max, the family's Capabilities: 0 where it has none), then an 8-bit optimizer, then the
+    resolution."""
     savers = []
     if not training.gradient_checkpointing:
         savers.append("training.gradient_checkpointing: true (about 20% slower, no quality cost)")
@@ -55,7 +56,7 @@ def oom_savers(training, network, dataset, unet_optimizer_type: str, model=None)
         savers.append("training.precision: auto (bf16, or fp16 on cards older than RTX 30xx)")
     if model is not None and model.quantize_base == "none":
         savers.append("model.quantize_base: fp8 (the base weights in half the memory, computed in bf16)")
-    if model is not None and model.family == "flux" and model.block_swap < 40:
+    if model is not None and model.block_swap < block_swap_max:
         savers.append(f"model.block_swap: {model.block_swap + 12} (blocks wait in CPU RAM; slower, needs RAM)")
     if unet_optimizer_type in ("adamw", "lion"):
         savers.append(f"optimizers.unet.type: {unet_optimizer_type}8bit (optimizer state in 8 bits)")
@@ -72,7 +73,7 @@ def oom_savers(training, network, dataset, unet_optimizer_type: str, model=None)
 
 
 def describe(exc: BaseException, training=None, network=None, dataset=None, unet_optimizer_type="adamw",
-             model=None):
+             model=None, block_swap_max: int = 0):
     """(message, hint) in the user's words for `exc`."""
     if isinstance(exc, UserError):
         return exc.message, exc.hint
@@ -86,7 +87,7 @@ def describe(exc: BaseException, training=None, network=None, dataset=None, unet
     if is_out_of_memory(exc):
         if training is None:
             return "Out of GPU memory.", "Lower the resolution or the batch size."
-        savers = oom_savers(training, network, dataset, unet_optimizer_type, model)
+        savers = oom_savers(training, network, dataset, unet_optimizer_type, model, block_swap_max)
         steps = "; ".join(f"{i}) {s}" for i, s in enumerate(savers, 1))
         return ("Out of GPU memory. The model and this batch do not fit on the card.",
                 f"Turn these on, in this order, until it fits: {steps}. Close other programs using the GPU too.")

@@ -16,17 +16,21 @@ HELPERS = {"atomic", "events", "registry", "failures", "lock"}          # engine
 ENTRY_POINTS = {"__init__", "__main__", "cli", "demo", "lr_preview", "runs", "system_doctor", "tensorboard_view"}   # engine/<name>.py: may import any part
 
 # part -> the parts it may import (besides itself). Read it as the layers: entry points → rl → training →
-# sampling → models / dataset_doctor → captions → data → config → helpers.
+# sampling → models / dataset_doctor → captions → data → config → family_data → helpers.
+# family_data is the torch-free face of the families (the registry, the record types, each folder's caps.py): what
+# a family can do, which config/validate.py and the GUI ask instead of testing a family's name.
 ALLOWED: dict[str, set[str]] = {
     "helpers": set(),
-    "config": {"helpers"},
-    "data": {"config", "helpers"},
-    "models": {"config", "helpers"},
+    "system": set(),     # what this PC is and whether it can train (for engine/system_doctor.py); stdlib only
+    "family_data": {"helpers"},
+    "config": {"family_data", "helpers"},
+    "data": {"config", "family_data", "helpers"},
+    "models": {"config", "family_data", "helpers"},
     "captions": {"data", "helpers"},
-    "dataset_doctor": {"captions", "data", "config", "helpers"},
-    "sampling": {"models", "config", "helpers"},
-    "training": {"sampling", "models", "data", "config", "helpers"},
-    "rl": {"training", "sampling", "models", "data", "config", "helpers"},
+    "dataset_doctor": {"captions", "data", "config", "family_data", "helpers"},
+    "sampling": {"models", "config", "family_data", "helpers"},
+    "training": {"sampling", "models", "data", "config", "family_data", "helpers"},
+    "rl": {"training", "sampling", "models", "data", "config", "family_data", "helpers"},
 }
 FORBIDDEN_TOP_LEVEL = {"gradio", "ui"}   # the GUI imports the engine, never the other way round
 
@@ -73,9 +77,21 @@ def resolve_module(dotted: str, modules: dict[str, Path]) -> str | None:
     return None
 
 
+def is_family_data(rest: list[str]) -> bool:
+    """engine.models.families, its base.py, a family folder's package and its caps.py."""
+    if rest[:2] != ["models", "families"]:
+        return False
+    tail = rest[2:]
+    return len(tail) == 0 or tail == ["base"] or (len(tail) == 1 and tail[0] != "detect") or \
+        (len(tail) == 2 and tail[1] == "caps")
+
+
 def part_of(module: str, root_name: str) -> str:
-    """engine.data.plan -> 'data'; engine.events -> 'helpers'; engine.cli -> 'entry'."""
+    """engine.data.plan -> 'data'; engine.events -> 'helpers'; engine.cli -> 'entry';
+    engine.models.families.flux.caps -> 'family_data'."""
     rest = module.split(".")[1:] if module != root_name else ["__init__"]
+    if is_family_data(rest):
+        return "family_data"
     if len(rest) == 1 and (rest[0] in ENTRY_POINTS or rest[0] in HELPERS):
         return "helpers" if rest[0] in HELPERS else "entry"
     return rest[0]

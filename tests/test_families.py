@@ -10,7 +10,7 @@ import torch
 
 from engine.config.schema import ModelConfig
 from engine.failures import UserError
-from engine.models.families import FAMILIES, get_family
+from engine.models.families import capabilities, get_family
 from engine.models.tiny import build_tiny, write_single_file
 from engine.training.objectives import make_objective
 
@@ -68,9 +68,12 @@ def test_sdxl_conditions_on_size_and_crop(tiny):
 
 
 def test_sd2_is_sd15_with_other_data():
-    sd15, sd2 = FAMILIES["sd15"], FAMILIES["sd2"]
+    sd15, sd2 = get_family("sd15"), get_family("sd2")
     differing = {f.name for f in dataclasses.fields(sd15) if getattr(sd15, f.name) != getattr(sd2, f.name)}
-    assert differing <= {"name", "default_resolution_px", "kohya_base_model", "modelspec_architecture", "metadata"}
+    assert differing <= {"name", "caps", "default_resolution_px", "kohya_base_model", "modelspec_architecture",
+                         "metadata"}
+    caps = {f.name for f in dataclasses.fields(sd15.caps) if getattr(sd15.caps, f.name) != getattr(sd2.caps, f.name)}
+    assert caps == {"name", "label", "a_label"}
 
 
 def test_single_file_checkpoint_loads_with_a_local_config_folder(tiny, tmp_path):
@@ -110,16 +113,5 @@ def test_missing_paths_and_offline_hub_ids_are_explained(tmp_path):
 
 
 def test_unknown_family_suggests_the_closest():
-    with pytest.raises(ValueError, match="did you mean 'sdxl'"):
-        get_family("sdx")
-
-
-def test_a_family_in_the_schema_but_not_trainable_yet_says_so(monkeypatch):
-    import engine.models.families as families
-
-    monkeypatch.setitem(families.PLANNED, "dit", "The small DiT lands with the flow-matching issue.")
-    with pytest.raises(UserError, match="cannot be trained by this version of Easel yet") as info:
-        get_family("dit")
-    assert "validate and dry-run" in info.value.hint
     with pytest.raises(ValueError, match="did you mean 'sdxl'"):
         get_family("sdx")

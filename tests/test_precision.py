@@ -4,6 +4,7 @@ import torch
 
 from engine.config.schema import NetworkConfig, Preset, TrainingConfig
 from engine.training import setup
+from engine.models.families import capabilities
 from engine.training.setup import choose_precision, resolved_precision
 
 
@@ -22,7 +23,7 @@ def test_a_new_preset_is_auto():
 def test_auto_follows_the_card_and_explicit_choices_stay():
     assert resolved_precision("auto", bf16_native=True) == "bf16"
     assert resolved_precision("auto", bf16_native=False) == "fp16"
-    assert resolved_precision("auto", bf16_native=False, family="flux") == "bf16"
+    assert resolved_precision("auto", bf16_native=False, default_precision=capabilities("flux").default_precision) == "bf16"
     assert resolved_precision("fp16", bf16_native=True) == "fp16"
     assert resolved_precision("fp32", bf16_native=True) == "fp32"
 
@@ -45,6 +46,6 @@ def test_on_an_older_card_auto_trains_in_fp16_and_says_so(monkeypatch):
     device, mixed, dtype = choose_precision(TrainingConfig(precision="auto"), NetworkConfig(), events)
     assert (device, mixed, dtype) == ("cuda", "fp16", torch.float16)
     assert any("auto: fp16" in f.get("text", "") for _, f in events.seen)
-    assert choose_precision(TrainingConfig(precision="auto"), NetworkConfig(), events, "flux")[1] == "bf16"
+    assert choose_precision(TrainingConfig(precision="auto"), NetworkConfig(), events, capabilities("flux").default_precision)[1] == "bf16"
     # a full fine-tune keeps fp32 master weights whatever the mixed precision
     assert choose_precision(TrainingConfig(precision="auto"), NetworkConfig(type="full"), events)[2] == torch.float32

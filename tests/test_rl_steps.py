@@ -8,6 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
+from engine.models.families import capabilities
 from engine.rl.policy import Policy, time_grid, x0_and_eps
 from engine.rl.rollout import roll_out
 from engine.rl.steps import ddim_std, ddim_step, flow_sde_std, flow_sde_step, gaussian_log_prob
@@ -88,11 +89,11 @@ def test_a_recorded_rollout_step_re_evaluates_to_its_log_prob(objective_name):
 
     objective = make_objective(objective_name, ddpm_alphas_cumprod(1000, "scaled_linear"))
     model = Linear()
-    family = SimpleNamespace(name="dit", predict=lambda comps, x, t, cond, size: model.w * x + cond["c"])
+    family = SimpleNamespace(name="dit", caps=capabilities("dit"), predict=lambda comps, x, t, cond, size: model.w * x + cond["c"])
     policy = Policy(family, SimpleNamespace(extra={}), objective, 1.0, "flow_sde" if objective_name == "flow"
                     else "ddim", 1.0, 0.7, torch.float32)
     cond = {"c": torch.randn(3, 1, 4, 4, generator=g)}
-    grid = time_grid(objective, "dit", 6, 16, "cpu")
+    grid = time_grid(objective, capabilities("dit"), 6, 16, "cpu")
     batch = roll_out(policy, ["a"] * 3, cond, None, torch.randn(3, 1, 4, 4, generator=g), grid, g)
     assert batch.latents.shape == (3, 7, 1, 4, 4) and batch.log_probs.shape == (3, 6)
     for j in range(6):

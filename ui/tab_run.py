@@ -16,6 +16,7 @@ import pandas as pd
 
 from engine.config.load import ConfigError, load_preset
 from engine.config.validate import needs_dataset
+from engine.models.families import capabilities
 from ui import runner, sample_grid
 from ui.fields import format_problems, problems_of
 from ui.run_state import RunView
@@ -279,7 +280,7 @@ def preflight(preset, require: bool = True) -> list[tuple[str, str]]:
     if d.use_reg and d.reg_path and not Path(d.reg_path).is_dir():
         problems.append(("dataset.reg_path", f"folder not found: {d.reg_path}"))
     if not m.path.strip():
-        if require and m.family != "dit":   # a DiT from scratch has no base model
+        if require and capabilities(m.family).base_model:   # a DiT from scratch has none
             problems.append(("model.path", "set the base model: a diffusers folder, a .safetensors file or a Hub "
                                            "id"))
     elif not Path(m.path).exists() and not HUB_ID.match(m.path.strip()):
@@ -291,7 +292,7 @@ def preflight(preset, require: bool = True) -> list[tuple[str, str]]:
 def doctor_applies(preset) -> bool:
     """The dataset doctor checks captioned image datasets: every SD / FLUX run but VAE training (images without
     captions) and RL on a prompts file. A DiT's dataset is class folders, .npz arrays or bare images."""
-    return (preset.model.family != "dit" and preset.training.mode != "vae" and needs_dataset(preset)
+    return (capabilities(preset.model.family).base_model and preset.training.mode != "vae" and needs_dataset(preset)
             and Path(preset.dataset.path).is_dir())
 
 

@@ -5,19 +5,19 @@ from engine.config.schema import Preset
 
 
 def validate(p: Preset) -> list[tuple[str, str]]:
-    """Problems that involve more than one field (single fields are checked while loading)."""
+    """Problems that involve more than one field (single fields are checked while loading). What the family can
+    do comes from its Capabilities (engine/models/families/<name>/caps.py), never from its name."""
+    from engine.models.families import capabilities
+
     out = []
-    d, t, n = p.dataset, p.training, p.network
-    # FLUX packs 2x2 latents; the DiT cuts pixels into patch_size squares; the SD VAEs downsample 8x
-    dit_multiple = p.model.dit.patch_size * (8 if p.model.dit.space == "latent" else 1)  # latents: 8x smaller
-    multiple = {"flux": 16, "dit": dit_multiple}.get(p.model.family, 8)
+    d, t, n, m = p.dataset, p.training, p.network, p.model
+    caps = capabilities(m.family)
+    multiple = caps.latent_multiple(m)
     if d.resolution_px % multiple:
-        out.append(("dataset.resolution_px", f"{d.resolution_px} must be a multiple of {multiple} for "
-                                             f"{p.model.family}"))
+        out.append(("dataset.resolution_px", f"{d.resolution_px} must be a multiple of {multiple} for {m.family}"))
     if d.bucketing and d.bucket_step_px % multiple:
-        why = " (its latents are packed in 2x2 patches)" if p.model.family == "flux" else ""
         out.append(("dataset.bucket_step_px", f"{d.bucket_step_px} must be a multiple of {multiple} for "
-                                              f"{p.model.family}{why}"))
+                                              f"{m.family}{caps.multiple_why}"))
     if d.bucketing and not d.min_bucket_px <= d.resolution_px <= d.max_bucket_px:
         out.append(("dataset.resolution_px", f"{d.resolution_px} must lie between dataset.min_bucket_px "
                                              f"({d.min_bucket_px}) and dataset.max_bucket_px ({d.max_bucket_px})"))
@@ -25,80 +25,19 @@ def validate(p: Preset) -> list[tuple[str, str]]:
         out.append(("dataset.reg_path", "dataset.use_reg is on but no regularization folder is set"))
     if t.max_steps == 0 and t.max_epochs == 0:
         out.append(("training.max_steps", "set training.max_steps or training.max_epochs (both are 0)"))
-    objective = t.objective if t.objective != "auto" else p.model.prediction_type
-    if p.model.family == "flux" and objective not in ("auto", "flow"):
-        out.append(("training.objective", f"{objective!r} cannot train family 'flux' (use 'flow' or 'auto')"))
-    if t.reflow_steps and t.objective not in ("flow", "auto"):
-        out.append(("training.reflow_steps", f"reflow straightens a flow: it needs training.objective flow, not "
-                                             f"{t.objective!r}"))
+    out += objective_problems(p, caps)
     if t.reflow_steps and t.mode == "vae":
         out.append(("training.reflow_steps", "reflow trains the denoiser, not the VAE (training.mode vae)"))
-    if t.objective == "flow" and p.model.prediction_type == "epsilon":  # the model's own config is read at start
-        out.append(("training.objective", "'flow' (rectified flow) needs a v-prediction base model, and "
-                                          "model.prediction_type says epsilon"))
-    unet = p.model.family in ("sd15", "sd2", "sdxl")  # a rectified flow on a UNet samples with flow Euler only
-    if unet and t.objective == "flow" and p.sampling.sampler not in ("default", "flow_euler"):
-        out.append(("sampling.sampler", f"{p.sampling.sampler!r} cannot sample a flow model: use default (flow "
-                                        f"Euler)"))
-    if t.mode == "vae" and p.model.family == "dit" and p.model.dit.space == "pixel":
-        out.append(("training.mode", "'vae' trains a model's VAE, and a DiT in pixel space has none (train the VAE "
-                                     "of an SD or FLUX model, or set model.dit.space: latent)"))
-    if p.model.family == "dit" and n.type != "full" and t.mode != "vae":
-        out.append(("network.type", f"{n.type!r} cannot train family 'dit': a DiT trained from scratch has no base "
-                                    f"model to adapt; use network.type: full"))
-    if p.model.family == "dit" and p.model.dit.space == "latent" and not p.model.vae_path and not p.model.path:
-        out.append(("model.vae_path", "model.dit.space latent trains on a VAE's latents: set model.vae_path (e.g. "
-                                      "an SD model's vae/ folder)"))
-    if p.model.family == "dit" and p.model.dit.width % p.model.dit.heads:
-        out.append(("model.dit.width", f"{p.model.dit.width} must be a multiple of model.dit.heads "
-                                       f"({p.model.dit.heads})"))
-    if p.model.family == "dit" and p.sampling.sampler != "default":
-        flow_samplers, ddpm_samplers = ("euler", "midpoint", "rk4", "dopri5"), ("ddim", "ddpm")
-        allowed = flow_samplers if objective in ("flow", "auto") else ddpm_samplers
-        if p.sampling.sampler not in allowed:
-            out.append(("sampling.sampler", f"{p.sampling.sampler!r} cannot sample a DiT trained with objective "
-                                            f"{objective!r}: use one of default, {', '.join(allowed)}"))
-    dit = p.model.dit
-    if p.model.family == "dit" and dit.conditioning == "channels":
-        if not dit.target_array:
-            out.append(("model.dit.target_array", "conditioning channels needs the name of the .npz array to "
-                                                  "generate (e.g. target_goal)"))
-        if dit.space != "pixel":
-            out.append(("model.dit.space", "conditioning channels trains on the .npz arrays themselves: use pixel"))
-        if dit.target_array and dit.target_array in dit.context_arrays:
-            out.append(("model.dit.context_arrays", f"{dit.target_array!r} is the target_array; the model would "
-                                                    f"see what it has to generate"))
-        if p.validation.folder:
-            out.append(("validation.folder", "conditioning channels holds out part of its .npz files: use "
-                                             "validation.fraction"))
-        bad = [a for a in dit.array_aliases if "=" not in str(a) or not all(str(a).split("=", 1))]
-        if bad:
-            out.append(("model.dit.array_aliases", f"{bad[0]!r} is not old=new (e.g. robot=robot_image)"))
+    if n.type not in caps.network_types and t.mode != "vae":
+        why = ": a DiT trained from scratch has no base model to adapt" if not caps.base_model else ""
+        out.append(("network.type", f"{n.type!r} cannot train family {m.family!r}{why}; use network.type: "
+                                    f"{' or '.join(caps.network_types)}"))
+    if caps.checks is not None:
+        out += caps.checks(p)
     out += rl_problems(p)
     if n.te_two_phase and not n.train_text_encoder:
         out.append(("network.te_two_phase", "needs network.train_text_encoder: true"))
-    if t.flow_path != "condot" and p.model.family != "dit":
-        out.append(("training.flow_path", f"{t.flow_path!r} is for models trained from scratch (family dit); a "
-                                          f"pretrained {p.model.family} model was trained on the straight path: "
-                                          f"keep 'condot'"))
-    if objective == "sample" and p.model.family != "dit":
-        out.append(("training.objective", f"'sample' (x0 prediction) is for models trained from scratch (family "
-                                          f"dit); {p.model.family} predicts what its base model was trained on"))
-    flow = p.model.family == "flux" or objective == "flow"
-    if t.timestep_sampling in ("shift", "flux_shift") and not flow:
-        out.append(("training.timestep_sampling", f"{t.timestep_sampling!r} shifts flow-matching noise levels; "
-                                                  f"use uniform, logit_normal or sigmoid for {p.model.family}"))
-    m = p.model
-    if m.family != "flux":
-        for key in ("clip_l_path", "t5_path"):
-            if getattr(m, key):
-                out.append((f"model.{key}", f"is for FLUX's separate text-encoder files; family {m.family} loads "
-                                            f"its text encoders from model.path"))
-        if m.block_swap:
-            out.append(("model.block_swap", f"block swap is for FLUX's transformer blocks; use 0 for {m.family}"))
-    if m.block_swap and not t.gradient_checkpointing:
-        out.append(("model.block_swap", "needs training.gradient_checkpointing: true (the swapped blocks are "
-                                        "recomputed in the backward pass, when their weights are back on the GPU)"))
+    out += model_file_problems(p, caps)
     if not p.output.formats and n.type == "lora":
         out.append(("output.formats", "choose at least one of kohya, diffusers"))
     if p.optimizers["unet"].lr is None:
@@ -113,6 +52,55 @@ def validate(p: Preset) -> list[tuple[str, str]]:
             # every metric a plateau watches today is a loss; max is for a higher-is-better one (rewards)
             out.append((f"schedules.{comp}.mode", "max waits for a metric to rise, and the loss it watches falls as "
                                                   "training improves: use min"))
+    return out
+
+
+def objective_problems(p: Preset, caps) -> list[tuple[str, str]]:
+    """training.objective, flow_path, timestep_sampling, reflow and sampling.sampler against what the family
+    trains and samples with."""
+    out = []
+    t, m, family = p.training, p.model, p.model.family
+    objective = t.objective if t.objective != "auto" else m.prediction_type
+    if objective not in ("auto", *caps.objectives):
+        if objective == "sample":
+            out.append(("training.objective", f"'sample' (x0 prediction) is for models trained from scratch (family "
+                                              f"dit); {family} predicts what its base model was trained on"))
+        else:
+            out.append(("training.objective", f"{objective!r} cannot train family {family!r} (use "
+                                              f"{' or '.join(repr(o) for o in (*caps.objectives, 'auto'))})"))
+    if t.reflow_steps and t.objective not in ("flow", "auto"):
+        out.append(("training.reflow_steps", f"reflow straightens a flow: it needs training.objective flow, not "
+                                             f"{t.objective!r}"))
+    if t.objective == "flow" and m.prediction_type == "epsilon":  # the model's own config is read at start
+        out.append(("training.objective", "'flow' (rectified flow) needs a v-prediction base model, and "
+                                          "model.prediction_type says epsilon"))
+    allowed = caps.samplers_for(t.objective, m.prediction_type)
+    if p.sampling.sampler not in allowed:
+        trained = caps.objective_kind(t.objective, m.prediction_type)
+        out.append(("sampling.sampler", f"{p.sampling.sampler!r} cannot sample {caps.label} trained as a {trained} "
+                                        f"model: use one of {', '.join(allowed)}"))
+    if t.flow_path not in caps.flow_paths:
+        out.append(("training.flow_path", f"{t.flow_path!r} is for models trained from scratch (family dit); a "
+                                          f"pretrained {family} model was trained on the straight path: keep "
+                                          f"'condot'"))
+    if t.timestep_sampling in ("shift", "flux_shift") and caps.objective_kind(objective) != "flow":
+        out.append(("training.timestep_sampling", f"{t.timestep_sampling!r} shifts flow-matching noise levels; "
+                                                  f"use uniform, logit_normal or sigmoid for {family}"))
+    return out
+
+
+def model_file_problems(p: Preset, caps) -> list[tuple[str, str]]:
+    """Separate component files and block swap, for the families that load and swap them."""
+    out, m = [], p.model
+    for key in ("clip_l_path", "t5_path"):
+        if getattr(m, key) and key not in caps.separate_files:
+            out.append((f"model.{key}", f"is for FLUX's separate text-encoder files; family {m.family} loads "
+                                        f"its text encoders from model.path"))
+    if m.block_swap and not caps.block_swap:
+        out.append(("model.block_swap", f"block swap is for FLUX's transformer blocks; use 0 for {m.family}"))
+    if m.block_swap and not p.training.gradient_checkpointing:
+        out.append(("model.block_swap", "needs training.gradient_checkpointing: true (the swapped blocks are "
+                                        "recomputed in the backward pass, when their weights are back on the GPU)"))
     return out
 
 
@@ -157,6 +145,8 @@ def needs_dataset(preset: Preset) -> bool:
 def advice(p: Preset) -> list[tuple[str, str]]:
     """(key, message) for settings that are valid but rarely what was meant: said as a warning when a run starts
     and next to the field in the GUI, never refused."""
+    from engine.models.families import capabilities
+
     out = []
     for comp, opt in p.optimizers.items():  # legal (re-saving a LoRA unchanged), but rarely what was meant
         if opt.lr == 0 and (comp == "unet" or p.network.train_text_encoder):
@@ -164,7 +154,7 @@ def advice(p: Preset) -> list[tuple[str, str]]:
                                                  f"at all (1e-4 is the usual LoRA learning rate)."))
     trigger = p.dataset.trigger.strip()
     prompts = p.sampling.prompts
-    if trigger and prompts and p.model.family != "dit" and not any(trigger.lower() in q.lower() for q in prompts):
+    if trigger and prompts and capabilities(p.model.family).base_model and not any(trigger.lower() in q.lower() for q in prompts):
         out.append(("sampling.prompts", f"no sample prompt contains the trigger '{trigger}': the samples will not "
                                         f"show what the LoRA learned. Put '{trigger}' in at least one prompt."))
     return out

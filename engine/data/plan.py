@@ -95,7 +95,9 @@ def count_arrays(folder: str, repeats: int, counts: Counter, target_array: str, 
 def dataset_conditioning(model) -> str | None:
     """How the trainer reads dataset.path: None for captioned images; the DiT's model.dit.conditioning (none,
     class: one sub-folder per class, channels: .npz files)."""
-    return model.dit.conditioning if model.family == "dit" else None
+    from engine.models.families import capabilities
+
+    return None if capabilities(model.family).base_model else model.dit.conditioning
 
 
 def plan_of(preset) -> "Plan":

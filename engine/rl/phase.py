@@ -143,7 +143,7 @@ class RlTrainer:
         shape = latent_shape(r.family, r.comps, size)
         size_cond = torch.tensor([[size, size, 0, 0, size, size]] * len(prompts), device=r.device,
                                  dtype=torch.float32)
-        grid = time_grid(r.objective, r.family.name, rl.num_inference_steps, shape[-1] * shape[-2] // 4, r.device)
+        grid = time_grid(r.objective, r.family.caps, rl.num_inference_steps, shape[-1] * shape[-2] // 4, r.device)
         noise = torch.randn((len(prompts), *shape), generator=r.noise_gen, device=r.device)
         was_training = r.comps.denoiser.training
         r.comps.denoiser.eval()  # the LoRA's dropout off: the recorded log-probabilities are the policy's own
@@ -336,7 +336,7 @@ class RlTrainer:
 
 def latent_shape(family, comps, size_px: int) -> tuple[int, int, int]:
     """(channels, h, w) the denoiser samples in: the VAE's latents (8x smaller sides), or the DiT's own space."""
-    if family.scratch_sampler:
+    if not family.caps.base_model:
         down = comps.extra.get("downscale", 1)
         return comps.denoiser.config.in_channels, size_px // down, size_px // down
     vae = comps.vae.config

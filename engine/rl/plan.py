@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+from engine.models.families import capabilities
+
 
 def rl_steps_per_epoch(preset) -> int:
     """Optimizer steps of one RL epoch: its images, trained num_inner_epochs times, batch x grad_accum a step."""
@@ -18,7 +20,7 @@ def describe_rl(preset) -> str:
     epochs = math.ceil((t.max_steps - warmup) / per_epoch)
     images = rl.num_batches_per_epoch * t.batch_size * rl.num_images_per_prompt
     trained = max(1, int(rl.num_inference_steps * rl.timestep_fraction))
-    guided = preset.model.family in ("sd15", "sd2", "sdxl") and rl.guidance_scale > 1
+    guided = capabilities(preset.model.family).guidance == "cfg" and rl.guidance_scale > 1
     if rl.method == "grpo":  # the current model (x2 with guidance), the reference with the KL
         forwards = (2 if guided else 1) * (2 if rl.kl_beta > 0 else 1)
         per_step = f"{forwards} forward pass(es) per trained step (guidance {'on' if guided else 'off'}, KL " \

@@ -15,9 +15,6 @@ from dataclasses import dataclass
 
 import torch
 
-# families whose samples use classifier-free guidance (a second, unconditional pass); FLUX dev has its guidance
-# distilled into an embedding (comps.extra["guidance_scale"]), and the DiT has no text
-CFG_FAMILIES = ("sd15", "sd2", "sdxl")
 
 
 def x0_and_eps(objective, x, pred, t):
@@ -53,7 +50,9 @@ class Policy:
 
     @property
     def guided(self) -> bool:
-        return self.family.name in CFG_FAMILIES and self.guidance_scale > 1.0
+        # classifier-free guidance is a second, unconditional pass; FLUX dev has its guidance distilled into an
+        # input (comps.extra["guidance_scale"]), and the DiT has no text (Capabilities.guidance)
+        return self.family.caps.guidance == "cfg" and self.guidance_scale > 1.0
 
     def predict(self, x, t, cond: dict, size_cond=None, guided: bool | None = None):
         """The model's prediction in fp32; guided (default: self.guided) adds the unconditional pass."""
@@ -93,13 +92,13 @@ class Policy:
         return ddim_step(x0, eps, a_t, s_t, a_prev, s_prev, self.eta)
 
 
-def time_grid(objective, family_name: str, steps: int, image_tokens: int, device) -> torch.Tensor:
+def time_grid(objective, caps, steps: int, image_tokens: int, device) -> torch.Tensor:
     """[steps + 1] noise levels from 1 to 0 the rollout visits: DDPM models on their integer grid (t = k / (N - 1),
-    trailing spacing, ending at k = 0 as DDPO's), flow models linear in t (FLUX: shifted for the image size as
-    FluxPipeline samples)."""
+    trailing spacing, ending at k = 0 as DDPO's), flow models linear in t (shifted for the image size where the
+    family's sampler does it: caps.size_shift, FLUX as FluxPipeline samples)."""
     if objective.name == "flow":
         grid = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-        if family_name == "flux":
+        if caps.size_shift:
             from engine.training.objectives import flux_shift_of, shift_t
 
             grid = shift_t(grid, flux_shift_of(image_tokens))

@@ -1,4 +1,4 @@
-"""Samples from a model trained from scratch (the DiT: Family.scratch_sampler), which has no diffusers pipeline:
+"""Samples from a model trained from scratch (the DiT: caps.base_model False), which has no diffusers pipeline:
 the family's predict, called in Easel's convention, integrated by engine/sampling/ode.py.
 
     render(family, comps, prompts, sampling, seed, size) -> [PIL image]   one per prompt, prompt i from seed + i

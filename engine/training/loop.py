@@ -430,7 +430,7 @@ def render_samples(r: Run, final: bool = False) -> None:
     r.status("sampling", f"Rendering {len(prompts)} prompt(s) at step {r.step}")
     started = time.perf_counter()
     size = (sampling.width_px or r.preset.dataset.resolution_px, sampling.height_px or r.preset.dataset.resolution_px)
-    if r.family.scratch_sampler:  # no diffusers pipeline (the DiT): engine/sampling/scratch.py
+    if not r.family.caps.base_model:  # no diffusers pipeline (the DiT): engine/sampling/scratch.py
         results = render_family_samples(r, prompts, size)
     else:
         results = render_pipeline_samples(r, prompts, size)

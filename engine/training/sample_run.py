@@ -45,7 +45,7 @@ def render_run(run_dir: Path, steps: int | None = None, sampler: str | None = No
     run_dir = Path(run_dir)
     preset = load_preset(run_dir / "preset.yaml")
     family = get_family(preset.model.family)
-    if not family.scratch_sampler:
+    if family.caps.base_model:
         raise UserError(f"python -m engine sample renders models trained from scratch (family dit); this run is "
                         f"{family.name}.", "Load its LoRA or model in your usual UI, or look at RUN_DIR/samples.")
     folder, step = saved_model(run_dir, preset.output.run_name)

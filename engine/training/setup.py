@@ -136,14 +136,15 @@ def begin(preset, events: EventWriter, resume) -> tuple:
     training = preset.training
     read_prompts_file(preset.sampling.eval_prompts_file)  # a wrong path fails now, not after the whole run
     processes = start()  # with several GPUs: joins the other processes and picks this one's GPU
-    device, mixed, weight_dtype = choose_precision(training, preset.network, events, preset.model.family)
+    family = get_family(preset.model.family)
+    device, mixed, weight_dtype = choose_precision(training, preset.network, events, family.caps.default_precision)
     events.emit("started", preset=preset_to_dict(preset), versions=versions(), device=device_name(device),
                 resume=resume, processes=processes.world,
                 effective_batch=training.batch_size * training.grad_accum * processes.world,
                 **plateau_note(preset))
     warn_unsupported(preset, events)
     torch.manual_seed(training.seed)  # adapter init and dropout: the same seed gives the same run
-    return processes, device, mixed, weight_dtype, get_family(preset.model.family)
+    return processes, device, mixed, weight_dtype, family
 
 
 def quiet_libraries() -> None:
@@ -155,16 +156,17 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def choose_precision(training, network, events, family: str = "") -> tuple[str, str, torch.dtype]:
-    """(device, accelerate mixed_precision, dtype of the frozen weights). CPU trains in fp32; `auto` picks bf16 where
-    the GPU has it, else fp16."""
+def choose_precision(training, network, events, default_precision: str = "auto") -> tuple[str, str, torch.dtype]:
+    """(device, accelerate mixed_precision, dtype of the frozen weights). CPU trains in fp32; `auto` picks the
+    family's default_precision (its Capabilities), which is itself auto (bf16 where the GPU has it, else fp16) for
+    most."""
     if not torch.cuda.is_available():
         if training.precision not in ("fp32", "auto"):
             events.emit("warning", message=f"No CUDA GPU found: training on the CPU in fp32 (training.precision "
                                            f"{training.precision} needs a GPU). This is slow except for tiny models.")
         return "cpu", "no", torch.float32
     enable_tf32()
-    precision = resolved_precision(training.precision, native_bf16(), family)
+    precision = resolved_precision(training.precision, native_bf16(), default_precision)
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         raise UserError("training.precision: bf16 is not supported by this GPU.",
                         "Use training.precision: fp16 (cards older than RTX 30xx).")
@@ -177,12 +179,15 @@ def choose_precision(training, network, events, family: str = "") -> tuple[str, 
     return "cuda", mixed, weight_dtype
 
 
-def resolved_precision(precision: str, bf16_native: bool, family: str = "") -> str:
-    """training.precision on a GPU: `auto` is bf16 where the card has it natively (RTX 30xx and newer), else fp16.
-    FLUX is always bf16: its activations overflow fp16 (an older card emulates bf16, slowly but correctly)."""
+def resolved_precision(precision: str, bf16_native: bool, default_precision: str = "auto") -> str:
+    """training.precision on a GPU: `auto` is the family's default_precision; when that is auto too, bf16 where the
+    card has it natively (RTX 30xx and newer), else fp16. FLUX's is bf16: its activations overflow fp16 (an older
+    card emulates bf16, slowly but correctly)."""
     if precision != "auto":
         return precision
-    return "bf16" if bf16_native or family == "flux" else "fp16"
+    if default_precision != "auto":
+        return default_precision
+    return "bf16" if bf16_native else "fp16"
 
 
 def native_bf16() -> bool:
@@ -245,9 +250,10 @@ def add_network(family, comps, network, gradient_checkpointing: bool) -> dict:
     for module in (comps.denoiser, comps.vae, *comps.text_encoders):
         module.requires_grad_(False)
     comps.vae.eval()
-    if network.type != "full" and family.name == "dit":
-        raise UserError(f"network.type: {network.type} cannot train family 'dit': a DiT trained from scratch has "
-                        f"no base model to adapt.", "Set network.type: full.")
+    if network.type not in family.caps.network_types:
+        raise UserError(f"network.type: {network.type} cannot train family '{family.name}'"
+                        f"{'' if family.caps.base_model else ': a DiT trained from scratch has no base model to adapt'}.",
+                        f"Set network.type: {' or '.join(family.caps.network_types)}.")
     if network.type == "full":
         comps.denoiser.requires_grad_(True)
         trainables = {"unet": [comps.denoiser]}
@@ -285,7 +291,7 @@ def add_network(family, comps, network, gradient_checkpointing: bool) -> dict:
 
 def trainable_text_encoders(family, comps) -> list:
     """The text encoders a LoRA may train (FLUX: CLIP-L only; T5 is always frozen)."""
-    return list(comps.text_encoders[:family.trained_text_encoders])
+    return list(comps.text_encoders[:family.caps.trainable_text_encoders])
 
 
 def load_initial_lora(family, comps, network) -> list[str]:
@@ -377,7 +383,7 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
         comps.extra["objective"] = objective
     check_rectified_flow(objective_name, comps.prediction_type, preset.model)
     # a UNet trained as a flow (FLUX and the DiT are flow models already)
-    if objective_name == "flow" and comps.prediction_type != "flow" and not family.scratch_sampler and \
+    if objective_name == "flow" and comps.prediction_type != "flow" and family.caps.base_model and \
             use_flow_sampler(family.pipeline(comps)):
         comps.extra["rectified_flow"] = True  # saves add a how-to-sample note (engine/models/families/sd/unet_flow.py)
         events.emit("status", phase="loading", text="Rectified flow: the samples and the saved model use flow Euler "

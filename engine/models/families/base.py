@@ -1,4 +1,4 @@
-"""The family record and the loaded components it works on.
+"""The family record, its capabilities, and the loaded components it works on.
 
 A family is data plus a few functions; nothing subclasses anything. The trainer only ever calls:
     load(model_cfg, dtype, device) -> Components
@@ -13,6 +13,60 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+# sampling.sampler values by what the run trains: a diffusion objective (epsilon, v_prediction, sample) or a flow
+DIFFUSION, FLOW = "diffusion", "flow"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a family can do, as data. config/validate.py, the GUI, rl/, fit and failures.py decide by these, never
+    by the family's name. Torch-free (each family folder's caps.py), so the GUI and the preset checks read them.
+
+    Each family's caps.py has CAPABILITIES = {name: Capabilities} for the families its folder holds."""
+
+    name: str                            # model.family
+    label: str                           # how messages name it: "FLUX.1", "SD 1.x"
+    a_label: str                         # the same with its article: "a FLUX.1", "an SD 1.x"
+    latent_multiple_px: int = 8          # image sides are multiples of this (FLUX packs 2x2 latents: 16)
+    multiple_why: str = ""               # said after the multiple in messages: " (its latents are packed ...)"
+    # training.objective values it trains, besides auto; `auto` trains the base model's own prediction type
+    # ("model": read from its scheduler config at load) or the named objective
+    objectives: tuple = ("epsilon", "v_prediction", "flow")
+    auto_objective: str = "model"
+    # sampling.sampler values it samples with, by what the run trains (DIFFUSION or FLOW); "default" is the model's
+    # own scheduler. A rectified flow on a DDPM UNet samples with flow Euler only.
+    samplers: dict = field(default_factory=lambda: {DIFFUSION: ("default", "euler", "ddim", "dpmpp_2m"),
+                                                    FLOW: ("default", "flow_euler")})
+    guidance: str = "cfg"                # cfg (classifier-free: a second, unconditional pass), embedded
+                                         # (distilled into an input, FLUX dev), none
+    network_types: tuple = ("lora", "full")   # network.type values it trains
+    trainable_text_encoders: int | None = None   # how many of its text encoders may train (FLUX: CLIP-L); None: all
+    default_precision: str = "auto"      # what training.precision auto means on a GPU: auto (bf16 where the card
+                                         # has it natively, else fp16) or a fixed one (FLUX: bf16)
+    flow_paths: tuple = ("condot",)      # training.flow_path values (pretrained models: the straight path only)
+    base_model: bool = True              # False: trained from scratch (no model.path, no pipeline, no LoRA,
+                                         # no captions or trigger: the dataset doctor does not apply)
+    separate_files: tuple = ()           # model.* keys of separate component files it loads (FLUX: clip_l_path ...)
+    block_swap: bool = False             # model.block_swap applies (transformer blocks wait in CPU RAM)
+    block_swap_max: int = 0              # the most blocks worth swapping (what failures.py still suggests)
+    size_shift: bool = False             # flow noise levels shifted by the image size when sampling (FLUX)
+    # (preset) -> [(key, message)]: checks of the family's own keys (the DiT's model.dit.*); None: none
+    checks: Callable | None = None
+    # (model config) -> the multiple, for families whose multiple depends on the preset (the DiT's patch size)
+    multiple_of: Callable | None = None
+
+    def latent_multiple(self, model) -> int:
+        return self.multiple_of(model) if self.multiple_of else self.latent_multiple_px
+
+    def objective_kind(self, objective: str, prediction_type: str = "auto") -> str:
+        """FLOW or DIFFUSION for training.objective (auto: the model's prediction type, else auto_objective)."""
+        if objective == "auto":
+            objective = prediction_type if prediction_type != "auto" else self.auto_objective
+        return FLOW if objective == "flow" else DIFFUSION
+
+    def samplers_for(self, objective: str, prediction_type: str = "auto") -> tuple:
+        return self.samplers.get(self.objective_kind(objective, prediction_type), ("default",))
 
 
 @dataclass
@@ -32,7 +86,10 @@ class Components:
 
 @dataclass(frozen=True)
 class Family:
+    """The runtime record: data for exports plus the functions the trainer calls; `caps` says what it can do."""
+
     name: str
+    caps: Capabilities
     pipeline_class: str                  # diffusers class name, e.g. StableDiffusionPipeline
     default_resolution_px: int
     lora_targets: tuple                  # denoiser module names that get LoRA layers by default
@@ -55,17 +112,15 @@ class Family:
     # (denoiser, network config) -> full module paths of the LoRA targets, for denoisers whose targets are not simple
     # name suffixes (FLUX: the block linears, not the embedders'); None: lora_targets / network.targets as suffixes
     lora_target_names: Callable | None = None
-    trained_text_encoders: int | None = None     # how many of text_encoders can train (FLUX: CLIP-L, never T5); None: all
-    latent_multiple_px: int = 8                  # image sides must be multiples of this (FLUX packs 2x2 latents: 16)
     # its pipeline takes encode_text's output for samples (prompt_embeds + pooled_prompt_embeds, no negative prompt),
     # so frozen text encoders stay in CPU RAM while sampling (FLUX's T5 would not fit beside the transformer)
     cached_sample_prompts: bool = False
     writes_prediction_type: bool = True          # modelspec.prediction_type in LoRA headers (sd-scripts writes none for FLUX)
-    # no diffusers pipeline for samples (the DiT trained from scratch): engine/sampling/scratch.py samples `predict`
-    # with the ODE / DDIM samplers instead; configure(comps, training) takes the objective from the preset
-    scratch_sampler: bool = False
+    # caps.base_model False (the DiT trained from scratch): no diffusers pipeline for samples, so
+    # engine/sampling/scratch.py samples `predict` with the ODE / DDIM samplers; configure(comps, training) takes the
+    # objective from the preset
     configure: Callable | None = None
-    decode_image: Callable | None = None         # scratch_sampler: (comps, x0 the model's space) -> pixels [-1, 1]
+    decode_image: Callable | None = None         # from scratch: (comps, x0 the model's space) -> pixels [-1, 1]
 
 
 def by_prediction(table: dict, *keys: str) -> str:

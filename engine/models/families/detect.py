@@ -1,34 +1,25 @@
 """Which family a model on disk is, read from its configs or a checkpoint's tensor names (no weights loaded), so
-a preset whose model.family does not match the model says so before minutes of loading end in a shape error."""
+a preset whose model.family does not match the model says so before minutes of loading end in a shape error.
+
+Each family folder's detect.py says whether a folder's model_index.json or a checkpoint's tensor names are its own
+(family_of_folder(index, folder), family_of_checkpoint(keys)); this module reads the files once and asks them all.
+"""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 from engine.failures import UserError
-
-NAMES = {"sd15": "an SD 1.x", "sd2": "an SD 2.x", "sdxl": "an SDXL", "flux": "a FLUX.1"}
+from engine.models.families import capabilities, detectors
 
 
 def family_of_folder(folder: Path) -> str | None:
-    """sd15 / sd2 / sdxl / flux from a diffusers folder's model_index.json and unet config; None if unknown."""
+    """The family of a diffusers folder from its model_index.json (and its configs); None if unknown."""
     try:
         index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    pipeline = index.get("_class_name", "")
-    if pipeline.startswith("StableDiffusionXL"):
-        return "sdxl"
-    if pipeline.startswith("Flux"):
-        return "flux"
-    if pipeline.startswith("StableDiffusion"):
-        try:
-            unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        # every SD 2.x UNet uses linear transformer projections (and 1024-wide text); SD 1.x uses 1x1 convs
-        return "sd2" if unet.get("use_linear_projection") else "sd15"
-    return None
+    return next((found for d in detectors() if (found := d.family_of_folder(index, folder))), None)
 
 
 def family_of_checkpoint(file: Path) -> str | None:
@@ -42,15 +33,7 @@ def family_of_checkpoint(file: Path) -> str | None:
             keys = list(f.keys())
     except Exception:  # noqa: BLE001 - a damaged file is reported by the loader, with its own message
         return None
-    if any(k.startswith("conditioner.embedders.1.") for k in keys):
-        return "sdxl"
-    if any(k.startswith(("double_blocks.", "model.diffusion_model.double_blocks.")) for k in keys):
-        return "flux"
-    if any(k.startswith("cond_stage_model.model.") for k in keys):
-        return "sd2"
-    if any(k.startswith("cond_stage_model.transformer.") for k in keys):
-        return "sd15"
-    return None
+    return next((found for d in detectors() if (found := d.family_of_checkpoint(keys))), None)
 
 
 def check_family(family_name: str, model_path: str) -> None:
@@ -60,5 +43,6 @@ def check_family(family_name: str, model_path: str) -> None:
         return
     found = family_of_folder(path) if path.is_dir() else family_of_checkpoint(path) if path.is_file() else None
     if found and found != family_name:
-        raise UserError(f"model.path: {path.name} is {NAMES[found]} model, but model.family is {family_name}.",
-                        f"Set model.family: {found} (or point model.path at {NAMES[family_name]} model).")
+        raise UserError(f"model.path: {path.name} is {capabilities(found).a_label} model, but model.family is "
+                        f"{family_name}.", f"Set model.family: {found} (or point model.path at "
+                        f"{capabilities(family_name).a_label} model).")

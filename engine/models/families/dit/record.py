@@ -10,7 +10,7 @@ The DiT's timestep is t * 1000 for flow objectives and the integer DDPM step k =
 v_prediction / sample (Epsilon.index), so the sinusoidal embedding sees the grid it was trained on.
 
 No diffusers pipeline fits (DiTPipeline needs a VAE and ImageNet labels), so its samples come from
-engine/sampling/scratch.py (ODE / DDIM samplers on `predict`; scratch_sampler) and it saves through `DitFolder`, which has the two methods the
+engine/sampling/scratch.py (ODE / DDIM samplers on `predict`) and it saves through `DitFolder`, which has the two methods the
 full-fine-tune export uses: save_pretrained (transformer/ + easel_dit.json) and from_pretrained (the self-check).
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from engine.models.families.base import Components, Family
+from engine.models.families.dit.caps import CAPABILITIES
 
 SETTINGS_FILE = "easel_dit.json"
 # The DiT's label table: room for this many classes (plus its own "no class" row for label dropout), fixed so a
@@ -308,10 +309,12 @@ def pipeline(comps: Components) -> DitFolder:
 
 
 DIT = Family(
-    name="dit", pipeline_class="DitFolder", default_resolution_px=64,
+    name="dit", caps=CAPABILITIES["dit"], pipeline_class="DitFolder", default_resolution_px=64,
     lora_targets=(), te_lora_targets=(), text_encoder_names=(),
     kohya_base_model={"flow": "dit"}, modelspec_architecture={"flow": "easel-dit"},
     vae_fp32=False, load=load, encode_text=encode_text, encode_image=encode_image, predict=predict, pipeline=pipeline,
-    latent_multiple_px=1, writes_prediction_type=False, scratch_sampler=True, configure=configure,
+    writes_prediction_type=False, configure=configure,
     decode_image=decode_image,
 )
+
+RECORDS = {"dit": DIT}

@@ -14,6 +14,7 @@ import torch
 
 from engine.models.families.flux import lora_names
 from engine.models.families.base import Components, Family
+from engine.models.families.flux.caps import CAPABILITIES
 from engine.models.families.sd.record import CLIP_ATTENTION, encode_image, pipeline, tokenize
 
 T5_TOKENS = {"dev": 512, "schnell": 256}  # the models' own max_sequence_length (BFL's reference code)
@@ -114,11 +115,12 @@ def predict(comps: Components, x_t, t, cond: dict, size_cond) -> torch.Tensor:
 
 
 FLUX = Family(
-    name="flux", pipeline_class="FluxPipeline", default_resolution_px=1024,
+    name="flux", caps=CAPABILITIES["flux"], pipeline_class="FluxPipeline", default_resolution_px=1024,
     lora_targets=DOUBLE_BLOCK_LINEARS, te_lora_targets=CLIP_ATTENTION, text_encoder_names=("text_encoder", "text_encoder_2"),
     kohya_base_model={"flow": lora_names.BASE_MODEL_VERSION}, modelspec_architecture=lora_names.ARCHITECTURE,
     vae_fp32=False, load=load, encode_text=encode_text, encode_image=encode_image, predict=predict, pipeline=pipeline,
     kohya_unet_names="bfl", modelspec_implementation=lora_names.IMPLEMENTATION, writes_prediction_type=False,
-    lora_target_names=lora_target_names, trained_text_encoders=1, latent_multiple_px=16,
-    cached_sample_prompts=True,
+    lora_target_names=lora_target_names, cached_sample_prompts=True,
 )
+
+RECORDS = {"flux": FLUX}

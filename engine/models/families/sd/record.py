@@ -9,6 +9,7 @@ import dataclasses
 import torch
 
 from engine.models.families.base import Components, Family
+from engine.models.families.sd.caps import CAPABILITIES
 from engine.models.loading import load_pipeline, load_vae
 
 UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
@@ -99,7 +100,7 @@ def pipeline(comps: Components):
 
 
 SD15 = Family(
-    name="sd15", pipeline_class="StableDiffusionPipeline", default_resolution_px=512,
+    name="sd15", caps=CAPABILITIES["sd15"], pipeline_class="StableDiffusionPipeline", default_resolution_px=512,
     lora_targets=UNET_ATTENTION, te_lora_targets=CLIP_ATTENTION, text_encoder_names=("text_encoder",),
     kohya_base_model={"epsilon": "sd_v1", "v_prediction": "sd_v1_v"},
     modelspec_architecture={"epsilon": "stable-diffusion-v1/lora"}, vae_fp32=False,
@@ -108,7 +109,9 @@ SD15 = Family(
 )
 
 SD2 = dataclasses.replace(  # a 512 px epsilon SD2 (2.0-base, 2.1-base) is named apart from the 768 px v models
-    SD15, name="sd2", default_resolution_px=768, kohya_base_model={"epsilon": "sd_v2", "v_prediction": "sd_v2_v"},
+    SD15, name="sd2", caps=CAPABILITIES["sd2"], default_resolution_px=768, kohya_base_model={"epsilon": "sd_v2", "v_prediction": "sd_v2_v"},
     modelspec_architecture={"epsilon": "stable-diffusion-v2-512/lora", "v_prediction": "stable-diffusion-v2-768-v/lora"},
     metadata={"ss_v2": "True"},
 )
+
+RECORDS = {f.name: f for f in (SD15, SD2)}

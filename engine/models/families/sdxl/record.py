@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from engine.models.families.base import Components, Family
+from engine.models.families.sdxl.caps import CAPABILITIES
 from engine.models.families.sd.record import CLIP_ATTENTION, UNET_ATTENTION, components_from_pipe, encode_image, pipeline, \
     tokenize, unet_timestep
 
@@ -38,7 +39,7 @@ def predict(comps: Components, x_t, t, cond: dict, size_cond) -> torch.Tensor:
 
 
 SDXL = Family(
-    name="sdxl", pipeline_class="StableDiffusionXLPipeline", default_resolution_px=1024,
+    name="sdxl", caps=CAPABILITIES["sdxl"], pipeline_class="StableDiffusionXLPipeline", default_resolution_px=1024,
     lora_targets=UNET_ATTENTION, te_lora_targets=CLIP_ATTENTION, text_encoder_names=("text_encoder", "text_encoder_2"),
     kohya_base_model={"epsilon": "sdxl_base_v1-0"},
     modelspec_architecture={"epsilon": "stable-diffusion-xl-v1-base/lora"}, vae_fp32=True,
@@ -46,3 +47,5 @@ SDXL = Family(
     metadata={"ss_v2": "False"}, kohya_unet_names="ldm",
     modelspec_implementation="https://github.com/Stability-AI/generative-models",
 )
+
+RECORDS = {"sdxl": SDXL}
