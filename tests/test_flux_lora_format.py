@@ -18,12 +18,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from engine.models.families.flux import lora_names
+from engine.models.families.flux.record import KOHYA_NAMING as FLUX_NAMING
 from engine.models.lora import (add_lora, load_lora_into, lora_file_components, lora_file_info, lora_layers,
                                 LoraLoadError)
 from engine.models.lora_check import self_check
 from engine.models.lora_export import LoraExportInfo, save_lora
 from engine.models.families.flux.record import DOUBLE_BLOCK_LINEARS, MODULATION_LINEARS, SINGLE_BLOCK_LINEARS
-from engine.models.tiny import build_tiny
 from lora_name_rules import (COMFY_FLUX, SD_SCRIPTS_FLUX, SD_SCRIPTS_FLUX_DEFAULT_COUNTS, diffusers_flux_layers,
                              matches_any)
 
@@ -35,7 +35,7 @@ CLIP = ["q_proj", "k_proj", "v_proj", "out_proj"]
 INFO = LoraExportInfo(title="flux_lora", base_model_version=lora_names.BASE_MODEL_VERSION,
                       architecture=lora_names.ARCHITECTURE["dev"], prediction_type="",
                       implementation=lora_names.IMPLEMENTATION, text_encoder_names=("text_encoder", "text_encoder_2"),
-                      resolution_px=(1024, 1024), kohya_unet_names="bfl")
+                      resolution_px=(1024, 1024), naming=FLUX_NAMING)
 
 
 def targets(transformer, single_without=(), only=None) -> list[str]:
@@ -55,8 +55,8 @@ def targets(transformer, single_without=(), only=None) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return build_tiny("flux", tmp_path_factory.mktemp("models") / "flux")
+def folder(tiny_model):
+    return tiny_model("flux")
 
 
 def fresh(folder, **components):

@@ -3,20 +3,22 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import dataclasses
 import json
 import re
 
 import numpy as np
+
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from engine.atomic import atomic_save_file
+from engine.models.families import get_family
 from engine.models.lora import add_lora, load_lora_into, lora_file_info, lora_layers, LoraLoadError
 from engine.models.lora_check import self_check
 from engine.models.lora_export import LoraExportInfo, save_lora
-from engine.models.tiny import build_tiny
 
 RANK, ALPHA = 4, 8  # alpha != rank: a file that loses alpha loads at half strength
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -26,16 +28,15 @@ INFO = {  # what the family records will pass
     "sd2": dict(base_model_version="sd_v2_v", architecture="stable-diffusion-v2-768-v/lora", prediction_type="v"),
     "sdxl": dict(base_model_version="sdxl_base_v1-0", architecture="stable-diffusion-xl-v1-base/lora",
                  text_encoder_names=("text_encoder", "text_encoder_2"), resolution_px=(1024, 1024),
-                 kohya_unet_names="ldm"),
+                 naming=get_family("sdxl").kohya_naming),
     "flux": dict(base_model_version="flux1", architecture="flux-1-dev/lora", prediction_type="flow",
                  text_encoder_names=("text_encoder", "text_encoder_2")),
 }
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    return {family: build_tiny(family, root / family) for family in ("sd15", "sd2", "sdxl", "flux")}
+def folders(tiny_model):
+    return {family: tiny_model(family) for family in ("sd15", "sd2", "sdxl", "flux")}
 
 
 def fresh(folder):
@@ -273,7 +274,8 @@ def test_sdxl_kohya_files_of_either_unet_name_style_load_back_exactly(folders, t
     """SDXL is written with sd-scripts' original names now; files of older Easel versions (diffusers names) must
     still continue training (network.init_from) with the same weights."""
     pipe, denoiser, tes = trained_pipeline(folders["sdxl"])
-    info = LoraExportInfo(title="x", **{**INFO["sdxl"], "kohya_unet_names": style})
+    naming = dataclasses.replace(INFO["sdxl"]["naming"], unet_style=style)
+    info = LoraExportInfo(title="x", **{**INFO["sdxl"], "naming": naming})
     path = save_lora(tmp_path / "x.safetensors", "kohya", denoiser, tes, info, dtype=torch.float32)
     keys = load_file(str(path)).keys()
     assert any(k.startswith("lora_unet_input_blocks_") for k in keys) == (style == "ldm")

@@ -59,7 +59,7 @@ def kohya_names(family_name: str, widest: bool) -> tuple[list[str], list[str], s
         info = LoraExportInfo(title="t", base_model_version=by_prediction(family.kohya_base_model, "epsilon"),
                               architecture=by_prediction(family.modelspec_architecture, "epsilon"),
                               text_encoder_names=family.text_encoder_names,
-                              kohya_unet_names=family.kohya_unet_names)
+                              naming=family.kohya_naming)
         components = {"unet": unet, **dict(zip(family.text_encoder_names, tes))}
         tensors, _ = _kohya_tensors(components, info, "default")
     stems = sorted({k.rsplit(".", 2)[0] for k in tensors})

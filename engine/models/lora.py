@@ -1,8 +1,9 @@
 """LoRA adapters (peft): add them to a model, name their modules as the LoRA formats do, and load a LoRA file
 (one we wrote, or a user's; kohya or diffusers keys) back into them, for resume and "continue from a file".
 
-Writing LoRA files is lora_export.py; the load self-check after every save is lora_check.py; FLUX's kohya names
-(BFL's, with fused q/k/v) and their (de)composition are lora_names.py.
+Writing LoRA files is lora_export.py; the load self-check after every save is lora_check.py; how each family's
+kohya files name its modules is its record's KohyaNaming (lora_naming.py; FLUX's BFL names with fused q/k/v are
+engine/models/families/flux/lora_names.py).
 """
 from __future__ import annotations
 
@@ -58,6 +59,11 @@ def denoiser_component(denoiser) -> str:
     return "unet" if "UNet" in type(denoiser).__name__ else "transformer"
 
 
+def denoiser_of(pipeline):
+    """The pipeline's denoiser: its transformer, or its UNet."""
+    return getattr(pipeline, "transformer", None) or getattr(pipeline, "unet", None)
+
+
 def kohya_prefixes(text_encoder_names: tuple[str, ...]) -> dict[str, str]:
     """sd-scripts: `lora_te_` when the model has one text encoder, `lora_te1_`, `lora_te2_` when it has two."""
     if len(text_encoder_names) == 1:
@@ -65,22 +71,23 @@ def kohya_prefixes(text_encoder_names: tuple[str, ...]) -> dict[str, str]:
     return {"unet": "lora_unet", **{name: f"lora_te{i + 1}" for i, name in enumerate(text_encoder_names)}}
 
 
-def kohya_names(component: str, path: str, module, prefixes: dict[str, str], unet_names: str = "diffusers") -> list:
+def kohya_names(component: str, path: str, module, prefixes: dict[str, str], naming=None) -> list:
     """The kohya names of the LoRA module at `path` in `module` (a pipeline component), the one sd-scripts writes
-    first: `lora_unet_input_blocks_4_1_proj_in` (SDXL, unet_names="ldm") or `lora_unet_down_blocks_1_...`
+    first: `lora_unet_input_blocks_4_1_proj_in` (SDXL: naming.unet_style "ldm") or `lora_unet_down_blocks_1_...`
     (SD1.x/SD2); `lora_te_text_model_encoder_layers_0_self_attn_q_proj`. A second name, in the other UNet
     style, is what a loader also accepts (older Easel files wrote SDXL in diffusers style)."""
-    from engine.models.families.sd.ldm_convert import unet_module_to_ldm
+    from engine.models.lora_naming import naming_of
 
+    naming = naming or naming_of(module if component == "unet" else None)
     if component.startswith("text_encoder") and is_flattened_clip(module):
         path = "text_model." + path  # trap 3: A1111/ComfyUI name CLIP layers with text_model.
     prefix = prefixes[component]
     names = [prefix + "_" + path.replace(".", "_")]
-    if component == "unet" and hasattr(module, "config"):
-        ldm = unet_module_to_ldm(path, module.config)
+    if component == "unet" and hasattr(module, "config") and naming.ldm_alias is not None:
+        ldm = naming.ldm_alias(path, module.config)
         if ldm is not None:
             names.append(prefix + "_" + ldm.replace(".", "_"))
-            if unet_names == "ldm":
+            if naming.unet_style == "ldm":
                 names.reverse()
     return names
 
@@ -102,11 +109,11 @@ class LoraFileInfo:
 def lora_file_info(path: Path) -> LoraFileInfo:
     """Format, rank and alpha of a LoRA file, so an adapter of the same shape can be created before loading.
 
-    For a FLUX file whose modules are all fused (a qkv or linear1: several adapter layers in one, lora_names.py), the
-    rank and alpha are those of one part, which is what each adapter layer takes."""
+    For a file whose modules are all fused (FLUX's qkv or linear1: several adapter layers in one, lora_naming.py),
+    the rank and alpha are those of one part, which is what each adapter layer takes."""
     from safetensors import safe_open
 
-    from engine.models.families.flux import lora_names
+    from engine.models.lora_naming import all_namings, fused_size
 
     with safe_open(str(path), "pt") as f:
         metadata = f.metadata() or {}
@@ -116,12 +123,13 @@ def lora_file_info(path: Path) -> LoraFileInfo:
             raise LoraLoadError(f"{path}: no LoRA weights (no *.lora_down.weight or *.lora_A.weight keys)")
         if downs[0].endswith(".lora_down.weight"):
             stems = [k.removesuffix(".lora_down.weight") for k in downs]
-            stem = next((s for s in stems if lora_names.fused_size(s) == 1), stems[0])  # an unfused one says it plainly
+            stem = next((s for s in stems if fused_size(s) == 1), stems[0])  # an unfused one says it plainly
             rank = f.get_slice(f"{stem}.lora_down.weight").get_shape()[0]
             alpha = float(f.get_tensor(f"{stem}.alpha")) if f"{stem}.alpha" in keys else float(rank)
-            if lora_names.fused_size(stem) > 1:
-                part = lora_names.part_rank(stem, f.get_tensor(f"{stem}.lora_down.weight"),
-                                          f.get_tensor(f"{stem}.lora_up.weight"))
+            if fused_size(stem) > 1:
+                fused = next(n.fused for n in all_namings() if n.fused is not None and n.fused.fused_size(stem) > 1)
+                part = fused.part_rank(stem, f.get_tensor(f"{stem}.lora_down.weight"),
+                                       f.get_tensor(f"{stem}.lora_up.weight"))
                 rank, alpha = part, alpha * part / rank  # the same alpha / rank
             return LoraFileInfo("kohya", rank, alpha, metadata)
         rank = f.get_slice(downs[0]).get_shape()[0]
@@ -132,7 +140,8 @@ def lora_file_info(path: Path) -> LoraFileInfo:
 
 def lora_file_components(path: Path) -> set[str]:
     """The pipeline components a LoRA file has weights for, e.g. {"transformer", "text_encoder"}: a FLUX LoRA with a
-    CLIP-L part. kohya names say `lora_unet` for any denoiser; BFL block names tell a FLUX transformer apart."""
+    CLIP-L part. kohya names say `lora_unet` for any denoiser; a family's fused names (FLUX's BFL blocks) tell its
+    transformer apart (lora_naming.claimed_component)."""
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
@@ -141,7 +150,6 @@ def lora_file_components(path: Path) -> set[str]:
     return {_component_of(stem) for stem in stems}
 
 
-_BFL_STEM = re.compile(r"^lora_unet_(double_blocks|single_blocks|img_in|txt_in|time_in|vector_in|guidance_in)_")
 _KOHYA_TEXT_ENCODERS = {"lora_te": "text_encoder", "lora_te1": "text_encoder", "lora_te2": "text_encoder_2",
                         "lora_te3": "text_encoder_2"}  # lora_te3: sd-scripts' FLUX T5 (lora_te2 in its first versions)
 
@@ -151,14 +159,16 @@ def _component_of(stem: str, denoiser: str | None = None) -> str:
     if "." in stem:  # diffusers format: the component is the first part
         return stem.split(".", 1)[0]
     if stem.startswith("lora_unet_"):
-        return denoiser or ("transformer" if _BFL_STEM.match(stem) else "unet")
+        from engine.models.lora_naming import claimed_component
+
+        return denoiser or claimed_component(stem) or "unet"
     m = re.match(r"^(lora_te\d?)_", stem)
     return _KOHYA_TEXT_ENCODERS.get(m[1], m[1]) if m else stem
 
 
 def load_lora_into(denoiser: torch.nn.Module | None, text_encoders: dict[str, torch.nn.Module], path: Path,
                    adapter_name: str = "default", text_encoder_names: tuple[str, ...] | None = None,
-                   components: set[str] | None = None) -> int:
+                   components: set[str] | None = None, naming=None) -> int:
     """Copy a kohya or diffusers LoRA file (one we wrote, or a user's) into existing adapters; returns the adapter
     layers loaded (a fused FLUX module fills three or four).
 
@@ -166,15 +176,18 @@ def load_lora_into(denoiser: torch.nn.Module | None, text_encoders: dict[str, to
     see lora_file_info). If the file's alpha differs from the adapter's, lora_up is rescaled so the weight change
     is exactly the file's. Every LoRA module in the file must find its layer, or LoraLoadError names the keys.
     components: load only these components' parts of the file and skip the rest, e.g. {"text_encoder"} to load a
-    FLUX LoRA's CLIP-L part alone (denoiser may then be None); None loads everything.
+    FLUX LoRA's CLIP-L part alone (denoiser may then be None); None loads everything. naming: the family's
+    KohyaNaming (None: the one whose denoiser this is, lora_naming.naming_of).
     """
     from safetensors.torch import load_file
 
-    from engine.models.families.flux import lora_names
+    from engine.models.lora_naming import naming_of
 
+    naming = naming or naming_of(denoiser)
     tensors = load_file(str(path))
     denoiser_name = denoiser_component(denoiser) if denoiser is not None else None
-    targets = _file_targets(denoiser, text_encoders, text_encoder_names or tuple(text_encoders), adapter_name)
+    targets = _file_targets(denoiser, text_encoders, text_encoder_names or tuple(text_encoders), adapter_name,
+                            naming)
     adapter_alphas = _file_adapter_alphas(path)
     loaded, unmatched = 0, []
     for key in tensors:
@@ -195,7 +208,7 @@ def load_lora_into(denoiser: torch.nn.Module | None, text_encoders: dict[str, to
             file_alpha = adapter_alphas.get(name.split(".", 1)[0], float(rank))
         # a part with no adapter takes the dense split, only to see whether the file trained it
         ranks = [layer.r[adapter_name] if layer is not None else rank for layer, _ in parts]
-        pieces = [(down, up)] if len(parts) == 1 else lora_names.split(name, down, up, ranks)
+        pieces = [(down, up)] if len(parts) == 1 else naming.fused.split(name, down, up, ranks)
         for (layer, layer_path), piece in zip(parts, pieces):
             if layer is None:
                 if piece[1].any():  # the file changes a layer that has no adapter
@@ -218,15 +231,14 @@ def load_lora_into(denoiser: torch.nn.Module | None, text_encoders: dict[str, to
 _KOHYA_ALIASES = {"lora_te": ("lora_te1",), "lora_te1": ("lora_te",), "lora_te3": ("lora_te2",)}
 
 
-def _file_targets(denoiser, text_encoders: dict, text_encoder_names: tuple, adapter_name: str) -> dict[str, list]:
+def _file_targets(denoiser, text_encoders: dict, text_encoder_names: tuple, adapter_name: str,
+                  naming) -> dict[str, list]:
     """{file module name: [(adapter layer or None, module path), ...]} under every name a file may use for it: the
     peft path, kohya names in both UNet styles, CLIP-L as `lora_te_` or `lora_te1_` (loaders take both), and for a
-    FLUX transformer the BFL names, whose fused modules list all their parts."""
-    from engine.models.families.flux import lora_names
-
-    bfl = lora_names.is_flux_transformer(denoiser)
+    denoiser with fused modules (FLUX's BFL names) those names, each listing all its parts."""
+    fused = naming.fused if denoiser is not None else None
     components = {**({denoiser_component(denoiser): denoiser} if denoiser is not None else {}), **text_encoders}
-    prefixes = dict(lora_names.PREFIXES) if bfl else kohya_prefixes(text_encoder_names)
+    prefixes = dict(naming.prefixes) if naming.prefixes else kohya_prefixes(text_encoder_names)
     targets = {}
     for component, module in components.items():
         layers = lora_layers(module, adapter_name)
@@ -237,11 +249,11 @@ def _file_targets(denoiser, text_encoders: dict, text_encoder_names: tuple, adap
                 targets[f"{component}.text_model.{layer_path}"] = part  # save_lora_weights under transformers < 5.6
             if component in prefixes:
                 prefix = prefixes[component]
-                for name in kohya_names(component, layer_path, module, prefixes):
+                for name in kohya_names(component, layer_path, module, prefixes, naming):
                     for alias in (prefix, *_KOHYA_ALIASES.get(prefix, ())):
                         targets[alias + name[len(prefix):]] = part
-        if bfl and module is denoiser:
-            for name, paths in lora_names.modules(module).items():
+        if fused is not None and module is denoiser:
+            for name, paths in fused.modules(module).items():
                 if any(p in layers for p in paths):
                     targets[name] = [(layers.get(p), p) for p in paths]
     return targets

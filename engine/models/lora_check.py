@@ -29,10 +29,10 @@ class SelfCheckReport:
     modules_in_file: int      # LoRA modules (down/up pairs) in the file
     modules_loaded: int       # LoRA layers that received them in the pipeline
     warnings: list[str]
-    layers_expected: int = 0  # the layers the file's modules stand for (a fused FLUX module: 3 or 4, lora_names.py)
+    layers_expected: int = 0  # the layers the file's modules stand for (a fused module: several, lora_naming.py)
 
 
-def self_check(path: Path, pipeline) -> SelfCheckReport:
+def self_check(path: Path, pipeline, naming=None) -> SelfCheckReport:
     """Load `path` into `pipeline` with `load_lora_weights` as a user's UI would, and fail unless every key matched.
 
     diffusers does not raise on keys that match no module: it logs a warning (or drops them). So the warnings are
@@ -43,27 +43,25 @@ def self_check(path: Path, pipeline) -> SelfCheckReport:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from engine.models.families.flux import lora_names
+    from engine.models.lora import denoiser_of
+    from engine.models.lora_naming import naming_of
 
     with safe_open(str(path), "pt") as f:
         keys = list(f.keys())
     stems = [k.rsplit(".", 2)[0] for k in keys if k.endswith((".lora_down.weight", ".lora_A.weight",
                                                               ".lora.down.weight"))]
-    transformer = getattr(pipeline, "transformer", None)
-    flux = lora_names.is_flux_transformer(transformer)
-    layers_expected = sum(lora_names.fused_size(s) if flux else 1 for s in stems)
+    denoiser = denoiser_of(pipeline)
+    fused = (naming or naming_of(denoiser)).fused
+    layers_expected = sum(fused.fused_size(s) if fused else 1 for s in stems)
     source, placed_here, unplaced = str(path), 0, []
     messages: list[str] = []
-    if flux and not _diffusers_splits_linear1(transformer) and any(lora_names.fused_size(s) == 4 for s in stems):
-        # diffusers 0.42 splits single-block linear1 only at FLUX.1's widths, so for a narrower FLUX (the tests' tiny
-        # one) those modules are checked here against the layers' shapes and the rest goes through diffusers.
+    by_shape = fused.shape_checked(stems, denoiser) if fused else set()
+    if by_shape:  # modules diffusers cannot place at this width: checked against the layers' shapes here
         tensors = load_file(str(path))
-        linear1 = {s for s in stems if lora_names.fused_size(s) == 4}
-        unplaced = lora_names.unplaced({k: v for k, v in tensors.items() if k.split(".")[0] in linear1}, transformer)
-        placed_here = 4 * (len(linear1) - len(unplaced))
-        source = {k: v for k, v in tensors.items() if k.split(".")[0] not in linear1}
-        messages.append(f"{len(linear1)} single-block linear1 modules checked by shape: diffusers reads them only "
-                        f"at FLUX.1's widths {lora_names.DIFFUSERS_LINEAR1_WIDTHS}")
+        unplaced = fused.unplaced({k: v for k, v in tensors.items() if k.split(".")[0] in by_shape}, denoiser)
+        placed_here = sum(fused.fused_size(s) for s in by_shape if s not in unplaced)
+        source = {k: v for k, v in tensors.items() if k.split(".")[0] not in by_shape}
+        messages.append(fused.shape_check_note(len(by_shape)))
     before = _pipeline_state(pipeline)
     try:
         if source:
@@ -86,16 +84,6 @@ def self_check(path: Path, pipeline) -> SelfCheckReport:
         raise LoraLoadError(f"{path}: the LoRA does not load fully into {type(pipeline).__name__} "
                             f"({loaded} of {layers_expected} LoRA modules placed); {detail}")
     return SelfCheckReport(str(path), len(stems), loaded, messages, layers_expected)
-
-
-def _diffusers_splits_linear1(transformer) -> bool:
-    from engine.models.families.flux import lora_names
-
-    if not len(transformer.single_transformer_blocks):
-        return True
-    block = transformer.single_transformer_blocks[0]
-    widths = tuple(m.out_features for m in (block.attn.to_q, block.attn.to_k, block.attn.to_v, block.proj_mlp))
-    return widths == lora_names.DIFFUSERS_LINEAR1_WIDTHS
 
 
 def _unmatched_keys(messages: list[str]) -> dict[str, list[str]]:

@@ -5,7 +5,7 @@ Formats (EXPORT_FORMATS; keys equal the preset's `export.format` values):
   kohya      A1111 / Forge, ComfyUI and sd-scripts: `lora_unet_<module>` / `lora_te_…` (one text encoder) or
              `lora_te1_…`/`lora_te2_…` (two), `.lora_down.weight`, `.lora_up.weight`, `.alpha`, plus sd-scripts
              `ss_*` and `modelspec.*` metadata (A1111 shows these in its LoRA card). Denoiser modules are named as
-             sd-scripts names them (Family.kohya_unet_names): diffusers paths for SD1.x/SD2, the original
+             sd-scripts names them (the family's KohyaNaming, lora_naming.py): diffusers paths for SD1.x/SD2, the original
              `input_blocks/middle_block/output_blocks` paths for SDXL, Black Forest Labs' names for FLUX, whose
              fused q/k/v layers hold several adapter layers each (lora_names.py; tests/lora_name_rules.py).
   diffusers  peft keys under the pipeline's component names (`unet.`/`transformer.`/`text_encoder.`), with the peft
@@ -55,7 +55,7 @@ class LoraExportInfo:
     base_model_name: str = ""                   # ss_sd_model_name: the checkpoint file/folder trained on
     trigger_phrase: str = ""                    # modelspec.trigger_phrase
     extra: dict = field(default_factory=dict)   # more ss_* keys the trainer knows (learning rates, seed, optimizer…)
-    kohya_unet_names: str = "diffusers"         # Family.kohya_unet_names: "ldm" for SDXL, "bfl" for FLUX
+    naming: object = None                       # the family's KohyaNaming (lora_naming.py); None: PLAIN
 
 
 def save_lora(path: Path, fmt: str, denoiser: torch.nn.Module, text_encoders: dict[str, torch.nn.Module],
@@ -80,26 +80,26 @@ def save_lora(path: Path, fmt: str, denoiser: torch.nn.Module, text_encoders: di
 
 
 def _kohya_tensors(components: dict, info: LoraExportInfo, adapter_name: str) -> tuple[dict, dict]:
-    from engine.models.families.flux import lora_names
+    from engine.models.lora_naming import PLAIN
 
-    bfl = info.kohya_unet_names == "bfl"
-    prefixes = dict(lora_names.PREFIXES) if bfl else kohya_prefixes(info.text_encoder_names)
+    naming = info.naming or PLAIN
+    prefixes = dict(naming.prefixes) if naming.prefixes else kohya_prefixes(info.text_encoder_names)
     tensors = {}
     for component, module in components.items():
-        if bfl and component == "transformer":
-            tensors.update(lora_names.tensors(module, lora_layers(module, adapter_name), adapter_name))
+        if naming.fused is not None and not component.startswith("text_encoder"):
+            tensors.update(naming.fused.tensors(module, lora_layers(module, adapter_name), adapter_name))
             continue
         if component not in prefixes:
             raise ValueError(
                 f"export.format: 'kohya' has no layout for {type(module).__name__} ({component}); "
                 "use format 'diffusers', which diffusers and ComfyUI load (kohya FLUX LoRAs use BFL names)")
         for path, layer in lora_layers(module, adapter_name).items():
-            name = kohya_names(component, path, module, prefixes, info.kohya_unet_names)[0]
+            name = kohya_names(component, path, module, prefixes, naming)[0]
             tensors[f"{name}.lora_down.weight"] = layer.lora_A[adapter_name].weight
             tensors[f"{name}.lora_up.weight"] = layer.lora_B[adapter_name].weight
             # trap 1: kohya's scale is alpha / rank, so alpha = peft's scaling * rank (also right for rsLoRA).
             tensors[f"{name}.alpha"] = torch.tensor(layer.scaling[adapter_name] * layer.r[adapter_name])
-    return tensors, {"ss_network_module": lora_names.NETWORK_MODULE if bfl else "networks.lora"}
+    return tensors, {"ss_network_module": naming.network_module}
 
 
 def _diffusers_tensors(components: dict, info: LoraExportInfo, adapter_name: str) -> tuple[dict, dict]:

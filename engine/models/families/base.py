@@ -105,9 +105,9 @@ class Family:
     predict: Callable
     pipeline: Callable
     metadata: dict = field(default_factory=dict)  # extra ss_* / modelspec.* strings (e.g. ss_v2)
-    # kohya LoRA UNet module names as sd-scripts writes them for this family: "diffusers" paths (SD1.x/SD2, whose
-    # sd-scripts UNet copies the diffusers layout) or the original "ldm" ones (SDXL: input_blocks/middle_block/...)
-    kohya_unet_names: str = "diffusers"
+    # how its kohya LoRA files name its modules, as sd-scripts writes them (engine/models/lora_naming.KohyaNaming:
+    # diffusers paths for SD1.x/SD2, the original LDM ones for SDXL, BFL's fused ones for FLUX); None: none
+    kohya_naming: Any = None
     modelspec_implementation: str = "diffusers"   # what sd-scripts writes: "diffusers" for SD1.x/SD2 LoRAs
     # (denoiser, network config) -> full module paths of the LoRA targets, for denoisers whose targets are not simple
     # name suffixes (FLUX: the block linears, not the embedders'); None: lora_targets / network.targets as suffixes

@@ -195,3 +195,31 @@ def unplaced(tensors: dict, transformer) -> list[str]:
                 or tuple(up.shape) != (sum(widths), down.shape[0]) or out_dims(stem, down, up) != widths):
             bad.append(stem)
     return sorted(bad)
+
+
+# ---------------------------------------------------------------------------------------------- the shared code's hooks
+
+_BFL_STEM = re.compile(r"^lora_unet_(double_blocks|single_blocks|img_in|txt_in|time_in|vector_in|guidance_in)_")
+
+
+def claims(stem: str) -> str | None:
+    """"transformer" for a kohya stem under BFL names (sd-scripts says lora_unet for any denoiser), else None."""
+    return "transformer" if _BFL_STEM.match(stem) else None
+
+
+def shape_checked(stems: list[str], transformer) -> set[str]:
+    """The file modules the self-check must place by shape itself: diffusers 0.42 splits single-block linear1 only
+    at FLUX.1's widths, so for a narrower FLUX (the tests' tiny one) those are checked against the layers' shapes
+    and the rest goes through diffusers."""
+    if not len(transformer.single_transformer_blocks):
+        return set()
+    block = transformer.single_transformer_blocks[0]
+    widths = tuple(m.out_features for m in (block.attn.to_q, block.attn.to_k, block.attn.to_v, block.proj_mlp))
+    if widths == DIFFUSERS_LINEAR1_WIDTHS:
+        return set()
+    return {s for s in stems if fused_size(s) == 4}
+
+
+def shape_check_note(count: int) -> str:
+    return (f"{count} single-block linear1 modules checked by shape: diffusers reads them only at FLUX.1's widths "
+            f"{DIFFUSERS_LINEAR1_WIDTHS}")

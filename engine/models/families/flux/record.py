@@ -15,6 +15,7 @@ import torch
 from engine.models.families.flux import lora_names
 from engine.models.families.base import Components, Family
 from engine.models.families.flux.caps import CAPABILITIES
+from engine.models.lora_naming import KohyaNaming
 from engine.models.families.sd.record import CLIP_ATTENTION, encode_image, pipeline, tokenize
 
 T5_TOKENS = {"dev": 512, "schnell": 256}  # the models' own max_sequence_length (BFL's reference code)
@@ -28,6 +29,11 @@ DOUBLE_BLOCK_LINEARS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", 
 SINGLE_BLOCK_LINEARS = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp", "proj_out")
 MODULATION_LINEARS = {"transformer_blocks": ("norm1.linear", "norm1_context.linear"),
                       "single_transformer_blocks": ("norm.linear",)}
+
+
+# sd-scripts' FLUX LoRAs: BFL's module names, whose q/k/v (and single blocks' linear1) fuse several diffusers layers
+KOHYA_NAMING = KohyaNaming(prefixes=lora_names.PREFIXES, fused=lora_names, network_module=lora_names.NETWORK_MODULE,
+                           owns=lora_names.is_flux_transformer)
 
 
 def lora_target_names(denoiser, network) -> list[str]:
@@ -119,7 +125,7 @@ FLUX = Family(
     lora_targets=DOUBLE_BLOCK_LINEARS, te_lora_targets=CLIP_ATTENTION, text_encoder_names=("text_encoder", "text_encoder_2"),
     kohya_base_model={"flow": lora_names.BASE_MODEL_VERSION}, modelspec_architecture=lora_names.ARCHITECTURE,
     vae_fp32=False, load=load, encode_text=encode_text, encode_image=encode_image, predict=predict, pipeline=pipeline,
-    kohya_unet_names="bfl", modelspec_implementation=lora_names.IMPLEMENTATION, writes_prediction_type=False,
+    kohya_naming=KOHYA_NAMING, modelspec_implementation=lora_names.IMPLEMENTATION, writes_prediction_type=False,
     lora_target_names=lora_target_names, cached_sample_prompts=True,
 )
 

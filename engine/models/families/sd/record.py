@@ -10,6 +10,8 @@ import torch
 
 from engine.models.families.base import Components, Family
 from engine.models.families.sd.caps import CAPABILITIES
+from engine.models.families.sd.ldm_convert import unet_module_to_ldm
+from engine.models.lora_naming import KohyaNaming
 from engine.models.loading import load_pipeline, load_vae
 
 UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
@@ -99,13 +101,23 @@ def pipeline(comps: Components):
     return comps.pipe
 
 
+def is_sdxl_unet(denoiser) -> bool:
+    return "UNet" in type(denoiser).__name__ and denoiser.config.get("addition_embed_type") == "text_time"
+
+
+# sd-scripts' SD1.x/SD2 UNet copies the diffusers layout, so its LoRA names are diffusers paths; loaders also take
+# the LDM names (the alias)
+KOHYA_NAMING = KohyaNaming(ldm_alias=unet_module_to_ldm,
+                           owns=lambda d: "UNet" in type(d).__name__ and not is_sdxl_unet(d))
+
+
 SD15 = Family(
     name="sd15", caps=CAPABILITIES["sd15"], pipeline_class="StableDiffusionPipeline", default_resolution_px=512,
     lora_targets=UNET_ATTENTION, te_lora_targets=CLIP_ATTENTION, text_encoder_names=("text_encoder",),
     kohya_base_model={"epsilon": "sd_v1", "v_prediction": "sd_v1_v"},
     modelspec_architecture={"epsilon": "stable-diffusion-v1/lora"}, vae_fp32=False,
     load=load, encode_text=encode_text, encode_image=encode_image, predict=predict, pipeline=pipeline,
-    metadata={"ss_v2": "False"},
+    metadata={"ss_v2": "False"}, kohya_naming=KOHYA_NAMING,
 )
 
 SD2 = dataclasses.replace(  # a 512 px epsilon SD2 (2.0-base, 2.1-base) is named apart from the 768 px v models

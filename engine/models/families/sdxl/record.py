@@ -7,8 +7,14 @@ import torch
 
 from engine.models.families.base import Components, Family
 from engine.models.families.sdxl.caps import CAPABILITIES
-from engine.models.families.sd.record import CLIP_ATTENTION, UNET_ATTENTION, components_from_pipe, encode_image, pipeline, \
-    tokenize, unet_timestep
+from engine.models.families.sd.ldm_convert import unet_module_to_ldm
+from engine.models.families.sd.record import CLIP_ATTENTION, UNET_ATTENTION, components_from_pipe, encode_image, \
+    is_sdxl_unet, pipeline, tokenize, unet_timestep
+from engine.models.lora_naming import KohyaNaming
+
+# sd-scripts names SDXL's UNet modules by the original input_blocks/middle_block/output_blocks (LDM) layout;
+# loaders also take the diffusers paths (older Easel files wrote them)
+KOHYA_NAMING = KohyaNaming(unet_style="ldm", ldm_alias=unet_module_to_ldm, owns=is_sdxl_unet)
 
 
 def load(model_cfg, dtype, device, progress=None) -> Components:
@@ -44,7 +50,7 @@ SDXL = Family(
     kohya_base_model={"epsilon": "sdxl_base_v1-0"},
     modelspec_architecture={"epsilon": "stable-diffusion-xl-v1-base/lora"}, vae_fp32=True,
     load=load, encode_text=encode_text, encode_image=encode_image, predict=predict, pipeline=pipeline,
-    metadata={"ss_v2": "False"}, kohya_unet_names="ldm",
+    metadata={"ss_v2": "False"}, kohya_naming=KOHYA_NAMING,
     modelspec_implementation="https://github.com/Stability-AI/generative-models",
 )
 

@@ -1,0 +1,62 @@
+"""How a family's LoRA files name its modules in the kohya format: the names sd-scripts writes, which ComfyUI,
+Forge and A1111 read. Each family's record gives one (Family.kohya_naming); lora.py, lora_export.py and
+lora_check.py take it as an argument and know no family.
+
+A naming says, for the denoiser: which of two name styles comes first (diffusers module paths, or the original
+LDM names that sd-scripts writes for SDXL; loaders take both), the alias function between them, fixed prefixes
+(FLUX's lora_unet / lora_te1 / lora_te3; None: sd-scripts' prefixes from the text encoders), and `fused`: a module
+for denoisers whose file modules stand for several layers (FLUX's BFL q/k/v, engine/models/families/flux/
+lora_names.py), with modules(), tensors(), fused_size(), split(), part_rank(), unplaced(), claims() and
+shape_checked().
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class KohyaNaming:
+    unet_style: str = "diffusers"              # the name written first: "diffusers" paths or "ldm" names
+    ldm_alias: Callable | None = None          # (module path, denoiser config) -> its LDM name, or None
+    prefixes: dict | None = None               # fixed {component: prefix}; None: kohya_prefixes(text encoders)
+    fused: object = None                       # the fused-modules naming (FLUX's lora_names), or None
+    network_module: str = "networks.lora"      # ss_network_module
+    owns: Callable = lambda denoiser: False    # is `denoiser` this naming's (a file loaded without its family)
+
+
+PLAIN = KohyaNaming()
+
+
+def naming_of(denoiser) -> KohyaNaming:
+    """The naming of the family whose denoiser this is (PLAIN for None or an unknown one): for files loaded with a
+    module but no family (a user's LoRA, the tests)."""
+    if denoiser is None:
+        return PLAIN
+    for naming in all_namings():
+        if naming.owns(denoiser):
+            return naming
+    return PLAIN
+
+
+def all_namings() -> list[KohyaNaming]:
+    """Every family's naming, in the registry's order (imports the records)."""
+    from engine.models.families import FOLDERS, get_family
+
+    found = []
+    for name in FOLDERS:
+        naming = get_family(name).kohya_naming
+        if naming is not None and naming not in found:
+            found.append(naming)
+    return found
+
+
+def fused_size(stem: str) -> int:
+    """How many layers a kohya file module stands for, under whichever family's naming claims it (1: one)."""
+    return max((n.fused.fused_size(stem) for n in all_namings() if n.fused is not None), default=1)
+
+
+def claimed_component(stem: str) -> str | None:
+    """The pipeline component a `lora_unet_...` stem belongs to when a fused naming claims it (FLUX's BFL names:
+    "transformer"); None otherwise."""
+    return next((n.fused.claims(stem) for n in all_namings() if n.fused is not None and n.fused.claims(stem)), None)
