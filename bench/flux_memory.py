@@ -1,4 +1,5 @@
-"""FLUX memory: the real parameter memory and peaks against engine/models/fit.py's estimate.
+"""FLUX memory: the real parameter memory and peaks against engine/models/fit/'s estimate (FLUX's part of it:
+engine/models/families/flux/memory.py).
 
     python bench/flux_memory.py            # CPU: a real-width FLUX with 2 double + 2 single blocks (random init)
     python bench/flux_memory.py --gpu      # a CUDA GPU: full-size FLUX.1-dev (random init), each tier at 512, 1024
@@ -39,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from engine.models import fit
+from engine.models.families.flux import memory as flux_memory
 
 GB = 2**30
 RANK = 16
@@ -142,7 +144,7 @@ def cpu_report() -> None:
     t0 = time.time()
     model = flux(2, 2)
     add_engine_lora(model)
-    component = fit.component_from_tensors("transformer", tensors_of(model), "bench")
+    component = fit.component_from_tensors("transformer", tensors_of(model), "bench", flux_memory.LAYOUT)
     c = component
     predicted = {q: fit.quantized_bytes(c.params, c.fp8_params, c.bnb_params, c.bnb_rows, q, 2)
                  for q in ("none", "fp8")}
@@ -161,9 +163,9 @@ def cpu_report() -> None:
     doubles = [v for k, v in units.items() if k.startswith("transformer_blocks")]
     singles = [v for k, v in units.items() if k.startswith("single_transformer_blocks")]
     print(f"saved activations per token, units of hidden x 2 B (1024 image + 128 text tokens, LoRA rank {RANK}):")
-    print(f"  double block {sum(doubles) / len(doubles):.2f} (fit.py {fit.FLUX_DOUBLE_UNITS}), single block "
-          f"{sum(singles) / len(singles):.2f} (fit.py {fit.FLUX_SINGLE_UNITS}), outside the blocks "
-          f"{units.get('outside', 0):.2f} (fit.py {fit.FLUX_OUTSIDE_UNITS})")
+    print(f"  double block {sum(doubles) / len(doubles):.2f} (fit.py {flux_memory.FLUX_DOUBLE_UNITS}), single block "
+          f"{sum(singles) / len(singles):.2f} (fit.py {flux_memory.FLUX_SINGLE_UNITS}), outside the blocks "
+          f"{units.get('outside', 0):.2f} (fit.py {flux_memory.FLUX_OUTSIDE_UNITS})")
 
 
 # ------------------------------------------------------------------------------------------------ GPU
@@ -225,7 +227,7 @@ def gpu_report(steps: int, resolutions: list[int], device: str = "cuda", blocks:
     params = add_engine_lora(model)
     model.enable_gradient_checkpointing()
     model.train()
-    transformer = fit.component_from_tensors("transformer", tensors_of(model), "bench")
+    transformer = fit.component_from_tensors("transformer", tensors_of(model), "bench", flux_memory.LAYOUT)
     sizes = fit.ModelSizes("flux", {**fit.model_sizes(_known_model()).components, "transformer": transformer})
     where = torch.cuda.get_device_name() if device == "cuda" else device
     print(f"FLUX.1-dev layout {blocks}, random weights, on {where} in {time.time() - t0:.0f} s; "

@@ -1,5 +1,5 @@
-"""Will it fit: the memory estimate (engine/models/fit.py) against the files it reads, the engine's own fp8 storage,
-block swap and LoRA layers, the published FLUX figures, and the dry run that prints it."""
+"""Will it fit: the memory estimate (engine/models/fit/ with each family's memory.py) against the files it reads,
+the engine's own fp8 storage, block swap and LoRA layers, the published FLUX figures, and the dry run that prints it."""
 import os
 import subprocess
 import sys
@@ -91,19 +91,20 @@ def test_trained_params_equal_the_lora_layers_the_engine_adds(tiny_flux):
 
 
 def test_the_copied_family_data_agrees_with_the_family_records():
-    from engine.models.families import FAMILIES, flux
+    from engine.models.families import FOLDERS, get_family, memory_model
+    from engine.models.families.flux import record as flux
+    from engine.models.families.flux.memory import FLUX_TARGETS
 
-    # the DiT trained from scratch (sized by model.dit, a few MB) has no fit estimate yet: fit.py covers the others
-    assert set(fit.FAMILIES) == set(FAMILIES) - {"dit"}
-    assert set(fit.FLUX_TARGETS) == set(flux.DOUBLE_BLOCK_LINEARS + flux.SINGLE_BLOCK_LINEARS)
-    assert set(fit.FAMILIES["flux"].modulation_targets) == {t for v in flux.MODULATION_LINEARS.values() for t in v}
-    for name, family in FAMILIES.items():
-        if name == "dit":
-            continue
-        memory = fit.FAMILIES[name]
+    # the DiT trained from scratch (sized by model.dit, a few MB) has no fit estimate yet: fit covers the others
+    assert {name for name in FOLDERS if memory_model(name) is not None} == set(FOLDERS) - {"dit"}
+    assert set(FLUX_TARGETS) == set(flux.DOUBLE_BLOCK_LINEARS + flux.SINGLE_BLOCK_LINEARS)
+    assert set(memory_model("flux").modulation_targets) == {t for v in flux.MODULATION_LINEARS.values() for t in v}
+    for name in set(FOLDERS) - {"dit"}:
+        memory, family = memory_model(name), get_family(name)
         assert memory.te_lora_targets == family.te_lora_targets, name
         assert memory.text_encoders == family.text_encoder_names, name
-        assert len(memory.trainable_text_encoders) == (family.trained_text_encoders or len(family.text_encoder_names))
+        assert len(memory.trainable_text_encoders) == (family.caps.trainable_text_encoders or
+                                                       len(family.text_encoder_names)), name
         if name != "flux":
             assert memory.lora_targets == family.lora_targets, name
 
@@ -112,12 +113,14 @@ def test_the_known_flux_layout_is_diffusers_own_and_the_published_sizes():
     from accelerate import init_empty_weights
     from diffusers import FluxTransformer2DModel
 
+    from engine.models.families.flux import memory as flux_memory
+
     for guidance, total in ((True, 11_901_408_320), (False, 11_891_178_560)):   # FLUX.1-dev, FLUX.1-schnell
         with init_empty_weights():
             model = FluxTransformer2DModel(guidance_embeds=guidance)
-        layout = fit.flux_tensors(guidance=guidance)
+        layout = flux_memory.flux_tensors(guidance=guidance)
         assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {k: s for k, (s, _) in layout.items()}
-        assert fit.component_from_tensors("transformer", layout, "").params == total
+        assert fit.component_from_tensors("transformer", layout, "", flux_memory.LAYOUT).params == total
     blocks = FLUX_DEV.denoiser.blocks
     assert [b[0] for b in blocks] == [339_831_296] * 19 + [141_591_808] * 38
     schnell = model_sizes(ModelConfig(family="flux", path="black-forest-labs/FLUX.1-schnell"))

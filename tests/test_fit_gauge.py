@@ -13,7 +13,7 @@ from engine.config.load import load_preset, preset_from_dict
 from ui import fit_gauge
 from ui.fields import Form
 
-FLUX_HUB = "black-forest-labs/FLUX.1-dev"   # no files: fit.py takes the real model's sizes
+FLUX_HUB = "black-forest-labs/FLUX.1-dev"   # no files: fit takes the real model's sizes
 # a FLUX run with no memory saver on: bf16 base, AdamW, no checkpointing, batch 2 at 1024 px
 HEAVY_FLUX = {"model": {"family": "flux", "path": FLUX_HUB, "quantize_base": "none"},
               "dataset": {"resolution_px": 1024, "min_bucket_px": 512, "max_bucket_px": 1536},

@@ -19,8 +19,9 @@ import gradio as gr
 
 from engine.config.fields import get_value
 from engine.config.load import ConfigError, load_preset
-from engine.models.fit import (EIGHT_BIT, FAMILIES, OPTIMIZER_STATE_BYTES, PRECISION_BYTES, advice, estimate,
-                               fit_settings, local_path, model_sizes)
+from engine.models.families import memory_model
+from engine.models.fit import (EIGHT_BIT, OPTIMIZER_STATE_BYTES, PRECISION_BYTES, advice, estimate, fit_settings,
+                               local_path, model_sizes)
 from ui.fields import Form, to_widget
 from ui.presets import PROJECT_ROOT
 
@@ -215,7 +216,7 @@ PLACEHOLDER_HTML = message_html("The estimate appears when a preset is loaded or
 
 def gauge_html(preset, budget_gb: float | None, gpu_name: str | None = None) -> str:
     """The predicted peak VRAM of `preset` against budget_gb as a bar, its parts, and the ways to fit when over."""
-    if preset.model.family not in FAMILIES:
+    if memory_model(preset.model.family) is None:
         return message_html(f"No memory estimate for model.family {preset.model.family} yet.")
     if preset.training.mode == "vae":
         return message_html("No memory estimate for VAE training (training.mode: vae) yet.")

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 
-# torch is imported inside the functions that move tensors: the name tables serve engine/models/fit.py, which
-# reads only file headers and stays torch-free.
+# torch is imported inside the functions that move tensors: the name tables serve flux/memory.py ("will it fit"),
+# which reads only file headers and stays torch-free.
 
 # BFL name -> diffusers name, for the tensors that are renamed only ({i} is the block index).
 _RENAMES = {

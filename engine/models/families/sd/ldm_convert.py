@@ -39,20 +39,20 @@ def write_single_file(diffusers_dir: Path, out_file: Path) -> Path:
     vae_config = json.loads((diffusers_dir / "vae" / "config.json").read_text(encoding="utf-8"))
 
     checkpoint = {}
-    unet = _load_component(diffusers_dir / "unet")
+    unet = load_component(diffusers_dir / "unet")
     checkpoint.update({"model.diffusion_model." + unet_key_to_ldm(k, unet_config): v for k, v in unet.items()})
-    vae = _load_component(diffusers_dir / "vae")
+    vae = load_component(diffusers_dir / "vae")
     checkpoint.update({"first_stage_model." + vae_key_to_ldm(k, len(vae_config["up_block_types"])): _vae_value(k, v)
                        for k, v in vae.items()})
-    text_encoder = _load_component(diffusers_dir / "text_encoder")
+    text_encoder = load_component(diffusers_dir / "text_encoder")
     if pipeline_class == "StableDiffusionXLPipeline":
-        checkpoint.update(_clip_to_ldm(text_encoder, "conditioner.embedders.0.transformer.text_model."))
-        checkpoint.update(_openclip_to_ldm(_load_component(diffusers_dir / "text_encoder_2"),
+        checkpoint.update(clip_to_ldm(text_encoder, "conditioner.embedders.0.transformer.text_model."))
+        checkpoint.update(_openclip_to_ldm(load_component(diffusers_dir / "text_encoder_2"),
                                            "conditioner.embedders.1.model."))
     elif pipeline_class == "StableDiffusionPipeline" and unet_config.get("use_linear_projection"):
         checkpoint.update(_openclip_to_ldm(text_encoder, "cond_stage_model.model."))
     elif pipeline_class == "StableDiffusionPipeline":
-        checkpoint.update(_clip_to_ldm(text_encoder, "cond_stage_model.transformer.text_model."))
+        checkpoint.update(clip_to_ldm(text_encoder, "cond_stage_model.transformer.text_model."))
     else:
         raise ValueError(f"write_single_file: {pipeline_class} is not supported (SD1.x, SD2 and SDXL are)")
 
@@ -62,42 +62,8 @@ def write_single_file(diffusers_dir: Path, out_file: Path) -> Path:
     return out_file
 
 
-def write_flux_files(diffusers_dir: Path, out_dir: Path, transformer_dtype=None) -> dict[str, Path]:
-    """Write a FluxPipeline folder as the files a ComfyUI user has: flux1-dev.safetensors (BFL layout; stored in
-    `transformer_dtype`, e.g. torch.float8_e4m3fn for the fp8 file), clip_l.safetensors, t5xxl_fp16.safetensors,
-    ae.safetensors (LDM VAE layout), and config/ (the folder's configs and tokenizers, without weights).
-    Returns {"transformer", "clip_l", "t5", "ae", "config"} -> path."""
-    import shutil
-
-    from safetensors.torch import save_file
-
-    from engine.models.families.flux.bfl_names import diffusers_to_bfl
-
-    diffusers_dir, out_dir = Path(diffusers_dir), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    vae_config = json.loads((diffusers_dir / "vae" / "config.json").read_text(encoding="utf-8"))
-    transformer = diffusers_to_bfl(_load_component(diffusers_dir / "transformer"))
-    if transformer_dtype is not None:
-        transformer = {k: v.to(transformer_dtype) for k, v in transformer.items()}
-    parts = {
-        "transformer": ("flux1-dev.safetensors", transformer),
-        "clip_l": ("clip_l.safetensors", _clip_to_ldm(_load_component(diffusers_dir / "text_encoder"), "text_model.")),
-        "t5": ("t5xxl_fp16.safetensors", {k: v.half() for k, v in _load_component(diffusers_dir / "text_encoder_2").items()}),
-        "ae": ("ae.safetensors", {vae_key_to_ldm(k, len(vae_config["up_block_types"])): _vae_value(k, v)
-                                  for k, v in _load_component(diffusers_dir / "vae").items()}),
-    }
-    paths = {}
-    for key, (name, tensors) in parts.items():
-        paths[key] = out_dir / name
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(paths[key]))
-    config = out_dir / "config"
-    shutil.copytree(diffusers_dir, config, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"),
-                    dirs_exist_ok=True)
-    paths["config"] = config
-    return paths
-
-
-def _load_component(folder: Path) -> dict[str, torch.Tensor]:
+def load_component(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a diffusers component folder (all its shards); flux/files.py writes FLUX's files from it."""
     from safetensors.torch import load_file
 
     tensors = {}
@@ -197,7 +163,7 @@ def vae_state_to_ldm(state: dict, num_levels: int) -> dict:
 
 # ---------------------------------------------------------------------------------------------- text encoders
 
-def _clip_to_ldm(state: dict, prefix: str) -> dict:
+def clip_to_ldm(state: dict, prefix: str) -> dict:
     """HF CLIP keeps its names; transformers >= 5.6 saves CLIPTextModel without `text_model.`, which LDM has."""
     return {prefix + k.removeprefix("text_model."): v for k, v in state.items() if not k.endswith("position_ids")}
 

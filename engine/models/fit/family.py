@@ -1,0 +1,53 @@
+"""What the estimate needs of a family, as data: each family folder's memory.py fills in a FamilyMemory
+(MEMORY = {name: FamilyMemory(...)}), and engine.models.families.memory_model(name) finds it. Torch-free, like all
+of "will it fit": the GUI's gauge and the dry run import it."""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """How a family's denoiser files name its transformer blocks, so the header reader counts the blocks (block
+    swap), what fp8 leaves alone and the LoRA linears. The default has no blocks (a UNet: nothing to swap)."""
+
+    block: re.Pattern | None = None     # a block's tensors: group 1 its kind, group 2 its index
+    double_kinds: tuple = ()            # the kinds that run first, as double-stream blocks (FLUX)
+    renamed_kinds: tuple = ()           # kinds that say the file names its modules another way (BFL's layout)
+    rename: Callable | None = None      # (module in such a file) -> the diffusers modules it holds, in row order
+    width_keys: tuple = ()              # a weight whose rows are the denoiser's width (FLUX: img_in, x_embedder)
+    guidance_keys: tuple = ()           # a key holding one of these: the denoiser has a guidance embedding
+
+    def match(self, name: str) -> re.Match | None:
+        return self.block.match(name) if self.block is not None else None
+
+
+NO_BLOCKS = BlockLayout()
+
+
+@dataclass(frozen=True)
+class FamilyMemory:
+    """What the estimate needs of a family. A copy of a few Family fields (the records import torch);
+    tests/test_fit.py checks that the targets agree with the family records."""
+
+    label: str
+    denoiser: str                       # the diffusers folder of the denoiser
+    text_encoders: tuple                # pipeline names, in order
+    text_encoder_labels: tuple
+    trainable_text_encoders: tuple      # which get LoRA with network.train_text_encoder
+    lora_targets: tuple
+    activations: Callable               # (denoiser Component, Settings, text tokens) -> (bytes at the peak, tokens)
+    text_tokens: tuple                  # text tokens per caption (with a guidance embedding, without)
+    text_width: int                     # width of the cached text states, when the encoders are not read
+    cached_states: tuple                # the text encoders whose hidden states are cached (not only pooled)
+    known: dict                         # component -> parameter count of the real model, when no file is found
+    known_denoiser: Callable | None = None      # model.path -> the denoiser's Tensors (a FLUX layout in full)
+    known_lora_per_rank: int = 0        # UNets without files: LoRA parameters per rank on the default targets
+    known_fp8_bnb: tuple = (0, 0)       # UNets without files: (fp8_params, bnb_params)
+    modulation_targets: tuple = ()
+    lora_scope: str = ""                # a regex: LoRA targets are matched only inside modules it matches
+    te_lora_targets: tuple = ("q_proj", "k_proj", "v_proj", "out_proj")
+    single_file_prefixes: dict = field(default_factory=dict)   # checkpoint key prefix -> component
+    layout: BlockLayout = NO_BLOCKS     # how its files name the denoiser's blocks
