@@ -252,7 +252,9 @@ class Suite:
         from engine.events import EventWriter
         from engine.models.base_storage import store_in_fp8
         from engine.models.families import capabilities, get_family
-        from engine.training.setup import add_network, choose_precision, configure_for_training, store_base
+        from engine.training.network import add_network
+        from engine.training.precision import choose_precision
+        from engine.training.setup import configure_for_training, store_base
 
         started = time.monotonic()
         preset = self.preset(case, Path("."))
@@ -291,7 +293,8 @@ class Suite:
         """(timing, forward FLOPs per step, what the model trained on) of Easel's own set-up and loop."""
         from engine.events import EventWriter, read_all
         from engine.models.families import capabilities, get_family
-        from engine.training.setup import build_run, choose_precision, configure_for_training
+        from engine.training.precision import choose_precision
+        from engine.training.setup import build_run, configure_for_training
 
         comps = models.comps
         unswap(comps)  # the previous case's block swap: build_run places the denoiser anew
@@ -374,7 +377,7 @@ def easel_steps(r, n: int) -> None:
     from engine.training.loop import loop
 
     r.total_steps = r.step + n
-    loop(r)
+    loop(r, r.total_steps)
 
 
 def forward_flops(r) -> float:
@@ -382,7 +385,7 @@ def forward_flops(r) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from engine.training.loop import batch_loss
+    from engine.training.modes.denoiser import batch_loss
 
     group = r.epoch_batches()[:r.preset.training.grad_accum]
     with torch.no_grad(), r.accelerator.autocast(), FlopCounterMode(display=False) as counter:

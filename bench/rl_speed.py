@@ -44,6 +44,7 @@ def child(model: str, method: str, steps: int, work: Path) -> dict:
     from engine.config.load import load_preset
     from engine.events import read_all
     from engine.rl import phase
+    from engine.rl.mode import RL_MODE
     from engine.runs import create_run_dir
     from engine.training import loop
 
@@ -60,15 +61,15 @@ def child(model: str, method: str, steps: int, work: Path) -> dict:
     held = {}
     real_init = phase.RlTrainer.__init__
 
-    def measure(self, r, loop_module):  # what RL keeps beside the model, counted once it is built
-        real_init(self, r, loop_module)
+    def measure(self, r, steps):  # what RL keeps beside the model, counted once it is built
+        real_init(self, r, steps)
         size = lambda tensors: sum(t.numel() * t.element_size() for t in tensors)  # noqa: E731
         held.update(trained=size(r.params), ema=size(r.ema.shadow) if r.ema else 0,
                     old=size(self.old.values) if self.old else 0,
                     reference=0 if r.preset.network.type != "full" else size(r.params))
     phase.RlTrainer.__init__ = measure
     started = time.perf_counter()
-    code = loop.run(run_dir, phases={"rl": phase.run_rl})
+    code = loop.run(run_dir, modes={"rl": RL_MODE})
     wall = time.perf_counter() - started
     events = read_all(run_dir / "events.jsonl")
     if code != 0:

@@ -67,13 +67,14 @@ def bench_easel(preset_path: str, overrides: list[str], steps: int) -> dict:
     from engine.events import read_all
     from engine.runs import create_run_dir
     from engine.training import loop as train
+    from engine.training.modes import denoiser
     from engine.training.optimizers import OptimizerSet
 
     settings = [*overrides, f"training.max_steps={steps}", "sampling.prompts=[]", "output.save_every_n_steps=0",
                 "output.save_every_n_minutes=0", "output.save_every_n_epochs=0"]
     preset = load_preset(preset_path, settings)
     timers = PhaseTimers()
-    timers.wrap(train, "batch_loss", "forward")
+    timers.wrap(denoiser, "batch_loss", "forward")
     timers.wrap(Accelerator, "backward", "backward")
     timers.wrap(OptimizerSet, "step", "optimizer")
     timers.wrap(OptimizerSet, "zero_grad", "optimizer")

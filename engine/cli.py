@@ -209,12 +209,13 @@ def _print_dry_run(preset) -> int:
 
 
 def _print_fit(preset, images: int) -> None:
-    """Will it fit: the predicted peak VRAM and RAM against this PC's free memory (engine/models/fit.py)."""
-    from engine.models.fit import FAMILIES, advice, describe_fit, estimate, fit_settings, model_sizes
+    """Will it fit: the predicted peak VRAM and RAM against this PC's free memory (engine/models/fit/)."""
+    from engine.models.families import memory_model
+    from engine.models.fit import advice, describe_fit, estimate, fit_settings, model_sizes
     from engine.system_doctor import memory_now, query_nvidia_smi
 
     print("# will it fit (an estimate from the model's files; nothing loaded)")
-    if preset.model.family not in FAMILIES:
+    if memory_model(preset.model.family) is None:
         print(f"no memory estimate for model.family {preset.model.family} yet")
         return
     sizes, settings = model_sizes(preset.model), fit_settings(preset, captions=images)
@@ -239,7 +240,7 @@ def _run(run_dir: Path, resume: bool | Path) -> int:
     num_gpus = load_preset(run_dir / "preset.yaml").training.num_gpus
     if num_gpus > 1 and not under_launcher():  # one engine process per GPU, started by accelerate launch
         return relaunch(run_dir, resume, num_gpus)
-    from engine.rl.phase import run_rl  # these import torch: only now that a run really starts
+    from engine.rl.mode import RL_MODE  # these import torch: only now that a run really starts
     from engine.training.loop import run
 
-    return run(run_dir, resume=resume, phases={"rl": run_rl})
+    return run(run_dir, resume=resume, modes={"rl": RL_MODE})  # training may not import rl: its mode comes from here

@@ -160,7 +160,7 @@ class ArraySource:
     """The BatchSource of conditioning channels: {"latents": the target [B, Ct, H, W], "cond": {"class_labels",
     "context" [B, Cc, H, W]}, ...} read from the .npz files each batch (nothing to encode, nothing cached)."""
 
-    latents = None      # no VAE cache to keep the VAE busy (setup.idle_parts)
+    latents = None      # no VAE cache to keep the VAE busy (placement.idle_parts)
     text_cache = None
 
     def __init__(self, samples, spec: dict, device="cpu"):

@@ -238,7 +238,8 @@ def _file_targets(denoiser, text_encoders: dict, text_encoder_names: tuple, adap
     denoiser with fused modules (FLUX's BFL names) those names, each listing all its parts."""
     fused = naming.fused if denoiser is not None else None
     components = {**({denoiser_component(denoiser): denoiser} if denoiser is not None else {}), **text_encoders}
-    prefixes = dict(naming.prefixes) if naming.prefixes else kohya_prefixes(text_encoder_names)
+    prefixes = dict(naming.prefixes) if naming.prefixes and denoiser is not None else \
+        kohya_prefixes(text_encoder_names)
     targets = {}
     for component, module in components.items():
         layers = lora_layers(module, adapter_name)

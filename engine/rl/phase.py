@@ -1,6 +1,6 @@
-"""training.mode rl: the RL phase after the supervised warmup (engine/training/loop.py runs it through `phases`).
+"""training.mode rl: the RL phase after the supervised warmup (engine/rl/mode.py makes it a Phase of the RL mode).
 
-    outcome = run_rl(r, loop)       # 'done' | 'stopped' | 'finished before'
+    outcome = train_rl(r, loop)     # 'done' | 'stopped'; loop: the loop's functions (engine/training/modes/phase.py)
 
 An RL epoch (the RL guide's GRPO / NFT 流程):
  1. rollouts: rl.num_batches_per_epoch batches of training.batch_size prompts x rl.num_images_per_prompt images,
@@ -30,26 +30,20 @@ from engine.rl.policy import Policy, time_grid
 from engine.rl.rollout import RolloutBatch, decode, roll_out
 from engine.rl.steps import gaussian_log_prob
 from engine.rl.weights import WeightState, reference_weights
+from engine.training.modes.phase import Loop
+from engine.training.placement import whole_model_on_device
+from engine.training.run_state import freeze_finished_components
 
 STOP_POLL_S = 0.5
 
 
-def run_rl(r, loop) -> str:
-    """The supervised warmup (the loop's main phase, rl.warmup_steps), then RL epochs until training.max_steps.
-    loop: the engine/training/loop.py module (its loop, report_step, at_boundary, save_checkpoint)."""
-    if r.step >= r.total_steps:
-        return "finished before"  # a resumed run that had ended
-    if r.step < r.main_steps:
-        outcome = loop.loop(r)
-        if outcome != "done":
-            return outcome
-    elif r.step == 0 and r.preset.sampling.at_start:
-        loop.render_samples(r)  # the base model, for comparison (the warmup's loop renders them otherwise)
+def train_rl(r, loop: Loop) -> str:
+    """RL epochs from r.step until training.max_steps (after the warmup, the denoiser's phase: rl.warmup_steps)."""
     return RlTrainer(r, loop).run()
 
 
 class RlTrainer:
-    def __init__(self, r, loop):
+    def __init__(self, r, loop: Loop):
         from engine.rl.rewards import RewardSet
 
         self.r, self.loop, self.rl = r, loop, r.preset.rl
@@ -83,7 +77,6 @@ class RlTrainer:
             r.emit("warning", message=f"network.dropout {network.dropout:g}: the rollouts run without dropout and "
                                       f"the training steps with it, so GRPO's probability ratios start off 1 and "
                                       f"clip sooner. 0 is usual for RL.")
-        r.score_samples = self.score_samples
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "tracker": self.tracker.state_dict() if self.tracker else None,
@@ -151,7 +144,7 @@ class RlTrainer:
             with r.accelerator.autocast():
                 batch = roll_out(self.policy, prompts, cond, size_cond, noise, grid, r.noise_gen,
                                  stochastic=rl.method == "grpo")
-            with self.loop.whole_model_on_device(r, text_encoders=False):
+            with whole_model_on_device(r, text_encoders=False):
                 batch.images = decode(r.family, r.comps, batch.latents[:, -1])
         finally:
             r.comps.denoiser.train(was_training)
@@ -228,8 +221,6 @@ class RlTrainer:
         return None
 
     def optimizer_step(self, minibatches: list, g: torch.Generator) -> float:
-        from engine.training.setup import freeze_finished_components
-
         r, rl = self.r, self.rl
         terms_sum: dict[str, torch.Tensor] = {}
         losses = []

@@ -1,6 +1,7 @@
 """Enough free disk before a run starts: what its saves and caches will write, against what the drives have.
 
     warning = check_free_space(run_dir, cache_dir, need)   # a UserError naming the folder, free space and need
+    warning = check_disk_before_run(run_dir, preset, comps, trainables)   # the same, estimated from a run's set-up
 
 What a run writes (estimated from the trained parameters and the dataset, before any of it is written):
   each saved network     trained params x bytes per saved value (a full fine-tune: the whole pipeline), per format,
@@ -86,3 +87,22 @@ def check_free_space(run_dir: Path, cache_dir: Path, need: dict[str, int]) -> st
                 f"that drive has {max(room_for_cache, 0) / 2**30:.1f} GB to spare: latents the cache cannot hold "
                 f"are kept in memory instead (more RAM, same result).")
     return None
+
+
+def check_disk_before_run(run_dir: Path, preset, comps, trainables: dict) -> str | None:
+    """Refuse a run whose saves cannot fit the drive, before caching and training write anything; a warning
+    (returned) when only the latent cache does not fit."""
+    from engine.data.cache import cache_dir_for
+    from engine.data.layout import find_items
+    from engine.data.plan import total_steps
+
+    trained = sum(p.numel() for modules in trainables.values() for m in modules for p in m.parameters()
+                  if p.requires_grad)
+    everything = sum(p.numel() for m in (comps.denoiser, comps.vae, *comps.text_encoders) for p in m.parameters())
+    d, t = preset.dataset, preset.training
+    images = len(find_items(Path(d.path).expanduser(), d.caption_ext)) if Path(d.path).expanduser().is_dir() else 0
+    # max_epochs runs: about one save per epoch is the most that cadence gives for the estimate
+    steps = total_steps(t.max_steps, t.max_epochs, max(1, images // max(1, t.batch_size * t.grad_accum)))
+    need = estimate(trained, everything, preset.network, preset.output, steps, images, d.resolution_px,
+                    t.cache_latents)  # buckets keep about the resolution's pixel count
+    return check_free_space(run_dir, cache_dir_for(d.path), need)

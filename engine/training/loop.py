@@ -1,44 +1,47 @@
 """The training loop: `run(run_dir)` trains the preset in run_dir/preset.yaml and streams events (DESIGN.md).
 
-Reads top to bottom: run() -> setup() (engine/training/setup.py) -> loop() -> finish(). The loop fits on a screen;
-each step is `optimizer_step` (micro-batches, backward, clip, step) then `at_boundary` (control files, checkpoints,
-samples). Exit codes: 0 done or stopped on request, 1 failed, 2 the preset is wrong.
+Reads top to bottom: run() -> the mode's set-up (modes/registry.py chooses it by the preset) -> its phases in order
+(train_phases) -> finish(). The loop knows no mode: the phase being trained (r.phase, modes/phase.py) gives the loss
+and backward passes, the saved files, the validation loss and the samples. Each step is `optimizer_step`
+(micro-batches, backward, clip, step) then `at_boundary` (control files, validation, checkpoints, samples).
+Exit codes: 0 done or stopped on request, 1 failed, 2 the preset is wrong.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from engine.config.load import ConfigError, load_preset
 from engine.events import EventWriter
 from engine.failures import NonFiniteLoss, describe, error_fields
 from engine.lock import RunLock, RunLocked
+from engine.models.families import capabilities
 from engine.training import checkpoints as ckpt
-from engine.training.setup import Run, freeze_finished_components, idle_modules, named_trainables, \
-    network_shape, park_idle, setup
+from engine.training.console import ConsoleLog
+from engine.training.modes.phase import Loop
+from engine.training.modes.registry import mode_for
+from engine.training.resume import save_resume_state
+from engine.training.run_state import Run, freeze_finished_components
 
 CONTROL_REQUESTS = ("stop", "save_now", "sample_now")
-LATER_PHASE_MODES = ("rl",)  # training modes whose training is a phase the caller gives run() (engine/rl)
 
 
-def run(run_dir: Path, resume: bool | Path = False, phases: dict | None = None) -> int:
-    """resume: False (a new run), True (the latest state) or a kept checkpoint's state file. phases: training.mode
-    -> the phase that runs after the main training, as (run, loop module) -> outcome (engine/cli.py gives rl's,
-    which this package may not import)."""
+def run(run_dir: Path, resume: bool | Path = False, modes: dict | None = None) -> int:
+    """resume: False (a new run), True (the latest state) or a kept checkpoint's state file. modes: training.mode
+    -> Mode, for the modes defined above this package (engine/cli.py gives engine/rl's, which training may not
+    import); they join modes/registry.py's."""
     from engine.training.distributed import is_main_process
 
     run_dir = Path(run_dir)
     if not is_main_process():  # another GPU's process under accelerate launch: the main one owns the folder
-        return run_locked(run_dir, resume, lock=None, phases=phases)
+        return run_locked(run_dir, resume, lock=None, modes=modes)
     try:
         with RunLock(run_dir) as lock:
-            return run_locked(run_dir, resume, lock, phases)
+            return run_locked(run_dir, resume, lock, modes)
     except RunLocked as e:  # said on stderr, not as an event: the engine that holds the lock owns events.jsonl
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
@@ -48,7 +51,7 @@ def run(run_dir: Path, resume: bool | Path = False, phases: dict | None = None) 
         return 2
 
 
-def run_locked(run_dir: Path, resume: bool | Path, lock: RunLock | None, phases: dict | None = None) -> int:
+def run_locked(run_dir: Path, resume: bool | Path, lock: RunLock | None, modes: dict | None = None) -> int:
     """The run in this process; `lock` is None in the processes of a multi-GPU run that are not the main one: they
     write no events and no files (engine/training/distributed.py)."""
     from engine.training.distributed import WorkerEvents, rank
@@ -69,29 +72,11 @@ def run_locked(run_dir: Path, resume: bool | Path, lock: RunLock | None, phases:
                                            f"behind: {', '.join(p.name for p in removed)}.")
         preset = load_preset(run_dir / "preset.yaml")
         console.every = preset.output.log_every_n_steps
-        later = (phases or {}).get(preset.training.mode)
-        if preset.training.mode in LATER_PHASE_MODES and later is None:  # a caller's mistake, said before loading
-            raise RuntimeError(f"training.mode {preset.training.mode} needs its phase: start it with python -m "
-                               f"engine train")
+        mode = mode_for(preset.training, modes)  # before loading: a mode the caller did not give is said now
         if resume:
             ckpt.require_state(ckpt.state_file(run_dir, resume))  # decided before minutes of model loading
-        if preset.training.mode == "vae":  # the model's VAE alone
-            from engine.training.vae_mode import setup_vae
-
-            r = setup_vae(run_dir, preset, events, resume)
-        else:
-            r = setup(run_dir, preset, events, resume)
-        # a run resumed inside a reflow iteration goes on there (its batches are that iteration's pairs)
-        inside_reflow = r.reflow_iteration is not None and r.step < r.total_steps
-        if later is not None:  # RL: the warmup (the main loop) and the RL epochs
-            outcome = later(r, sys.modules[__name__])
-        else:
-            outcome = "done" if inside_reflow else loop(r)
-        if outcome == "done" and preset.training.reflow_steps:  # EveryDream2's reflow iterations
-            from engine.training.reflow import run_reflow
-
-            outcome = run_reflow(r, loop)
-        finish(r, outcome)
+        r = mode.setup(run_dir, preset, events, resume)
+        finish(r, train_phases(r, mode.phases))
         return 0
     except ConfigError as e:
         events.emit("error", message=str(e), hint="Fix these keys in the preset and start again.", traceback="")
@@ -103,7 +88,8 @@ def run_locked(run_dir: Path, resume: bool | Path, lock: RunLock | None, phases:
     except Exception as e:  # noqa: BLE001 - every failure becomes an error event in the user's words
         sections = {} if preset is None else dict(training=preset.training, network=preset.network,
                                                   dataset=preset.dataset, model=preset.model,
-                                                  unet_optimizer_type=preset.optimizers["unet"].type)
+                                                  unet_optimizer_type=preset.optimizers["unet"].type,
+                                                  block_swap_max=capabilities(preset.model.family).block_swap_max)
         events.emit("error", **error_fields(e, **sections))
         return 1
     finally:
@@ -112,62 +98,32 @@ def run_locked(run_dir: Path, resume: bool | Path, lock: RunLock | None, phases:
             tensorboard.close()
 
 
-class ConsoleLog:
-    """engine.log's lines: every event but steps, and a step line every `every` steps (and the first and last)."""
-
-    def __init__(self, every: int = 1):
-        self.every = every
-
-    def __call__(self, event: dict) -> None:
-        if event["kind"] == "step" and self.every > 1 and event["step"] % self.every and \
-                event["step"] not in (1, event["total_steps"]):
-            return
-        console_line(event)
-
-
-def console_line(event: dict) -> None:
-    """One human line per event on stdout (engine.log), the rest is in events.jsonl."""
-    kind = event["kind"]
-    if kind == "step":
-        lrs = " ".join(f"{c}={v:.3g}" for c, v in event["lr"].items())
-        text = (f"step {event['step']}/{event['total_steps']}  epoch {event['epoch']}  loss {event['loss']:.4f}  "
-                f"lr {lrs}  {event['s_per_it']:.3f} s/it  eta {event['eta_s']:.0f} s")
-    elif kind == "status":
-        progress = f" {event['n']}/{event['total']}" if "total" in event else ""
-        text = f"[{event['phase']}] {event['text']}{progress}"
-    elif kind in ("warning", "error"):
-        text = f"{kind.upper()}: {event['message']}" + (f"\n  hint: {event['hint']}" if event.get("hint") else "")
-    elif kind == "val":
-        text = f"validation at step {event['step']}: val_loss {event['val_loss']:.4f}  (best {event['best']:.4f})"
-    elif kind == "rl":
-        text = (f"RL epoch {event['rl_epoch']}: reward {event['reward_mean']:.4g} +- {event['reward_std']:.3g} over "
-                f"{event['images']} images (min {event['reward_min']:.4g}, max {event['reward_max']:.4g})")
-    elif kind in ("saved", "sample"):
-        text = f"{kind}: {event['path']}"
-    else:
-        text = kind
-    try:
-        print(text, flush=True)
-    except UnicodeEncodeError:  # Windows writes a redirected stdout in the ANSI code page; a path may not fit
-        print(text.encode("ascii", "backslashreplace").decode("ascii"), flush=True)
-
-
 # --------------------------------------------------------------------------------------------------- the loop
 
-def loop(r: Run) -> str:
-    """Train until total_steps; 'done', 'stopped' when control/stop asked for it, 'finished before' when a resumed
-    run had nothing left to do."""
-    per_step = r.preset.training.grad_accum * r.processes.world  # batches per step, over all GPUs
+def train_phases(r: Run, phases: tuple) -> str:
+    """The mode's phases in order, a resumed run from the last one it had begun; 'done', 'stopped' when
+    control/stop asked for it, 'finished before' when a resumed run had nothing left to do."""
     if r.step >= r.total_steps:
         return "finished before"
+    r.phase = phases[0]
     if r.step == 0 and r.preset.sampling.at_start:
         render_samples(r)  # the base model, for comparison
-    end = min(r.phase_end, r.total_steps)  # reflow trains phase by phase; the benches move total_steps
-    if r.preset.training.mode == "rl":
-        r.status("training", f"Supervised warmup: steps {r.step + 1}-{end} on the dataset, then RL to step "
-                             f"{r.total_steps}")
-    elif r.reflow_iteration is None:
-        r.status("training", f"Training {r.total_steps} steps from step {r.step}")
+    now = max(i for i, phase in enumerate(phases) if phase.begun(r))
+    # looked up now, not at import: a test's stand-in for report_step applies to every phase
+    this_loop = Loop(train=loop, report_step=report_step, at_boundary=at_boundary, save_checkpoint=save_checkpoint)
+    for phase in phases[now:]:
+        r.phase = phase
+        outcome = phase.train(r, this_loop)
+        if outcome != "done":
+            return outcome
+    return "done"
+
+
+def loop(r: Run, end: int) -> str:
+    """Optimizer steps over r.batches until step `end` (at most total_steps: the benches move it); 'done', or
+    'stopped' when control/stop asked for it."""
+    per_step = r.preset.training.grad_accum * r.processes.world  # batches per step, over all GPUs
+    end = min(end, r.total_steps)
     while r.step < end:
         batches = r.epoch_batches()
         group = batches[r.cursor:r.cursor + per_step]
@@ -197,16 +153,10 @@ def optimizer_step(r: Run, group: list[list[int]]) -> float:
     trained = [m for comp, modules in r.trainables.items() if r.optim.trainable(comp) for m in modules]
     for k, (number, indices) in enumerate(mine):
         with r.processes.training_forward(r.comps, trained, last_micro_batch=k == len(mine) - 1):
-            if r.mode is not None:  # another training mode (the VAE's): its own losses and backward passes
-                batch = r.batches(indices, r.epoch, r.cursor + number)
-                loss = r.mode.backward(r, batch, len(mine))
-            else:
-                with r.accelerator.autocast():
-                    batch = r.batches(indices, r.epoch, r.cursor + number)
-                    loss = batch_loss(r, batch)
-                r.accelerator.backward(loss / len(mine))
+            loss, batch_files = r.phase.backward(
+                r, lambda: r.batches(indices, r.epoch, r.cursor + number), len(mine))  # noqa: B023 - called now
         losses.append(loss.detach())
-        files.append(batch["files"])
+        files.append(batch_files)
     values = r.processes.all_losses(torch.stack(losses).float(), r.accelerator).tolist()  # the step's one sync
     if not all(math.isfinite(v) for v in values):  # before the optimizer step: the weights keep their last values
         files = [f for process_files in r.processes.gather(files) for f in process_files]
@@ -224,32 +174,10 @@ def optimizer_step(r: Run, group: list[list[int]]) -> float:
     return mean
 
 
-def batch_loss(r: Run, batch: dict) -> torch.Tensor:
-    """Weighted MSE between the prediction and the objective's target, per sample then averaged."""
-    from engine.training.objectives import offset_noise
-
-    training = r.preset.training
-    x0 = batch["latents"].to(r.device, torch.float32)  # the noising math in fp32; only the model runs in half
-    if "noise" in batch:  # reflow: the noise each x0 was generated from (engine/training/reflow.py)
-        noise = batch["noise"].to(r.device, torch.float32)
-    else:
-        noise = torch.randn(x0.shape, generator=r.noise_gen, device=r.device)
-        noise = offset_noise(noise, training.noise_offset, r.noise_gen)
-    t = r.objective.sample_t(len(x0), r.noise_gen, r.device, image_tokens=x0.shape[-2] * x0.shape[-1] // 4)
-    x_t = r.objective.add_noise(x0, noise, t).to(r.weight_dtype)
-    pred = r.family.predict(r.comps, x_t, t, batch["cond"], batch["size_cond"])
-    target = r.objective.target(x0, noise, t)
-    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=tuple(range(1, x0.dim())))
-    weight = batch["loss_weight"].float()
-    if training.min_snr_gamma > 0:
-        weight = weight * r.objective.min_snr_weight(t, training.min_snr_gamma).float()
-    return (per_sample * weight).mean()
-
-
 def report_step(r: Run, loss: float, seconds: float) -> None:
     r.s_per_it = seconds if r.s_per_it == 0 else 0.9 * r.s_per_it + 0.1 * seconds  # smoothed for a steady ETA
     vram = round(torch.cuda.max_memory_allocated() / 2**30, 2) if r.device == "cuda" else None
-    # a mode's loss terms (the VAE's), read from the device in one sync
+    # a phase's loss terms (the VAE's, RL's), read from the device in one sync
     values = torch.stack([v.float() for v in r.step_extras.values()]).tolist() if r.step_extras else []
     extras = {name: round(value, 6) for name, value in zip(r.step_extras, values)}
     r.emit("step", step=r.step, total_steps=r.total_steps, epoch=r.epoch + (1 if r.cursor else 0), loss=loss,
@@ -288,70 +216,6 @@ def boundary_plan(r: Run, epoch_ended: bool) -> dict:
             "sample": not stop and ("sample_now" in asked or (not last and every > 0 and r.step % every == 0))}
 
 
-def finish(r: Run, outcome: str) -> None:
-    """The samples and LoRA files of the last step, the state, and `done` (a stopped run has said `stopped`)."""
-    if outcome == "stopped":
-        return
-    if outcome == "finished before":
-        r.status("done", f"This run had already finished at step {r.step}; its files are in {r.run_dir}")
-        r.emit("done", step=r.step)
-        return
-    render_samples(r, final=True)
-    if r.best is not None:
-        validate(r)
-    if r.processes.is_main:
-        save_network(r, r.run_dir, r.preset.output.run_name)
-    save_resume_state(r)
-    r.emit("done", step=r.step)
-
-
-# --------------------------------------------------------------------------------------------------- saving
-
-def save_checkpoint(r: Run) -> None:
-    """A numbered checkpoint in checkpoints/ with its own resume state (the oldest beyond keep_last go), plus the
-    latest resume state in state/."""
-    output = r.preset.output
-    folder = r.run_dir / "checkpoints"
-    stem = ckpt.checkpoint_stem(output.run_name, r.step)
-    if r.processes.is_main:
-        save_network(r, folder, stem)
-    save_resume_state(r)
-    if r.processes.is_main:
-        ckpt.keep_state_with(folder, stem, r.run_dir / "state" / ckpt.STATE_FILE)
-        ckpt.prune(folder, output.run_name, output.keep_last)
-    r.cadence.saved()
-
-
-def save_resume_state(r: Run) -> None:
-    """state/ (main process), with every process's random state: a resumed multi-GPU run draws the same noise."""
-    rngs = r.processes.gather(ckpt.rng_state(r.noise_gen))
-    if r.processes.is_main:
-        ckpt.save_state(r.run_dir / "state", resume_state(r, rngs))
-
-
-def save_network(r: Run, folder: Path, stem: str) -> None:
-    """The trained network (its EMA when on) in every output format, each file self-checked."""
-    if r.mode is not None:
-        r.mode.save(r, folder, stem)
-        return
-    r.status("saving", f"Saving {stem}")
-    pipeline = r.family.pipeline(r.comps)
-    if r.comps.extra.get("rectified_flow"):
-        from engine.models.families.sd.unet_flow import write_sampling_note
-
-        write_sampling_note(folder, stem)
-    # the self-check loads the file where each module is: idle ones stay in CPU RAM (FLUX's T5 would not fit)
-    with (r.ema.applied() if r.ema else contextlib.nullcontext()):
-        if r.preset.network.type == "full":
-            r.emit("saved", path=str(ckpt.export_full(folder, stem, pipeline)), format="diffusers-folder",
-                   step=r.step)
-            return
-        text_encoders = {name: te for name, te in zip(r.family.text_encoder_names, r.comps.text_encoders)}
-        for path, fmt in ckpt.export_lora(folder, stem, r.preset.output.formats, r.comps.denoiser, text_encoders,
-                                          pipeline, export_info(r), r.preset.output.save_precision):
-            r.emit("saved", path=str(path), format=fmt, step=r.step)
-
-
 def validation_due(r: Run, saving: bool) -> bool:
     """validation.every_n_steps, or (0) with every checkpoint save; never without a validation split."""
     if r.best is None:
@@ -362,144 +226,52 @@ def validation_due(r: Run, saving: bool) -> bool:
 
 def validate(r: Run) -> None:
     """The held-out loss; a new best (among the K lowest) is saved to checkpoints/best/ under its loss."""
-    from engine.training.validation import validation_loss
-
     r.status("validating", f"Validation loss at step {r.step}")
-    measure = r.mode.validation_loss if r.mode is not None else validation_loss
-    loss = measure(r) if r.processes.is_main else None
+    loss = r.phase.validation_loss(r) if r.processes.is_main else None
     loss = r.processes.same_everywhere(loss)  # every GPU's ReduceLROnPlateau must take the same decision
     r.optim.observe_validation(loss)
     if not r.processes.is_main:
         return
     if r.best.admits(loss):
         stem = r.best.stem(r.preset.output.run_name, r.epoch + (1 if r.cursor else 0), r.step, loss)
-        save_network(r, r.best.folder, stem)
+        r.phase.save(r, r.best.folder, stem)
         r.best.add(loss, r.step, stem)
     r.emit("val", step=r.step, val_loss=loss, best=r.best.best)
 
 
-def export_info(r: Run):
-    from engine.data.samples import tag_frequency
-    from engine.models.families.base import by_prediction
-    from engine.models.lora_export import LoraExportInfo
-
-    d = r.preset.dataset
-    prediction = {"v_prediction": "v"}.get(r.objective.name, r.objective.name) if r.family.writes_prediction_type else ""
-    return LoraExportInfo(
-        title=r.preset.output.run_name,  # a rectified flow on SD2-v: prediction flow, the v model's base version
-        base_model_version=by_prediction(r.family.kohya_base_model, r.objective.name, r.comps.prediction_type),
-        architecture=by_prediction(r.family.modelspec_architecture, r.comps.extra.get("variant", ""),
-                                   r.objective.name, r.comps.prediction_type), prediction_type=prediction,
-        implementation=r.family.modelspec_implementation, training_started_at=r.started_at,
-        resolution_px=(d.resolution_px, d.resolution_px), text_encoder_names=r.family.text_encoder_names,
-        # sd-scripts counts the epoch being trained from 1: a run stopped inside its first epoch says 1
-        steps=r.step, epoch=r.epoch + (1 if r.cursor else 0), tag_frequency=tag_frequency(r.samples, d.path),
-        base_model_name=Path(r.preset.model.path).name, trigger_phrase=d.trigger,
-        kohya_unet_names=r.family.kohya_unet_names,
-        extra={"ss_seed": str(r.preset.training.seed), "ss_learning_rate": str(r.preset.optimizers["unet"].lr),
-               "ss_v_parameterization": str(r.objective.name == "v_prediction")})
+def finish(r: Run, outcome: str) -> None:
+    """The samples and files of the last step, the state, and `done` (a stopped run has said `stopped`)."""
+    if outcome == "stopped":
+        return
+    if outcome == "finished before":
+        r.status("done", f"This run had already finished at step {r.step}; its files are in {r.run_dir}")
+        r.emit("done", step=r.step)
+        return
+    render_samples(r, final=True)
+    if r.best is not None:
+        validate(r)
+    if r.processes.is_main:
+        r.phase.save(r, r.run_dir, r.preset.output.run_name)
+    save_resume_state(r)
+    r.emit("done", step=r.step)
 
 
-def resume_state(r: Run, rngs: list[dict]) -> dict:
-    """`rngs`: every process's random state, the main process's first."""
-    return {"step": r.step, "epoch": r.epoch, "cursor": r.cursor, "total_steps": r.total_steps,
-            "started_at": r.started_at, "network": network_shape(r.preset.network),
-            "samples": len(r.dataset_samples or r.samples),
-            "weights": ckpt.trained_weights(named_trainables(r), r.trained_names),
-            "reflow_iteration": r.reflow_iteration,
-            "phase_state": {name: part.state_dict() if hasattr(part, "state_dict") else part
-                            for name, part in r.phase_state.items()},
-            "optim": r.optim.state_dict(), "rng": rngs[0], "rng_processes": rngs if len(rngs) > 1 else None,
-            "ema": r.ema.state_dict() if r.ema else None, "best": r.best.state_dict() if r.best else None}
+def save_checkpoint(r: Run) -> None:
+    """A numbered checkpoint in checkpoints/ with its own resume state (the oldest beyond keep_last go), plus the
+    latest resume state in state/."""
+    output = r.preset.output
+    folder = r.run_dir / "checkpoints"
+    stem = ckpt.checkpoint_stem(output.run_name, r.step)
+    if r.processes.is_main:
+        r.phase.save(r, folder, stem)
+    save_resume_state(r)
+    if r.processes.is_main:
+        ckpt.keep_state_with(folder, stem, r.run_dir / "state" / ckpt.STATE_FILE)
+        ckpt.prune(folder, output.run_name, output.keep_last)
+    r.cadence.saved()
 
 
 def render_samples(r: Run, final: bool = False) -> None:
-    """Sample images with the current weights (engine.sampling.render renders them); a sample event per image.
-    The final samples add the evaluation prompts file's."""
-    from engine.sampling.prompts import read_prompts_file
-
-    if not r.processes.is_main:
-        return
-    if r.mode is not None:  # the VAE's reconstructions
-        r.mode.render_samples(r, final)
-        return
-    sampling = r.preset.sampling
-    prompts = list(sampling.prompts) + (read_prompts_file(sampling.eval_prompts_file) if final else [])
-    if not prompts:
-        return
-    r.status("sampling", f"Rendering {len(prompts)} prompt(s) at step {r.step}")
-    started = time.perf_counter()
-    size = (sampling.width_px or r.preset.dataset.resolution_px, sampling.height_px or r.preset.dataset.resolution_px)
-    if not r.family.caps.base_model:  # no diffusers pipeline (the DiT): engine/sampling/scratch.py
-        results = render_family_samples(r, prompts, size)
-    else:
-        results = render_pipeline_samples(r, prompts, size)
-    if r.score_samples is not None:  # RL: each sample's reward beside it
-        r.score_samples(results)
-    for result in results:
-        r.emit("sample", **result)
-    # training s/it never includes this: the step timer stops before at_boundary
-    r.status("sampling", f"{len(results)} sample(s) in {time.perf_counter() - started:.1f} s", seconds=round(
-        time.perf_counter() - started, 2))
-
-
-def render_family_samples(r: Run, prompts: list[str], size: tuple[int, int]) -> list[dict]:
-    """A model without a pipeline (the DiT): its EMA weights when on; the global RNG is left as it was, so a
-    resumed run draws what an uninterrupted one does."""
-    from engine.sampling.render import save_samples
-    from engine.sampling.scratch import render
-
-    sampling = r.preset.sampling
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []), \
-            (r.ema.applied() if r.ema else contextlib.nullcontext()), whole_model_on_device(r):
-        images = render(r.family, r.comps, prompts, sampling, sampling.seed, size)
-    return save_samples(images, prompts, sampling, size, r.run_dir / "samples", r.step,
-                        extra_info={"Model": r.family.name, "Run": r.preset.output.run_name})
-
-
-def render_pipeline_samples(r: Run, prompts: list[str], size: tuple[int, int]) -> list[dict]:
-    """The family's diffusers pipeline, at every LoRA strength (engine/sampling/render.py), with the EMA weights
-    when on: the samples show what the saved files hold."""
-    from engine.sampling.render import sample_images
-
-    sampling = r.preset.sampling
-    cond = r.comps.extra.get("prompt_cond")
-    cond = cond if cond and all(p in cond for p in prompts) else None
-    with whole_model_on_device(r, text_encoders=cond is None), vae_in_pipeline_dtype(r), torch.no_grad(), \
-            (r.ema.applied() if r.ema else contextlib.nullcontext()):
-        results = sample_images(
-            r.family.pipeline(r.comps), prompts, sampling.negative_prompt, sampling.seed, sampling.steps,
-            sampling.guidance_scale, size[0], size[1], sampling.strengths, r.run_dir / "samples", r.step,
-            extra_info={"Model": Path(r.preset.model.path).name, "LoRA": r.preset.output.run_name},
-            # a flow model's default is flow Euler already (FLUX's, or use_flow_sampler's for a UNet)
-            sampler=None if sampling.sampler == "default" or r.objective.name == "flow" else sampling.sampler,
-            max_sequence_length=r.comps.extra.get("max_sequence_length", 77), prompt_cond=cond)
-    return results
-
-
-@contextlib.contextmanager
-def vae_in_pipeline_dtype(r: Run):
-    """The pipelines decode with the VAE in the denoiser's dtype (SDXL's upcasts an fp16 VAE itself when its config
-    says so); a VAE kept in fp32 for encoding (vae_fp32) joins that dtype while sampling, then goes back."""
-    vae, dtype = r.comps.vae, r.comps.denoiser.dtype
-    if vae.dtype == dtype:
-        yield
-        return
-    vae.to(dtype)
-    try:
-        yield
-    finally:
-        vae.to(r.comps.vae_dtype)
-
-
-@contextlib.contextmanager
-def whole_model_on_device(r: Run, text_encoders: bool = True):
-    """Sampling and the LoRA self-check need every module on the device for a moment (the text encoders not when
-    the sample prompts are encoded already)."""
-    for module in idle_modules(r):
-        if text_encoders or module is r.comps.vae:
-            module.to(r.device)
-    try:
-        yield
-    finally:
-        park_idle(r)
+    """The phase's samples (the main process renders them); the final samples add the evaluation prompts file's."""
+    if r.processes.is_main:
+        r.phase.render_samples(r, final)

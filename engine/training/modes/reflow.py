@@ -14,6 +14,11 @@ the flow (fewer sampling steps give the same image).
 
 The pairs come from the model's conditional ODE without classifier-free guidance (as Liu et al. generate them).
 Every family whose objective is flow can reflow: the generation calls the family's predict, as training does.
+
+REFLOW is the phase after the denoiser's (modes/__init__.py chooses it when training.reflow_steps > 0): its steps
+are the loop's, on the pairs (whose batches bring their noise: modes/denoiser.py's batch_loss takes it), and it
+saves, validates and samples as the denoiser's phase does. setup_reflow sets the run up with the reflow steps in its
+LR schedule.
 """
 from __future__ import annotations
 
@@ -24,7 +29,12 @@ import torch
 
 from engine.atomic import atomic_write
 from engine.data.plan import reflow_steps_per_iteration as steps_per_iteration
+from engine.data.plan import total_reflow_steps
 from engine.data.samples import Sample
+from engine.failures import UserError
+from engine.training.modes import denoiser
+from engine.training.modes.phase import Loop, Phase
+from engine.training.setup import setup
 
 REFLOW_DIR = "reflow"
 DEFAULT_SAMPLE_STEPS = 50  # EveryDream2: reflow_sample_steps 0 -> sample_steps, and 0 there too -> 50
@@ -138,9 +148,9 @@ def straightness(r, iteration: int) -> float:
     return (one - many).square().mean().item()
 
 
-def run_reflow(r, train_until) -> str:
+def train_reflow(r, loop: Loop) -> str:
     """Every reflow iteration from r.reflow_iteration (a resumed run continues inside its iteration); returns
-    'done' or 'stopped'. train_until(r) is the loop's training of r.batches until r.phase_end (the iteration's)."""
+    'done' or 'stopped'. loop.train(r, end) trains r.batches (the iteration's pairs) until the iteration's end."""
     training = r.preset.training
     per_iteration = steps_per_iteration(training, r.processes.world)
     first = r.reflow_iteration or 0
@@ -156,9 +166,33 @@ def run_reflow(r, train_until) -> str:
         r._epoch_cache = {}
         r.status("reflow", f"reflow {k + 1}/{training.reflow_steps}: training {per_iteration} steps on "
                            f"{len(pairs)} pairs")
-        if train_until(r) == "stopped":
+        if loop.train(r, r.main_steps + (k + 1) * per_iteration) == "stopped":
             return "stopped"
     r.samples, r.batches = r.dataset_samples, r.dataset_batches
     r.emit("reflow", iteration=training.reflow_steps, straightness=straightness(r, training.reflow_steps),
            before=False)
     return "done"
+
+
+def reflow_begun(r) -> bool:
+    """A run resumed inside a reflow iteration goes on there (its batches are that iteration's pairs)."""
+    return r.reflow_iteration is not None
+
+
+def reflow_run_steps(preset, objective_name: str, dataset_steps: int, processes: int) -> tuple[int, int]:
+    """(the denoiser phase's steps, the run's): the LR schedule spans the reflow iterations too. Reflow straightens
+    a flow: another objective (training.objective auto on an epsilon model) is refused before training."""
+    if objective_name != "flow":
+        raise UserError(f"training.reflow_steps: reflow straightens a flow, and this run trains {objective_name}.",
+                        "Set training.objective: flow (on a v-prediction base), or training.reflow_steps: 0.")
+    return dataset_steps, dataset_steps + total_reflow_steps(preset.training, processes)
+
+
+def setup_reflow(run_dir: Path, preset, events, resume):
+    """The denoiser's run set up for its reflow iterations after the dataset's steps."""
+    return setup(run_dir, preset, events, resume, phase_steps=reflow_run_steps)
+
+
+REFLOW = Phase(name="reflow", begun=reflow_begun, train=train_reflow, backward=denoiser.backward,
+               save=denoiser.save_network, validation_loss=denoiser.validation_loss,
+               render_samples=denoiser.render_samples)

@@ -8,22 +8,21 @@ trick, with the run's noise generator, so a resume draws the same), KL the poste
 per latent value; kl_weight rises linearly from 0 to kl_beta over kl_warmup_steps. vae.part decoder trains the
 decoder only (the encoder's latents, which a denoiser was trained on, stay the same).
 
-The loop is engine/training/loop.py's, unchanged: this module gives the Run its setup and a VAE_MODE record with
-the four things that differ (a micro-batch's backward passes, the samples: reconstructions beside the originals,
-the saved files: engine/models/vae_export.py, and the validation loss: the reconstruction of the held-out images
-from the posterior mean).
+The loop is engine/training/loop.py's, unchanged: this module gives the Run its setup (setup_vae) and the VAE
+phase with what differs (a micro-batch's backward passes, the samples: reconstructions beside the originals, the
+saved files: engine/models/vae_export.py, and the validation loss: the reconstruction of the held-out images from
+the posterior mean).
 """
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 from engine.failures import UserError
+from engine.training.modes.phase import Phase, from_the_start, train_dataset
 
 SAMPLE_IMAGES = 4  # reconstructions shown when vae.test_images is empty
 
@@ -108,7 +107,10 @@ def setup_vae(run_dir: Path, preset, events, resume):
     from engine.models.discriminator import PatchDiscriminator
     from engine.models.families.base import Components
     from engine.training import checkpoints as ckpt
-    from engine.training.setup import Run, begin, make_accelerator, make_optimizer_set, named_trainables, restore
+    from engine.training.optimizer_setup import make_accelerator, make_optimizer_set
+    from engine.training.resume import restore
+    from engine.training.run_state import Run, named_trainables
+    from engine.training.setup import begin
 
     processes, device, mixed, _, family = begin(preset, events, resume)
     training, v = preset.training, preset.validation
@@ -152,7 +154,8 @@ def setup_vae(run_dir: Path, preset, events, resume):
     r = Run(run_dir=run_dir, preset=preset, events=events, family=family, comps=comps, objective=None,
             trainables=trainables, params=params, optim=optim, accelerator=accelerator, batches=source,
             samples=train, noise_gen=torch.Generator(device=device).manual_seed(training.seed + processes.rank),
-            total_steps=total, device=device, weight_dtype=torch.float32, processes=processes, mode=VAE_MODE)
+            total_steps=total, device=device, weight_dtype=torch.float32, processes=processes, phase=VAE,
+            main_steps=total)
     r.cadence = ckpt.Cadence(preset.output)
     r.trained_names = ckpt.trainable_names(named_trainables(r))
     if training.ema.enabled:
@@ -186,12 +189,13 @@ def frozen(module: nn.Module):
             p.requires_grad_(flag)
 
 
-def vae_backward(r, batch: dict, micro_batches: int) -> torch.Tensor:
-    """One micro-batch: the VAE's loss and backward, then (vae.gan) the discriminator's; the VAE's loss returned
-    (detached). The loss terms of the step are kept for its step event (r.step_extras)."""
+def vae_backward(r, load_batch, micro_batches: int) -> tuple[torch.Tensor, list]:
+    """One micro-batch: the VAE's loss and backward, then (vae.gan) the discriminator's; the VAE's loss (detached)
+    and the batch's files returned. The loss terms of the step are kept for its step event (r.step_extras)."""
     from engine.models.discriminator import hinge_d_loss, hinge_g_loss
 
     cfg = r.preset.vae
+    batch = load_batch()
     x = batch["latents"].to(r.device, torch.float32)
     step_module = r.comps.extra["vae_step"]
     critic = r.trainables["discriminator"][0] if cfg.gan else None
@@ -215,7 +219,7 @@ def vae_backward(r, batch: dict, micro_batches: int) -> torch.Tensor:
         r.accelerator.backward(d_loss / micro_batches)
         extras.update(adv_loss=adv.detach(), d_loss=d_loss.detach())
     r.step_extras = extras
-    return loss.detach()
+    return loss.detach(), batch["files"]
 
 
 # --------------------------------------------------------------------------------------------------- validation
@@ -304,14 +308,5 @@ def save_vae_files(r, folder: Path, stem: str) -> None:
             r.emit("saved", path=str(path), format=fmt, step=r.step)
 
 
-@dataclass(frozen=True)
-class Mode:
-    """What a training mode does differently from the denoiser's (engine/training/loop.py reads r.mode)."""
-    backward: Callable         # (r, batch, micro_batches) -> the micro-batch's loss, after its backward passes
-    render_samples: Callable   # (r, final) -> None, emitting `sample` events
-    save: Callable             # (r, folder, stem) -> None, emitting `saved` events
-    validation_loss: Callable  # (r) -> float
-
-
-VAE_MODE = Mode(backward=vae_backward, render_samples=render_reconstructions, save=save_vae_files,
-                validation_loss=vae_validation_loss)
+VAE = Phase(name="vae", begun=from_the_start, train=train_dataset, backward=vae_backward, save=save_vae_files,
+            validation_loss=vae_validation_loss, render_samples=render_reconstructions)
