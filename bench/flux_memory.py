@@ -6,14 +6,14 @@ engine/models/families/flux/memory.py).
 
 CPU (a minute, ~6 GB of RAM): the model has FLUX.1's widths (hidden 3072, 24 heads, T5 4096, CLIP 768, 64 input
 channels) but 2 + 2 blocks. Prints its parameter memory in bf16 and after engine.models.base_storage.store_in_fp8
-(the ratio), fit.py's prediction of both from the same tensor shapes, and the activations a double and a single block
-save for backward (saved-tensor hooks, LoRA rank 16 on the engine's default targets, bf16 autocast) against fit.py's
+(the ratio), fit's prediction of both from the same tensor shapes, and the activations a double and a single block
+save for backward (saved-tensor hooks, LoRA rank 16 on the engine's default targets, bf16 autocast) against fit's
 per-token units.
 
 --gpu (about 6 minutes on an H200; nothing downloaded): FLUX.1-dev built on the meta device and materialized on the
 GPU with random weights; LoRA rank 16 on the engine's targets; gradient checkpointing; packed latents of the right
 token count and random T5/CLIP states (512 tokens). For a bf16 reference and each tier's settings (below) at 512 and
-1024 px: a few AdamW steps, s/it, torch.cuda.max_memory_allocated and _reserved, the tier's budget and fit.py's
+1024 px: a few AdamW steps, s/it, torch.cuda.max_memory_allocated and _reserved, the tier's budget and fit's
 prediction, with the ratio. Block swap is the engine's (engine/models/block_swap.py); adamw8bit needs bitsandbytes
 (without it AdamW runs and the prediction is for AdamW). The device machine has no diffusers: carry it as a wheel
 (bench-only), e.g. `pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl diffusers==0.42.1
@@ -90,7 +90,7 @@ def add_engine_lora(model, modulation: bool = False) -> list:
 
 
 def tensors_of(model) -> dict:
-    """fit.py's view of a module: {name: (shape, dtype)} of its base weights (LoRA layers left out)."""
+    """fit's view of a module: {name: (shape, dtype)} of its base weights (LoRA layers left out)."""
     names = {torch.bfloat16: "BF16", torch.float32: "F32", torch.float8_e4m3fn: "F8_E4M3"}
     return {k.replace(".base_layer", ""): (tuple(v.shape), names[v.dtype]) for k, v in model.state_dict().items()
             if "lora_" not in k}
@@ -155,7 +155,7 @@ def cpu_report() -> None:
     store_in_fp8(model, torch.bfloat16)
     fp8 = param_bytes(model)
     rows = [("bf16", bf16, predicted["none"]), ("fp8 (store_in_fp8)", fp8, predicted["fp8"])]
-    print(f"{'storage':20} {'measured GB':>12} {'fit.py GB':>10} {'ratio':>6}")
+    print(f"{'storage':20} {'measured GB':>12} {'fit GB':>10} {'ratio':>6}")
     for name, measured, pred in rows:
         print(f"{name:20} {measured / GB:12.3f} {pred / GB:10.3f} {measured / pred:6.3f}")
     print(f"fp8 / bf16: {fp8 / bf16:.3f} measured, {predicted['fp8'] / predicted['none']:.3f} predicted "
@@ -163,9 +163,9 @@ def cpu_report() -> None:
     doubles = [v for k, v in units.items() if k.startswith("transformer_blocks")]
     singles = [v for k, v in units.items() if k.startswith("single_transformer_blocks")]
     print(f"saved activations per token, units of hidden x 2 B (1024 image + 128 text tokens, LoRA rank {RANK}):")
-    print(f"  double block {sum(doubles) / len(doubles):.2f} (fit.py {flux_memory.FLUX_DOUBLE_UNITS}), single block "
-          f"{sum(singles) / len(singles):.2f} (fit.py {flux_memory.FLUX_SINGLE_UNITS}), outside the blocks "
-          f"{units.get('outside', 0):.2f} (fit.py {flux_memory.FLUX_OUTSIDE_UNITS})")
+    print(f"  double block {sum(doubles) / len(doubles):.2f} (fit {flux_memory.FLUX_DOUBLE_UNITS}), single block "
+          f"{sum(singles) / len(singles):.2f} (fit {flux_memory.FLUX_SINGLE_UNITS}), outside the blocks "
+          f"{units.get('outside', 0):.2f} (fit {flux_memory.FLUX_OUTSIDE_UNITS})")
 
 
 # ------------------------------------------------------------------------------------------------ GPU
@@ -252,7 +252,7 @@ def gpu_report(steps: int, resolutions: list[int], device: str = "cuda", blocks:
                    f"{measured['allocated'] / predicted.allocated_gb:10.2f} {predicted.phases['training']:9.2f}")
             print(row, flush=True)
             rows.append(row)
-    print("allocated = torch.cuda.max_memory_allocated (GB = 2**30); predicted = fit.py's allocated_gb (the same "
+    print("allocated = torch.cuda.max_memory_allocated (GB = 2**30); predicted = fit's allocated_gb (the same "
           "quantity); '+ctx pred' adds the CUDA context and allocator slack: compare it with the budget")
 
 

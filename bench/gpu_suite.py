@@ -62,7 +62,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 BUDGET_S = 450.0          # 7.5 minutes: the GPU session is 15 minutes, start-up and one rerun included
-CUDA_CONTEXT_GB = 0.6     # on the card but outside torch's allocator (engine/models/fit.py's figure)
+CUDA_CONTEXT_GB = 0.6     # on the card but outside torch's allocator (engine/models/fit/'s figure)
 GB = 2**30
 
 # Dense bf16 tensor-core peaks, TFLOP/s, by torch.cuda.get_device_name (first match wins; NVIDIA's spec sheets).
@@ -431,7 +431,7 @@ SDXL_TINY = dict(SDXL_UNET, sample_size=16, block_out_channels=(32, 64, 64), lay
                  attention_head_dim=(2, 4, 4), transformer_layers_per_block=(1, 1, 2), cross_attention_dim=32 + 48,
                  addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 48)
 # FluxTransformer2DModel's defaults are FLUX.1's widths, but schnell's guidance_embeds=False: dev has the guidance
-# embedding (11,901,408,320 parameters, engine/models/fit.py's figure)
+# embedding (11,901,408,320 parameters, engine/models/fit/'s figure)
 FLUX_TRANSFORMER = dict(guidance_embeds=True)
 FLUX_TINY = dict(num_layers=2, num_single_layers=4, attention_head_dim=16, num_attention_heads=2,
                  joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 4, 8))
@@ -735,7 +735,7 @@ def predicted_peak_gb(preset) -> float | None:
         from engine.models import fit
 
         return float(fit.estimate(fit.model_sizes(preset.model), fit.fit_settings(preset)).allocated_gb)
-    except Exception:  # noqa: BLE001 - another helper is writing fit.py: missing or changed means "n/a"
+    except Exception:  # noqa: BLE001 - another helper is writing fit: missing or changed means "n/a"
         return None
 
 

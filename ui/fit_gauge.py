@@ -4,7 +4,7 @@
     fit_gauge.wire(form, parts)               # redraws on every edit of a key in GAUGE_KEYS and on a tier change
     html = fit_gauge.gauge_html(preset, 16.0) # "≈ 14.8 GB of 16 GB", the parts, and when over, the ways to fit
 
-The numbers are engine/models/fit.py's (torch-free: safetensors headers, or the real models' sizes for a Hub id).
+The numbers are engine/models/fit/'s (torch-free: safetensors headers, or the real models' sizes for a Hub id).
 The tiers are presets/flux-lora-<N>gb.yaml: the files are the one table of their settings.
 """
 from __future__ import annotations
@@ -84,7 +84,7 @@ GAUGE_CSS = """
 class Tier:
     name: str               # "24 GB"
     file: Path
-    budget_gb: float        # the card's VRAM the tier is made for (GB = 2**30 bytes, as fit.py counts)
+    budget_gb: float        # the card's VRAM the tier is made for (GB = 2**30 bytes, as fit counts)
     values: dict            # preset key -> value, for TIER_KEYS and OPTIMIZER_KEYS
 
 
@@ -206,7 +206,7 @@ def _box(kind: str, body: str) -> str:
 
 
 def message_html(text: str) -> str:
-    """The gauge without an estimate: why (an invalid form, a family fit.py does not know)."""
+    """The gauge without an estimate: why (an invalid form, a family fit does not know)."""
     return _box("unknown", f'<div class="easel-fit-head">{html.escape(text)}</div>')
 
 
@@ -225,7 +225,7 @@ def gauge_html(preset, budget_gb: float | None, gpu_name: str | None = None) -> 
         fit = estimate(sizes, settings)
         over = budget_gb is not None and fit.phases["training"] > budget_gb
         options = advice(sizes, settings, budget_gb) if over else []
-    except Exception as exc:  # noqa: BLE001 - the gauge redraws on every edit: a gap in fit.py must not break the form
+    except Exception as exc:  # noqa: BLE001 - the gauge redraws on every edit: a gap in fit must not break the form
         return message_html(f"No memory estimate ({type(exc).__name__}: {exc}).")
     kind = _verdict(fit, budget_gb)
     lines = [_head(fit, budget_gb, gpu_name, kind), _bar(fit, budget_gb), _parts(fit)]
@@ -301,7 +301,7 @@ def _advice(fit, options, budget_gb, sizes, settings) -> str:
         lines.append("Training fits; the card is fuller while the captions and images are encoded before it: close "
                      "programs that use the GPU.")
     else:
-        lines.append(f"No memory saver of fit.py is left to turn on{too_small}.")
+        lines.append(f"No memory saver is left to turn on{too_small}.")
     if others:
         lines.append(("Also: " if fitting else "What else saves memory: ") + " · ".join(others))
     return "".join(f'<div class="easel-fit-advice">{line}</div>' for line in lines)
@@ -327,7 +327,7 @@ def _notes(fit, preset) -> str:
     notes = list(fit.notes)
     if preset.training.mode == "rl":
         notes.append("RL fine-tuning also generates images with the model, which this estimate does not count")
-    notes.append(f"an estimate (±{fit.margin:.0%}) from the model's files, by engine/models/fit.py")
+    notes.append(f"an estimate (±{fit.margin:.0%}) from the model's files, by engine/models/fit/")
     return f'<div class="easel-fit-notes">{"<br>".join(html.escape(n) for n in notes)}</div>'
 
 

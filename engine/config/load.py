@@ -5,7 +5,7 @@
 Torch-free; the GUI and the engine both use it. Every problem in a preset is collected and reported at once in a
 ConfigError, one line per problem, each starting with its key path:
 `model.family: 'sdx' is not one of sd15, sd2, sdxl, flux, dit (did you mean 'sdxl'?)`.
-The schema (fields, defaults, help) is schema.py; turning plain data into its dataclasses is convert.py; checks
+The schema (fields, defaults, help) is schema/ (one module per preset section); turning plain data into its dataclasses is convert.py; checks
 across fields are validate.py; writing presets back is save.py.
 """
 from __future__ import annotations

@@ -60,7 +60,7 @@ OPTIMIZER_PARAMS = {
     },
 }
 
-# Schedules: `warmup_steps` and `lr_decay_steps` are common fields of every schedule (engine/config/schema.py).
+# Schedules: `warmup_steps` and `lr_decay_steps` are common fields of every schedule (engine/config/schema/optimizers.py).
 SCHEDULE_PARAMS = {
     "constant": {},
     "constant_with_warmup": {},

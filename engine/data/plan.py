@@ -34,7 +34,7 @@ def total_steps(max_steps: int, max_epochs: int, steps_in_epoch: int) -> int:
 
 def reflow_steps_per_iteration(training, processes: int = 1) -> int:
     """Optimizer steps of one reflow iteration's training: reflow_train_epochs epochs of reflow_gen_batches batches
-    (engine/training/reflow.py)."""
+    (engine/training/modes/reflow.py)."""
     return training.reflow_train_epochs * math.ceil(training.reflow_gen_batches / (training.grad_accum * processes))
 
 

@@ -1,8 +1,9 @@
-"""The models: one record per family in families/ (SD1.x/SD2, SDXL, FLUX.1), loading diffusers folders and single
-files (loading.py; FLUX's ComfyUI files: flux/loading.py, BFL weight names: flux/bfl_names.py), how the frozen base is
-stored (base_storage.py: fp8, int8/nf4) and block swap (block_swap.py), LoRA adapters, export formats and the load
-self-check (lora*.py; FLUX's BFL LoRA names: lora_names.py), "will it fit" from the files' headers (fit.py), LDM key
-conversion (ldm_convert.py), tiny random models for tests and the demo (tiny.py).
+"""The models. One folder per family in families/<name>/ (its capabilities, record, loading, key-name maps, memory
+model, tiny builder, detection; families/__init__.py is the registry), and what families share, taking a family's
+data as arguments: loading diffusers folders and single files (loading.py), how the frozen base is stored
+(base_storage.py: fp8, int8/nf4) and block swap (block_swap.py), LoRA adapters, each family's kohya naming, export
+formats and the load self-check (lora*.py), "will it fit" from the files' headers (fit/), tiny random models for
+tests and the demo (tiny.py, tiny_parts.py).
 
-May import: config, the helpers. Outside families/, no code tests a family's name.
+May import: config, the families' data, the helpers. Outside families/, no code tests a family's name.
 """

@@ -1,7 +1,7 @@
 """The model as an RL policy: its guided prediction at (x_t, t) for a batch of prompts, and the Gaussian step of the
 rollout sampler built on it (engine/rl/steps.py).
 
-    policy = Policy.of(r)                       # from a training Run (engine/training/setup.py)
+    policy = Policy.of(r)                       # from a training Run (engine/training/run_state.py)
     pred = policy.predict(x, t, cond)           # classifier-free guided when rl.guidance_scale > 1 (SD families)
     mean, std = policy.step(x, pred, t, t_prev) # DDIM (DDPM objectives) or Flow-GRPO's SDE (flow objectives)
     x0 = policy.x0(x, pred, t)                  # the clean image the prediction implies

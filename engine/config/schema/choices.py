@@ -4,7 +4,9 @@ Torch-free data; config/validate.py, config/imports/ and the GUI read them too.
 """
 from __future__ import annotations
 
-FAMILIES = ("sd15", "sd2", "sdxl", "flux", "dit")
+from engine.models.families import FOLDERS
+
+FAMILIES = tuple(FOLDERS)   # model.family: the registry's names (a new family is its folder and one line there)
 QUANTIZE_BASE = ("none", "fp8", "int8", "nf4")
 TIMESTEP_SAMPLING = ("uniform", "logit_normal", "sigmoid", "shift", "flux_shift")
 OBJECTIVES = ("auto", "epsilon", "v_prediction", "sample", "flow")

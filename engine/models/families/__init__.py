@@ -6,8 +6,8 @@ A family's folder holds everything that is that family's, in files of fixed name
     memory.py   MEMORY {name: FamilyMemory}        its memory model for "will it fit" (torch-free; optional)
     tiny.py     BUILDERS {name: builder}           its tiny random model for tests and the demo (optional)
     detect.py   family_of_folder / family_of_checkpoint   which family a model on disk is (optional)
-plus its own helpers (key-name maps, single-file loading). Adding a family = a folder + one line in FOLDERS (and
-its name in engine/config/schema.py's FAMILIES and the GUI's list). This module imports no torch: the record's
+plus its own helpers (key-name maps, single-file loading). Adding a family = a folder + one line in FOLDERS (the
+schema's model.family choices, and so the GUI's list, are FOLDERS' names). This module imports no torch: the record's
 modules are imported when a record is asked for.
 """
 from __future__ import annotations
