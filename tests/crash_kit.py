@@ -42,13 +42,13 @@ if moment == "caching":
         return real(*args, **kwargs)
     cache._load_or_encode = slow
 elif moment == "mid-step":
-    import engine.training.loop as loop
-    real = loop.batch_loss
+    import engine.training.modes.denoiser as denoiser
+    real = denoiser.batch_loss
     def slow(r, batch):
         if r.step == 2:
             hang()
         return real(r, batch)
-    loop.batch_loss = slow
+    denoiser.batch_loss = slow
 elif moment in ("checkpoint", "state"):
     import engine.atomic as atomic
     import engine.training.checkpoints as ckpt

@@ -8,7 +8,6 @@ import pytest
 
 from crash_kit import MOMENTS, SETTINGS, broken_files, final_weights, finish, kill_at, same_weights
 from engine.config.load import load_preset
-from engine.demo import prepare
 from engine.events import read_all
 from engine.runs import create_run_dir
 from engine.training import loop as train
@@ -17,9 +16,9 @@ pytestmark = pytest.mark.skipif(os.name == "nt", reason="SIGKILL is a POSIX sign
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, demo_preset):
     root = tmp_path_factory.mktemp("crash")
-    preset = load_preset(prepare(root / "demo"), SETTINGS)
+    preset = load_preset(demo_preset, SETTINGS)
     straight = create_run_dir(preset, root=root / "straight")
     assert train.run(straight) == 0
     return preset, root, final_weights(straight)

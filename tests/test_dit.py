@@ -12,22 +12,17 @@ import torch
 from PIL import Image
 
 from engine.config.load import ConfigError, load_preset
-from engine.demo import COLOURS, SHAPES, draw_shape, make_dataset
+from engine.demo import COLOURS, SHAPES, draw_shape
 from engine.events import read_all
 from engine.runs import PROJECT_ROOT, create_run_dir
 from engine.training import loop as train
+from support.dit import DIT_PRESET as FLOW
+from support.dit import TINY_DIT_RUN
+from support.runs import losses, train_run
 
-TINY = ["model.dit.depth=2", "model.dit.width=64", "model.dit.heads=2", "model.dit.patch_size=4",
-        "dataset.resolution_px=32", "training.batch_size=8", "optimizers.unet.lr=1e-3", "output.save_every_n_steps=0",
-        "sampling.prompts=[]", "training.max_steps=3"]
-FLOW = PROJECT_ROOT / "presets" / "dit-flow-matching.yaml"
+TINY = [*TINY_DIT_RUN, "training.max_steps=3"]
 DDPM = PROJECT_ROOT / "presets" / "dit-ddpm.yaml"
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    """The demo's 16 shape pictures, side by side (conditioning none)."""
-    return make_dataset(tmp_path_factory.mktemp("dit shapes") / "dataset")
+# shapes (tests/conftest.py): the demo's 16 shape pictures, side by side (conditioning none)
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +37,7 @@ def classes(tmp_path_factory):
 
 
 def start(preset, tmp_path, data, *overrides):
-    run_dir = create_run_dir(load_preset(preset, [f"dataset.path={data}", *TINY, *overrides]), root=tmp_path / "runs")
-    code = train.run(run_dir)
-    return run_dir, code, read_all(run_dir / "events.jsonl")
-
-
-def losses(events):
-    return [e["loss"] for e in events if e["kind"] == "step"]
+    return train_run(preset, tmp_path / "runs", f"dataset.path={data}", *TINY, *overrides)
 
 
 @pytest.mark.parametrize("conditioning", ["none", "class"])
@@ -148,11 +137,9 @@ def test_a_lora_on_the_dit_is_refused_naming_network_type(tmp_path):
     assert "network.type" in str(err.value) and "full" in str(err.value)
 
 
-def test_the_dit_trains_on_a_vaes_latents_and_samples_decode_to_pixels(tmp_path, shapes):
+def test_the_dit_trains_on_a_vaes_latents_and_samples_decode_to_pixels(tmp_path, shapes, tiny_model):
     """model.dit.space latent: the tiny SD model's VAE (8x downscale) encodes the images; samples are decoded."""
-    from engine.models.tiny import build_tiny
-
-    model = build_tiny("sd15", tmp_path / "tiny sd", seed=0)
+    model = tiny_model("sd15")
     run_dir, code, events = start(FLOW, tmp_path, shapes, "model.dit.space=latent", f"model.vae_path={model}",
                                   "model.dit.patch_size=2", "training.max_steps=4", "sampling.prompts=[one]",
                                   "sampling.steps=3")

@@ -16,14 +16,13 @@ from engine.data.npz import coordinate_grid, load_arrays
 from engine.events import read_all
 from engine.runs import PROJECT_ROOT, create_run_dir
 from engine.training import loop as train
+from support.dit import DIT_PRESET as FLOW
+from support.dit import TINY_DIT_PX as SIZE
+from support.dit import TINY_DIT_RUN
+from support.runs import errors, losses, train_run
 
-SIZE = 32
-TINY = ["model.dit.depth=2", "model.dit.width=64", "model.dit.heads=2", "model.dit.patch_size=4",
-        f"dataset.resolution_px={SIZE}", "training.batch_size=8", "optimizers.unet.lr=1e-3",
-        "output.save_every_n_steps=0", "sampling.prompts=[]", "training.max_steps=3",
-        "model.dit.conditioning=channels", "model.dit.target_array=target_goal",
-        "model.dit.context_arrays=[robot_image, goal_image]"]
-FLOW = PROJECT_ROOT / "presets" / "dit-flow-matching.yaml"
+TINY = [*TINY_DIT_RUN, "training.max_steps=3", "model.dit.conditioning=channels",
+        "model.dit.target_array=target_goal", "model.dit.context_arrays=[robot_image, goal_image]"]
 
 
 def make_npz_dataset(root, count=16, legacy=False, target_channels=1):
@@ -48,17 +47,7 @@ def scenes(tmp_path_factory):
 
 
 def start(tmp_path, data, *overrides):
-    run_dir = create_run_dir(load_preset(FLOW, [f"dataset.path={data}", *TINY, *overrides]), root=tmp_path / "runs")
-    code = train.run(run_dir)
-    return run_dir, code, read_all(run_dir / "events.jsonl")
-
-
-def losses(events):
-    return [e["loss"] for e in events if e["kind"] == "step"]
-
-
-def errors(events):
-    return [e for e in events if e["kind"] == "error"]
+    return train_run(FLOW, tmp_path / "runs", f"dataset.path={data}", *TINY, *overrides)
 
 
 def test_the_dit_learns_a_target_from_its_context_channels(tmp_path, scenes):

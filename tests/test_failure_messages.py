@@ -12,25 +12,19 @@ import pytest
 from engine import cli
 from engine.captions.captioning import caption_dataset
 from engine.config.load import ConfigError, load_preset
-from engine.demo import prepare
 from run_control import stop_at
 from engine.events import read_all
-from engine.models.tiny import build_tiny
 from engine.runs import create_run_dir
 from engine.training import loop as train
+from support.runs import train_run
 
 QUICK = ["sampling.prompts=[]", "training.max_steps=2", "output.save_every_n_steps=0", "output.formats=[kohya]"]
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return prepare(tmp_path_factory.mktemp("demo"))
-
-
-def run_error(demo, tmp_path, *overrides) -> dict:
-    run_dir = create_run_dir(load_preset(demo, [*QUICK, *overrides]), root=tmp_path / "runs")
-    assert train.run(run_dir) != 0
-    event = read_all(run_dir / "events.jsonl")[-1]
+def run_error(demo_preset, tmp_path, *overrides) -> dict:
+    _, code, events = train_run(demo_preset, tmp_path / "runs", *QUICK, *overrides)
+    assert code != 0
+    event = events[-1]
     assert event["kind"] == "error"
     assert "Traceback" not in event["message"] and "Error:" not in event["message"], event["message"]
     return event
@@ -45,26 +39,26 @@ def test_an_empty_preset_is_refused_not_trained_with_defaults(tmp_path, capsys):
     assert "is empty" in err and "presets/" in err
 
 
-def test_a_learning_rate_of_zero_is_said_out_loud(demo, tmp_path):
-    run_dir = create_run_dir(load_preset(demo, [*QUICK, "optimizers.unet.lr=0"]), root=tmp_path / "runs")
+def test_a_learning_rate_of_zero_is_said_out_loud(demo_preset, tmp_path):
+    run_dir = create_run_dir(load_preset(demo_preset, [*QUICK, "optimizers.unet.lr=0"]), root=tmp_path / "runs")
     assert train.run(run_dir) == 0  # legal: it re-saves a LoRA unchanged (network.init_from); rarely meant
     warnings = [e["message"] for e in read_all(run_dir / "events.jsonl") if e["kind"] == "warning"]
     assert any("optimizers.unet.lr: the learning rate is 0, so this run will not change the unet" in w for w in warnings), warnings
 
 
-def test_a_bad_value_from_an_environment_variable_names_the_variable(demo):
+def test_a_bad_value_from_an_environment_variable_names_the_variable(demo_preset):
     with pytest.raises(ConfigError) as e:
-        load_preset(demo, env={"MAX_STEPS": "abc"})
+        load_preset(demo_preset, env={"MAX_STEPS": "abc"})
     assert "training.max_steps" in str(e.value) and "MAX_STEPS=abc" in str(e.value)
     with pytest.raises(ConfigError) as e:  # the same key from --set: that is what the user typed
-        load_preset(demo, ["training.max_steps=abc"], env={"MAX_STEPS": "5"})
+        load_preset(demo_preset, ["training.max_steps=abc"], env={"MAX_STEPS": "5"})
     assert "MAX_STEPS" not in str(e.value)
 
 
 # ------------------------------------------------------------------------------------------------ the files
-def test_dataset_path_pointing_at_a_file(demo, tmp_path):
-    image = next(Path(load_preset(demo).dataset.path).glob("*.png"))
-    event = run_error(demo, tmp_path, f"dataset.path={image}")
+def test_dataset_path_pointing_at_a_file(demo_preset, tmp_path):
+    image = next(Path(load_preset(demo_preset).dataset.path).glob("*.png"))
+    event = run_error(demo_preset, tmp_path, f"dataset.path={image}")
     assert "is a file, not a folder" in event["message"] and str(image.parent) in event["hint"]
 
 
@@ -73,37 +67,37 @@ def test_captioning_a_folder_that_does_not_exist(tmp_path):
         caption_dataset(tmp_path / "no such folder", model="blip")
 
 
-def test_a_model_folder_without_its_unet(demo, tmp_path):
-    model = shutil.copytree(load_preset(demo).model.path, tmp_path / "model")
+def test_a_model_folder_without_its_unet(demo_preset, tmp_path):
+    model = shutil.copytree(load_preset(demo_preset).model.path, tmp_path / "model")
     shutil.rmtree(model / "unet")
-    event = run_error(demo, tmp_path, f"model.path={model}")
+    event = run_error(demo_preset, tmp_path, f"model.path={model}")
     assert "incomplete" in event["message"] and "unet/" in event["message"]
     assert "download the model" in event["hint"]
 
 
-def test_damaged_weights_are_named(demo, tmp_path):
-    model = shutil.copytree(load_preset(demo).model.path, tmp_path / "model")
+def test_damaged_weights_are_named(demo_preset, tmp_path):
+    model = shutil.copytree(load_preset(demo_preset).model.path, tmp_path / "model")
     weights = next((model / "unet").glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # an interrupted download
-    event = run_error(demo, tmp_path, f"model.path={model}")
+    event = run_error(demo_preset, tmp_path, f"model.path={model}")
     assert weights.name in event["message"] and "not a valid weights file" in event["message"]
     assert "unet/" in event["hint"]
 
 
-def test_the_wrong_family_for_the_model_is_named_from_its_config(demo, tmp_path):
-    sdxl = build_tiny("sdxl", tmp_path / "an sdxl model")
-    event = run_error(demo, tmp_path, f"model.path={sdxl}")  # the demo preset says sd15
+def test_the_wrong_family_for_the_model_is_named_from_its_config(demo_preset, tmp_path, tiny_model):
+    sdxl = tiny_model("sdxl")
+    event = run_error(demo_preset, tmp_path, f"model.path={sdxl}")  # the demo preset says sd15
     assert "is an SDXL model, but model.family is sd15" in event["message"]
     assert "model.family: sdxl" in event["hint"]
     started = [e for e in read_all(next((tmp_path / "runs").iterdir()) / "events.jsonl") if e["kind"] == "status"]
     assert not any("Model loaded" in e["text"] for e in started), "decided before loading the model"
 
 
-def test_a_changed_rank_on_resume_says_what_to_do(demo, tmp_path, monkeypatch):
+def test_a_changed_rank_on_resume_says_what_to_do(demo_preset, tmp_path, monkeypatch):
     from engine.config.load import preset_from_dict
     from engine.config.save import preset_to_dict, save_preset
 
-    run_dir = create_run_dir(load_preset(demo, [*QUICK, "network.rank=8", "training.max_steps=4",
+    run_dir = create_run_dir(load_preset(demo_preset, [*QUICK, "network.rank=8", "training.max_steps=4",
                                                 "output.save_every_n_steps=2"]), root=tmp_path / "runs")
     real = train.report_step
     stop_at(monkeypatch, 2)
@@ -119,7 +113,7 @@ def test_a_changed_rank_on_resume_says_what_to_do(demo, tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------ the disk
-def test_a_read_only_output_folder(demo, tmp_path, monkeypatch, capsys):
+def test_a_read_only_output_folder(demo_preset, tmp_path, monkeypatch, capsys):
     real_mkdir = Path.mkdir
 
     def refuse(self, *args, **kwargs):  # as root, chmod cannot make a folder read-only: refuse like an OS would
@@ -127,27 +121,28 @@ def test_a_read_only_output_folder(demo, tmp_path, monkeypatch, capsys):
             raise PermissionError(errno.EACCES, "Permission denied", str(self))
         return real_mkdir(self, *args, **kwargs)
     monkeypatch.setattr(Path, "mkdir", refuse)
-    assert cli.train([str(demo), "--runs-root", str(tmp_path / "locked"), *sum((["--set", o] for o in QUICK), [])]) == 2
+    assert cli.train([str(demo_preset), "--runs-root", str(tmp_path / "locked"),
+                      *sum((["--set", o] for o in QUICK), [])]) == 2
     err = capsys.readouterr().err
     assert f"Cannot write to {tmp_path / 'locked'}" in err and "choose another output.dir" in err
 
 
-def test_too_little_free_space_is_refused_before_anything_is_written(demo, tmp_path, monkeypatch):
+def test_too_little_free_space_is_refused_before_anything_is_written(demo_preset, tmp_path, monkeypatch):
     import engine.training.disk_space as disk_space
 
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(disk_space.shutil, "disk_usage", lambda p: usage._replace(free=50_000))
-    event = run_error(demo, tmp_path)
+    event = run_error(demo_preset, tmp_path)
     assert "Not enough free disk space" in event["message"] and "0.0 GB free" in event["message"]
     assert "output.keep_last" in event["hint"]
     run_dir = next((tmp_path / "runs").iterdir())
     assert not list((run_dir / "checkpoints").iterdir()) and not list((run_dir / "state").iterdir())
 
 
-def test_a_disk_that_fills_during_a_save_keeps_the_last_good_checkpoint(demo, tmp_path, monkeypatch):
+def test_a_disk_that_fills_during_a_save_keeps_the_last_good_checkpoint(demo_preset, tmp_path, monkeypatch):
     from engine import atomic
 
-    run_dir = create_run_dir(load_preset(demo, [*QUICK, "training.max_steps=4", "output.save_every_n_steps=2"]),
+    run_dir = create_run_dir(load_preset(demo_preset, [*QUICK, "training.max_steps=4", "output.save_every_n_steps=2"]),
                              root=tmp_path / "runs")
     real_write = atomic.atomic_write
 
@@ -168,7 +163,7 @@ def test_a_disk_that_fills_during_a_save_keeps_the_last_good_checkpoint(demo, tm
     assert (run_dir / "demo.safetensors").is_file()
 
 
-def test_a_real_small_filesystem_is_refused_before_the_run_writes_its_saves(demo, tmp_path):
+def test_a_real_small_filesystem_is_refused_before_the_run_writes_its_saves(demo_preset, tmp_path):
     """On a 256 KB tmpfs (where this machine lets root mount one): the free-space check reads the real drive."""
     import os
     import subprocess
@@ -179,7 +174,7 @@ def test_a_real_small_filesystem_is_refused_before_the_run_writes_its_saves(demo
             ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True).returncode:
         pytest.skip("mounting a tmpfs needs root on Linux")
     try:
-        run_dir = create_run_dir(load_preset(demo, QUICK), root=mount)
+        run_dir = create_run_dir(load_preset(demo_preset, QUICK), root=mount)
         assert train.run(run_dir) == 1
         error = read_all(run_dir / "events.jsonl")[-1]
         assert f"Not enough free disk space for this run in {run_dir}" in error["message"]
@@ -188,13 +183,13 @@ def test_a_real_small_filesystem_is_refused_before_the_run_writes_its_saves(demo
         subprocess.run(["umount", str(mount)], capture_output=True)
 
 
-def test_a_hub_folder_without_its_safety_checker_still_trains(demo, tmp_path):
+def test_a_hub_folder_without_its_safety_checker_still_trains(demo_preset, tmp_path):
     """A common way to save 1.2 GB: model_index.json lists a safety_checker the folder does not have."""
-    model = shutil.copytree(load_preset(demo).model.path, tmp_path / "model")
+    model = shutil.copytree(load_preset(demo_preset).model.path, tmp_path / "model")
     index = json.loads((model / "model_index.json").read_text(encoding="utf-8"))
     index["safety_checker"] = ["stable_diffusion", "StableDiffusionSafetyChecker"]
     (model / "model_index.json").write_text(json.dumps(index), encoding="utf-8")
-    run_dir = create_run_dir(load_preset(demo, [*QUICK, f"model.path={model}"]), root=tmp_path / "runs")
+    run_dir = create_run_dir(load_preset(demo_preset, [*QUICK, f"model.path={model}"]), root=tmp_path / "runs")
     assert train.run(run_dir) == 0, read_all(run_dir / "events.jsonl")[-1]
 
 

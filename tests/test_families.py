@@ -11,14 +11,13 @@ import torch
 from engine.config.schema import ModelConfig
 from engine.failures import UserError
 from engine.models.families import capabilities, get_family
-from engine.models.tiny import build_tiny, write_single_file
+from engine.models.tiny import write_single_file
 from engine.training.objectives import make_objective
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny models ü")  # a space and non-ASCII in every path
-    return {name: build_tiny(name, root / name) for name in ("sd15", "sd2", "sdxl")}
+def tiny(tiny_model):  # the session's models: a space and non-ASCII in every path
+    return {name: tiny_model(name) for name in ("sd15", "sd2", "sdxl")}
 
 
 def _load(family, path, **model):

@@ -21,11 +21,12 @@ BF16_1024 = Settings("flux", resolution_px=1024, rank=16, optimizer="adamw")
 
 
 @pytest.fixture(scope="module")
-def tiny_flux(tmp_path_factory):
-    from engine.models.tiny import build_tiny, write_flux_files
+def tiny_flux(tmp_path_factory, tiny_model):
+    """The session's tiny FLUX (read only) and its ComfyUI files and a dataset in this module's own folder."""
+    from engine.models.tiny import write_flux_files
 
     root = tmp_path_factory.mktemp("fit")
-    folder = build_tiny("flux", root / "tiny flux")
+    folder = tiny_model("flux")
     return {"folder": folder, "files": write_flux_files(folder, root / "comfyui"), "root": root}
 
 
@@ -285,14 +286,10 @@ def test_the_dry_run_of_a_flux_preset_shows_the_estimate_and_says_no_gpu_was_fou
 
 
 @pytest.mark.skipif(os.name == "nt", reason="the fake nvidia-smi is a bash script")
-def test_the_dry_run_compares_with_the_free_memory_nvidia_smi_reports(tiny_flux, tmp_path):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    smi = bin_dir / "nvidia-smi"
-    smi.write_text('#!/bin/bash\ncase "$1" in\n  *memory.free*) echo "96 MiB";;\n'
-                   '  *) echo "NVIDIA GeForce RTX 4070 Ti, 581.57, 8.9, 12282 MiB";;\nesac\n', encoding="utf-8")
-    smi.chmod(0o755)
-    result = _flux_dry_run(tiny_flux, {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+def test_the_dry_run_compares_with_the_free_memory_nvidia_smi_reports(tiny_flux, fake_nvidia_smi):
+    fake_nvidia_smi('case "$1" in\n  *memory.free*) echo "96 MiB";;\n'
+                    '  *) echo "NVIDIA GeForce RTX 4070 Ti, 581.57, 8.9, 12282 MiB";;\nesac')
+    result = _flux_dry_run(tiny_flux, {"PATH": os.environ["PATH"]})
     assert result.returncode == 0, result.stderr
     assert "your RTX 4070 Ti has 0.1 GB free" in result.stdout   # 96 MiB: not even the tiny model fits
 

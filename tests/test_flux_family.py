@@ -6,6 +6,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -16,11 +17,11 @@ from engine.config.load import load_preset
 from engine.config.schema import ModelConfig, NetworkConfig
 from engine.events import read_all
 from engine.failures import UserError
-from engine.models.tiny import build_tiny, write_flux_files
+from engine.models.tiny import write_flux_files
 from engine.runs import create_run_dir
-from engine.training import loop as train
 from dataset_factory import make_clean_dataset
 from run_control import stop_then_resume
+from support.runs import train_run
 
 PRESET = "presets/flux-identity-fast.yaml"
 FAST = ["schedules.unet.warmup_steps=0", "optimizers.unet.lr=1e-3", "training.grad_accum=1",
@@ -28,10 +29,10 @@ FAST = ["schedules.unet.warmup_steps=0", "optimizers.unet.lr=1e-3", "training.gr
 
 
 @pytest.fixture(scope="module")
-def flux(tmp_path_factory):
+def flux(tmp_path_factory, tiny_model):
     """{"folder": the diffusers folder, "files": the ComfyUI files, "data": a 6-image dataset}."""
     root = tmp_path_factory.mktemp("flux models ü")
-    folder = build_tiny("flux", root / "FLUX.1-dev tiny")
+    folder = tiny_model("flux")
     files = write_flux_files(folder, root / "comfyui")
     data = root / "subject"
     make_clean_dataset(data, n=6, trigger="ohwx", sizes=((64, 64), (64, 96), (96, 64)))
@@ -54,12 +55,9 @@ def file_overrides(flux, layout: str) -> list:
             f"model.single_file_config={f['config']}"]
 
 
-def train_run(flux, layout, tmp_path, *overrides, steps=20):
-    preset = load_preset(PRESET, [*FAST, *file_overrides(flux, layout), *overrides],
-                         env=env_for(flux, layout, tmp_path / "runs", steps))
-    run_dir = create_run_dir(preset, root=tmp_path / "runs")
-    code = train.run(run_dir)
-    return run_dir, code, read_all(run_dir / "events.jsonl")
+def flux_run(flux, layout, tmp_path, *overrides, steps=20):
+    return train_run(PRESET, tmp_path / "runs", *FAST, *file_overrides(flux, layout), *overrides,
+                     env=env_for(flux, layout, tmp_path / "runs", steps))
 
 
 # ---------------------------------------------------------------------------------------------- the BFL layout
@@ -87,11 +85,11 @@ def test_bfl_conversion_matches_diffusers_converter_at_full_width_and_round_trip
     assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
 
 
-def make_schnell(folder):
+def make_schnell(flux, folder):
     """The tiny dev model without its guidance embedding: what FLUX.1-schnell is to FLUX.1-dev."""
     from safetensors.torch import load_file, save_file
 
-    build_tiny("flux", folder)
+    shutil.copytree(flux["folder"], folder)
     config = folder / "transformer" / "config.json"
     config.write_text(config.read_text(encoding="utf-8").replace('"guidance_embeds": true',
                                                                  '"guidance_embeds": false'), encoding="utf-8")
@@ -110,16 +108,16 @@ def test_dev_and_schnell_are_told_apart_by_the_guidance_embedding(flux, tmp_path
         assert not is_schnell(f.keys())
     comps = load(ModelConfig(family="flux", path=str(flux["folder"])), torch.float32, "cpu")
     assert comps.extra["variant"] == "dev" and comps.extra["max_sequence_length"] == 512
-    comps = load(ModelConfig(family="flux", path=str(make_schnell(tmp_path / "schnell"))), torch.float32, "cpu")
+    comps = load(ModelConfig(family="flux", path=str(make_schnell(flux, tmp_path / "schnell"))), torch.float32, "cpu")
     assert comps.extra["variant"] == "schnell" and comps.extra["max_sequence_length"] == 256
 
 
 def test_a_dev_lora_continued_on_schnell_is_said_plainly(flux, tmp_path):
-    dev_run, code, _ = train_run(flux, "folder", tmp_path / "dev", steps=2)
+    dev_run, code, _ = flux_run(flux, "folder", tmp_path / "dev", steps=2)
     assert code == 0
-    schnell = make_schnell(tmp_path / "schnell")
-    _, code, events = train_run(flux, "folder", tmp_path / "schnell run", f"model.path={schnell}",
-                                f"network.init_from={dev_run / 'flux-identity-fast.safetensors'}", steps=1)
+    schnell = make_schnell(flux, tmp_path / "schnell")
+    _, code, events = flux_run(flux, "folder", tmp_path / "schnell run", f"model.path={schnell}",
+                               f"network.init_from={dev_run / 'flux-identity-fast.safetensors'}", steps=1)
     assert code == 0, events[-1]
     warnings = [e["message"] for e in events if e["kind"] == "warning"]
     assert any("trained on FLUX.1-dev, and this model is FLUX.1-schnell" in w for w in warnings), warnings
@@ -189,7 +187,7 @@ def test_single_files_without_their_partners_or_configs_say_which(flux):
 
 @pytest.mark.parametrize("layout", ["folder", "files"])
 def test_the_identity_fast_preset_trains_20_steps_and_its_lora_changes_the_image(flux, tmp_path, layout):
-    run_dir, code, events = train_run(flux, layout, tmp_path)
+    run_dir, code, events = flux_run(flux, layout, tmp_path)
     assert code == 0, events[-1]
     steps = [e for e in events if e["kind"] == "step"]
     assert len(steps) == 20 and all(math.isfinite(e["loss"]) for e in steps)
@@ -212,7 +210,7 @@ def test_the_identity_fast_preset_trains_20_steps_and_its_lora_changes_the_image
 def test_resume_equals_an_uninterrupted_flux_run(flux, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    straight, code, _ = train_run(flux, "files", tmp_path / "a", "training.max_steps=6", steps=6)
+    straight, code, _ = flux_run(flux, "files", tmp_path / "a", "training.max_steps=6", steps=6)
     assert code == 0
     preset = load_preset(PRESET, [*FAST, *file_overrides(flux, "files")], env=env_for(flux, "files", tmp_path, 6))
     stopped = create_run_dir(preset, root=tmp_path / "b")
@@ -240,7 +238,7 @@ def test_text_embeddings_are_cached_on_disk_and_reused(flux, tmp_path):
 
 
 def test_int8_and_nf4_without_cuda_say_so_before_loading(flux, tmp_path):
-    _, code, events = train_run(flux, "folder", tmp_path, "model.quantize_base=nf4")
+    _, code, events = flux_run(flux, "folder", tmp_path, "model.quantize_base=nf4")
     assert code == 1
     error = events[-1]
     assert error["kind"] == "error" and "NVIDIA GPU" in error["message"] and "fp8" in error["hint"]
@@ -367,8 +365,8 @@ def test_the_guides_two_phases_by_hand_carry_the_text_encoder_lora_frozen_into_p
 
 
 def test_a_flux_lora_run_with_a_validation_split_keeps_its_best_files(flux, tmp_path):
-    run_dir, code, events = train_run(flux, "files", tmp_path, "validation.fraction=0.34", "validation.keep_best=1",
-                                      "output.save_every_n_steps=2", steps=4)
+    run_dir, code, events = flux_run(flux, "files", tmp_path, "validation.fraction=0.34", "validation.keep_best=1",
+                                     "output.save_every_n_steps=2", steps=4)
     assert code == 0, events[-1]
     vals = [e for e in events if e["kind"] == "val"]
     assert [e["step"] for e in vals] == [2, 4]

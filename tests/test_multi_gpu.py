@@ -17,14 +17,13 @@ import yaml
 from safetensors.torch import load_file
 
 from engine.config.load import load_preset
-from engine.demo import make_dataset, prepare
 from engine.events import read_all
 from engine.runs import PROJECT_ROOT, create_run_dir
 from engine.training.distributed import CPU_PROCESSES_VAR, Processes, check_gpus, launch_command
+from support.dit import DIT_PRESET, TINY_DIT
 
-DIT = ["model.dit.depth=2", "model.dit.width=64", "model.dit.heads=2", "model.dit.patch_size=4",
-       "dataset.resolution_px=32", "training.batch_size=4", "optimizers.unet.lr=1e-3", "sampling.prompts=[a]",
-       "sampling.steps=2", "sampling.every_n_steps=0", "output.save_every_n_steps=0", "training.num_gpus=2"]
+DIT = [*TINY_DIT, "training.batch_size=4", "optimizers.unet.lr=1e-3", "sampling.prompts=[a]", "sampling.steps=2",
+       "sampling.every_n_steps=0", "output.save_every_n_steps=0", "training.num_gpus=2"]
 
 
 def engine_train(*args, cpu_processes: bool = True) -> subprocess.CompletedProcess:
@@ -37,13 +36,8 @@ def engine_train(*args, cpu_processes: bool = True) -> subprocess.CompletedProce
                           capture_output=True, text=True, encoding="utf-8", timeout=600)
 
 
-def dit_run(tmp_path, name, *overrides) -> Path:
-    data = tmp_path / "shapes"
-    if not data.is_dir():
-        make_dataset(data)
-    preset = load_preset(PROJECT_ROOT / "presets" / "dit-flow-matching.yaml",
-                         [f"dataset.path={data}", *DIT, *overrides])
-    return create_run_dir(preset, root=tmp_path / name)
+def dit_run(shapes, tmp_path, name, *overrides) -> Path:
+    return create_run_dir(load_preset(DIT_PRESET, [f"dataset.path={shapes}", *DIT, *overrides]), root=tmp_path / name)
 
 
 def trained_weights(run_dir: Path) -> dict:
@@ -86,10 +80,10 @@ def test_a_preset_file_under_accelerate_launch_is_refused(tmp_path, monkeypatch,
     assert not (PROJECT_ROOT / "runs").exists() or not list((PROJECT_ROOT / "runs").glob("dit-flow-*"))
 
 
-def test_more_gpus_than_the_pc_has_is_refused_naming_the_key(tmp_path, monkeypatch):
+def test_more_gpus_than_the_pc_has_is_refused_naming_the_key(shapes, tmp_path, monkeypatch):
     monkeypatch.delenv(CPU_PROCESSES_VAR, raising=False)
     assert "training.num_gpus is 2" in check_gpus(2) and check_gpus(1) is None
-    run_dir = dit_run(tmp_path, "runs")
+    run_dir = dit_run(shapes, tmp_path, "runs")
     result = engine_train(run_dir, cpu_processes=False)
     assert result.returncode == 2 and "training.num_gpus is 2, but this PC has 0 CUDA GPU(s)" in result.stderr
     assert not (run_dir / "events.jsonl").exists()  # nothing started
@@ -168,10 +162,10 @@ def test_ddp_averages_the_gradients_of_both_processes(tmp_path, grad_accum):
 
 # --------------------------------------------------------------------------------------------------- end to end
 
-def test_two_processes_train_one_run_folder_and_resume_exactly(tmp_path):
+def test_two_processes_train_one_run_folder_and_resume_exactly(shapes, tmp_path):
     """The DiT on 2 processes: one events stream (the main process's), the effective batch, the plan's steps, best
     files; then a run trained 2 steps and extended to 4 by --resume ends with the weights of a 4-step run."""
-    whole = dit_run(tmp_path, "whole", "training.max_steps=4", "validation.fraction=0.25")
+    whole = dit_run(shapes, tmp_path, "whole", "training.max_steps=4", "validation.fraction=0.25")
     result = engine_train(whole)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     events = read_all(whole / "events.jsonl")
@@ -182,7 +176,7 @@ def test_two_processes_train_one_run_folder_and_resume_exactly(tmp_path):
     assert [e["step"] for e in events if e["kind"] == "val"] == [4]
     assert list((whole / "checkpoints" / "best").iterdir())
 
-    part = dit_run(tmp_path, "part", "training.max_steps=2", "validation.fraction=0.25")
+    part = dit_run(shapes, tmp_path, "part", "training.max_steps=2", "validation.fraction=0.25")
     assert engine_train(part).returncode == 0
     preset = yaml.safe_load((part / "preset.yaml").read_text(encoding="utf-8"))
     preset["training"]["max_steps"] = 4  # a finished run extended: the resume state carries both processes' noise
@@ -194,21 +188,21 @@ def test_two_processes_train_one_run_folder_and_resume_exactly(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_two_process_epoch_has_half_the_steps(tmp_path):
+def test_a_two_process_epoch_has_half_the_steps(shapes, tmp_path):
     """12 training images, batch 4: 3 batches an epoch, 2 steps on two GPUs (the second topped up)."""
-    run_dir = dit_run(tmp_path, "runs", "training.max_steps=0", "training.max_epochs=1", "validation.fraction=0.25")
+    run_dir = dit_run(shapes, tmp_path, "runs", "training.max_steps=0", "training.max_epochs=1",
+                      "validation.fraction=0.25")
     assert engine_train(run_dir).returncode == 0
     steps = [e for e in read_all(run_dir / "events.jsonl") if e["kind"] == "step"]
     assert [e["total_steps"] for e in steps] == [2, 2] and steps[-1]["epoch"] == 1
 
 
-def test_a_lora_with_its_text_encoder_trains_on_two_processes(tmp_path):
+def test_a_lora_with_its_text_encoder_trains_on_two_processes(demo_preset, tmp_path):
     """The SD1.5 demo LoRA, text encoder trained too, with gradient accumulation: the DDP of two modules, without
     a static graph, through the families' own forward code; its file loads in the self-check."""
-    preset = prepare(tmp_path / "demo")
-    run_dir = create_run_dir(load_preset(preset, ["training.max_steps=2", "training.num_gpus=2",
-                                                  "training.grad_accum=2", "network.train_text_encoder=true",
-                                                  "sampling.prompts=[]", "output.save_every_n_steps=0"]),
+    run_dir = create_run_dir(load_preset(demo_preset, ["training.max_steps=2", "training.num_gpus=2",
+                                                       "training.grad_accum=2", "network.train_text_encoder=true",
+                                                       "sampling.prompts=[]", "output.save_every_n_steps=0"]),
                              root=tmp_path / "runs")
     result = engine_train(run_dir)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -222,12 +216,11 @@ def test_a_lora_with_its_text_encoder_trains_on_two_processes(tmp_path):
 
 
 @pytest.mark.parametrize("grad_accum", [1, 2])
-def test_a_vae_with_its_discriminator_trains_on_two_processes(tmp_path, grad_accum):
+def test_a_vae_with_its_discriminator_trains_on_two_processes(demo_preset, tmp_path, grad_accum):
     """training.mode vae under DDP: the VAE's step module and the critic, each once forward per micro-batch."""
-    preset = prepare(tmp_path / "demo")
-    run_dir = create_run_dir(load_preset(preset, ["training.mode=vae", "vae.gan=true", "training.max_steps=2",
-                                                  "training.num_gpus=2", f"training.grad_accum={grad_accum}",
-                                                  "sampling.every_n_steps=0", "output.save_every_n_steps=0"]),
+    run_dir = create_run_dir(load_preset(demo_preset, ["training.mode=vae", "vae.gan=true", "training.max_steps=2",
+                                                       "training.num_gpus=2", f"training.grad_accum={grad_accum}",
+                                                       "sampling.every_n_steps=0", "output.save_every_n_steps=0"]),
                              root=tmp_path / "runs")
     result = engine_train(run_dir)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

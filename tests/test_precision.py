@@ -3,9 +3,9 @@ cards, and FLUX always bf16 (fp16 overflows it)."""
 import torch
 
 from engine.config.schema import NetworkConfig, Preset, TrainingConfig
-from engine.training import setup
+from engine.training import precision
 from engine.models.families import capabilities
-from engine.training.setup import choose_precision, resolved_precision
+from engine.training.precision import choose_precision, resolved_precision
 
 
 class Events:
@@ -41,7 +41,7 @@ def test_on_an_older_card_auto_trains_in_fp16_and_says_so(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # emulated: torch says yes
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))  # an RTX 20xx
-    monkeypatch.setattr(setup, "enable_tf32", lambda: None)
+    monkeypatch.setattr(precision, "enable_tf32", lambda: None)
     events = Events()
     device, mixed, dtype = choose_precision(TrainingConfig(precision="auto"), NetworkConfig(), events)
     assert (device, mixed, dtype) == ("cuda", "fp16", torch.float16)

@@ -12,27 +12,22 @@ from PIL import Image
 from safetensors import safe_open
 
 from engine.config.load import ConfigError, load_preset
-from engine.demo import make_dataset
-from engine.events import read_all
-from engine.models.tiny import build_tiny
-from engine.runs import PROJECT_ROOT, create_run_dir
-from engine.training import loop as train
+from engine.runs import PROJECT_ROOT
+from support.runs import train_run
 
 PRESET = PROJECT_ROOT / "presets" / "demo.yaml"
 
 
 @pytest.fixture(scope="module")
-def sd2(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rectified flow")
-    return {"model": build_tiny("sd2", root / "tiny sd2-v", seed=0), "data": make_dataset(root / "data")}
+def sd2(tiny_model, shapes):
+    return {"model": tiny_model("sd2"), "data": shapes}
 
 
 def start(sd2, tmp_path, model=None, *overrides):
     settings = ["model.family=sd2", f"model.path={model or sd2['model']}", f"dataset.path={sd2['data']}",
                 "training.objective=flow", "training.max_steps=3", "sampling.prompts=[easeldemo, a red circle]",
                 "sampling.steps=3", "sampling.strengths=[1.0]", "output.save_every_n_steps=0", *overrides]
-    run_dir = create_run_dir(load_preset(PRESET, settings), root=tmp_path / "runs")
-    return run_dir, train.run(run_dir), read_all(run_dir / "events.jsonl")
+    return train_run(PRESET, tmp_path / "runs", *settings)
 
 
 def test_a_full_rectified_flow_model_samples_and_saves_as_a_flow(sd2, tmp_path):

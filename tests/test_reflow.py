@@ -8,27 +8,19 @@ import pytest
 import torch
 
 from engine.config.load import ConfigError, load_preset
-from engine.demo import make_dataset
 from engine.events import read_all
 from engine.runs import PROJECT_ROOT, create_run_dir
-from engine.training import loop as train
 from run_control import stop_then_resume
+from support.dit import DIT_PRESET as FLOW
+from support.dit import TINY_DIT_RUN
+from support.runs import train_run
 
-FLOW = PROJECT_ROOT / "presets" / "dit-flow-matching.yaml"
-TINY = ["model.dit.depth=2", "model.dit.width=64", "model.dit.heads=2", "model.dit.patch_size=4",
-        "dataset.resolution_px=32", "training.batch_size=8", "optimizers.unet.lr=1e-3", "output.save_every_n_steps=0",
-        "sampling.prompts=[]", "schedules.unet.type=constant", "training.reflow_steps=2",
-        "training.reflow_gen_batches=2", "training.reflow_sample_steps=20"]
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("reflow shapes") / "data")
+TINY = [*TINY_DIT_RUN, "schedules.unet.type=constant", "training.reflow_steps=2", "training.reflow_gen_batches=2",
+        "training.reflow_sample_steps=20"]
 
 
 def start(shapes, tmp_path, *overrides):
-    run_dir = create_run_dir(load_preset(FLOW, [f"dataset.path={shapes}", *TINY, *overrides]), root=tmp_path / "runs")
-    return run_dir, train.run(run_dir), read_all(run_dir / "events.jsonl")
+    return train_run(FLOW, tmp_path / "runs", f"dataset.path={shapes}", *TINY, *overrides)
 
 
 def test_reflow_straightens_the_flow_over_its_iterations(shapes, tmp_path):

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from engine.config.load import load_preset
-from engine.demo import prepare
 from engine.events import read_all
 from engine.runs import create_run_dir
 from engine.training import loop as train
@@ -35,9 +34,8 @@ def run_until_stopped(run_dir, monkeypatch):
     monkeypatch.setattr(train, "report_step", real_report)
 
 
-def test_stop_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
-    preset_path = prepare(tmp_path / "demo")
-    preset = load_preset(preset_path, SETTINGS)
+def test_stop_then_resume_equals_an_uninterrupted_run(demo_preset, tmp_path, monkeypatch):
+    preset = load_preset(demo_preset, SETTINGS)
 
     straight = create_run_dir(preset, root=tmp_path / "a")
     assert train.run(straight) == 0
@@ -78,16 +76,16 @@ def test_ema_follows_the_weights_and_is_swapped_in_only_while_saving():
     assert torch.equal(p.detach(), torch.ones(3))
 
 
-def test_resume_without_state_says_so(tmp_path):
-    preset = load_preset(prepare(tmp_path / "demo"), SETTINGS)
+def test_resume_without_state_says_so(demo_preset, tmp_path):
+    preset = load_preset(demo_preset, SETTINGS)
     run_dir = create_run_dir(preset, root=tmp_path / "runs")
     assert train.run(run_dir, resume=True) == 1
     error = read_all(run_dir / "events.jsonl")[-1]
     assert error["kind"] == "error" and "Nothing to resume" in error["message"]
 
 
-def test_resuming_a_finished_run_changes_nothing(tmp_path):
-    preset = load_preset(prepare(tmp_path / "demo"), [*SETTINGS, "training.max_steps=2"])
+def test_resuming_a_finished_run_changes_nothing(demo_preset, tmp_path):
+    preset = load_preset(demo_preset, [*SETTINGS, "training.max_steps=2"])
     run_dir = create_run_dir(preset, root=tmp_path / "runs")
     assert train.run(run_dir) == 0
     before = (run_dir / "demo.safetensors").stat().st_mtime_ns
@@ -97,8 +95,8 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path):
     assert (run_dir / "demo.safetensors").stat().st_mtime_ns == before
 
 
-def _stopped_run(tmp_path, monkeypatch, overrides):
-    preset = load_preset(prepare(tmp_path / "demo"), [*SETTINGS, *overrides])
+def _stopped_run(demo_preset, tmp_path, monkeypatch, overrides):
+    preset = load_preset(demo_preset, [*SETTINGS, *overrides])
     run_dir = create_run_dir(preset, root=tmp_path / "runs")
     run_until_stopped(run_dir, monkeypatch)
     return run_dir
@@ -118,31 +116,31 @@ def _edit_run_preset(run_dir, **sections):
     save_preset(preset_from_dict(data), run_dir / "preset.yaml")
 
 
-def test_resume_with_another_optimizer_type_warns_and_starts_it_fresh(tmp_path, monkeypatch):
-    run_dir = _stopped_run(tmp_path, monkeypatch, [])
+def test_resume_with_another_optimizer_type_warns_and_starts_it_fresh(demo_preset, tmp_path, monkeypatch):
+    run_dir = _stopped_run(demo_preset, tmp_path, monkeypatch, [])
     _edit_run_preset(run_dir, **{"optimizers.unet": {"type": "sgd", "lr": 1e-3, "momentum": 0.9}})
     assert train.run(run_dir, resume=True) == 0
     warnings = [e["message"] for e in read_all(run_dir / "events.jsonl") if e["kind"] == "warning"]
     assert any("the saved run used AdamW" in w and "SGD starts with fresh state" in w for w in warnings), warnings
 
 
-def test_preserve_lr_keeps_the_saved_learning_rate_when_the_schedule_changed(tmp_path, monkeypatch):
-    run_dir = _stopped_run(tmp_path, monkeypatch, ["schedules.unet.type=constant", "schedules.unet.warmup_steps=0",
-                                                   "optimizers.unet.lr=1e-3"])
+def test_preserve_lr_keeps_the_saved_learning_rate_when_the_schedule_changed(demo_preset, tmp_path, monkeypatch):
+    run_dir = _stopped_run(demo_preset, tmp_path, monkeypatch, ["schedules.unet.type=constant",
+                                                                "schedules.unet.warmup_steps=0",
+                                                                "optimizers.unet.lr=1e-3"])
     _edit_run_preset(run_dir, **{"optimizers.unet.lr": 5e-4, "training.preserve_lr": True})
     assert train.run(run_dir, resume=True) == 0
     lrs = [e["lr"]["unet"] for e in read_all(run_dir / "events.jsonl") if e["kind"] == "step"]
     assert lrs[STOP_AT:] == pytest.approx([1e-3] * (6 - STOP_AT))
 
 
-def test_a_finished_run_extended_equals_a_longer_run(tmp_path):
+def test_a_finished_run_extended_equals_a_longer_run(demo_preset, tmp_path):
     """Raising max_steps in a finished run's preset.yaml and resuming continues its LoRA, not a fresh one."""
-    demo = prepare(tmp_path / "demo")
     constant = [*SETTINGS, "schedules.unet.type=constant", "schedules.unet.warmup_steps=0"]  # the same LR either way
-    longer = create_run_dir(load_preset(demo, [*constant, "training.max_steps=12"]), root=tmp_path / "a")
+    longer = create_run_dir(load_preset(demo_preset, [*constant, "training.max_steps=12"]), root=tmp_path / "a")
     assert train.run(longer) == 0
 
-    extended = create_run_dir(load_preset(demo, [*constant, "training.max_steps=6"]), root=tmp_path / "b")
+    extended = create_run_dir(load_preset(demo_preset, [*constant, "training.max_steps=6"]), root=tmp_path / "b")
     assert train.run(extended) == 0
     assert _state(extended)["weights"]["unet.0"], "the finished run's state holds its LoRA"
     _edit_run_preset(extended, **{"training.max_steps": 12})
@@ -159,7 +157,7 @@ def test_a_finished_run_extended_equals_a_longer_run(tmp_path):
             assert torch.allclose(a[comp][name], b[comp][name], atol=1e-6), name
 
 
-def test_going_back_to_an_older_checkpoint_equals_the_run_from_there(tmp_path):
+def test_going_back_to_an_older_checkpoint_equals_the_run_from_there(demo_preset, tmp_path):
     """Every kept checkpoint has its own resume state (EveryDream2 resumes from any of its ckpts folders): a finished
     run resumed from checkpoints/<name>-step000002 trains steps 3..6 again and ends with the same LoRA; keep_last
     prunes the states with their files."""
@@ -167,7 +165,7 @@ def test_going_back_to_an_older_checkpoint_equals_the_run_from_there(tmp_path):
 
     from engine.cli import train as cli_train
 
-    preset = load_preset(prepare(tmp_path / "demo"), [*SETTINGS, "output.save_every_n_steps=2", "output.keep_last=2"])
+    preset = load_preset(demo_preset, [*SETTINGS, "output.save_every_n_steps=2", "output.keep_last=2"])
     run_dir = create_run_dir(preset, root=tmp_path / "runs")
     assert train.run(run_dir) == 0
     checkpoints = run_dir / "checkpoints"
@@ -183,11 +181,10 @@ def test_going_back_to_an_older_checkpoint_equals_the_run_from_there(tmp_path):
     assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
 
 
-def test_a_checkpoint_without_its_own_state_says_how_to_resume(tmp_path, capsys):
+def test_a_checkpoint_without_its_own_state_says_how_to_resume(demo_preset, tmp_path, capsys):
     from engine.cli import train as cli_train
 
-    preset = load_preset(prepare(tmp_path / "demo"), [*SETTINGS, "training.max_steps=2",
-                                                      "output.save_every_n_steps=1"])
+    preset = load_preset(demo_preset, [*SETTINGS, "training.max_steps=2", "output.save_every_n_steps=1"])
     run_dir = create_run_dir(preset, root=tmp_path / "runs")
     assert train.run(run_dir) == 0
     (run_dir / "checkpoints" / "demo-step000001.state.pt").unlink()  # as an older Easel left it

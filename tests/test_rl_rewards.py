@@ -1,15 +1,11 @@
 """engine/rl/rewards: each reward against a value computed by hand, the weighted sum, and every config mistake as a
 UserError that names the key. The CLIP models are tiny and random, the reward server is a thread on 127.0.0.1."""
-import base64
 import contextlib
 import dataclasses
 import io
-import json
 import math
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -324,58 +320,6 @@ def test_bad_scores_name_the_reward_and_its_file(tmp_path, returned, fragment):
 
 
 # ---------------------------------------------------------------------------------------------- reward server
-
-class RewardServer:
-    """A reward server on 127.0.0.1 that answers each image's brightness; `statuses` are answered first (500, 400,
-    ...) with `error_text`, one per request."""
-
-    def __init__(self, statuses=(), error_text="", answer=None):
-        self.statuses, self.error_text, self.answer, self.requests = list(statuses), error_text, answer, 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                outer.requests += 1
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])).decode("utf-8"))
-                if outer.statuses:
-                    self._reply(outer.statuses.pop(0), outer.error_text.encode("utf-8"))
-                    return
-                images = [Image.open(io.BytesIO(base64.b64decode(b))) for b in body["images"]]
-                scores = builtin.brightness(images, body["prompts"])
-                answer = outer.answer if outer.answer is not None else json.dumps({"scores": scores})
-                self._reply(200, answer.encode("utf-8"))
-
-            def _reply(self, status, payload):
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args):  # keep the test output clean
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/reward"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
-
-
-@pytest.fixture
-def reward_server():
-    servers = []
-
-    def start(**kwargs):
-        servers.append(RewardServer(**kwargs))
-        return servers[-1]
-    yield start
-    for s in servers:
-        s.close()
-
 
 def test_the_server_reward_matches_the_servers_scores(reward_server, monkeypatch):
     # a system proxy must not take the request for 127.0.0.1 (port 9: nothing listens there)

@@ -2,34 +2,32 @@
 an SD 1.5 LoRA trains after a supervised warmup with guidance, KL and EMA and its samples carry their rewards; a
 stopped RL run resumes with its statistics; a reward server that goes away pauses the run, which goes on when the
 server is back or stops on request; the checks that refuse a preset before loading."""
-import json
 import os
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
 from engine.config.load import ConfigError, load_preset
-from engine.demo import prepare
 from engine.events import read_all
-from engine.rl.phase import run_rl
+from engine.rl.mode import RL_MODE
 from engine.runs import PROJECT_ROOT, create_run_dir
 from engine.training import loop as train
+from support.dit import DIT_PRESET as DIT
+from support.dit import TINY_DIT
+from support.runs import train_run
 
-DIT = PROJECT_ROOT / "presets" / "dit-flow-matching.yaml"
-# a 2-block DiT on 32 px pixels: its images are its own output, so brightness is a reward it can learn in seconds
-TINY_DIT = ["model.dit.depth=2", "model.dit.width=64", "model.dit.heads=2", "model.dit.patch_size=4",
-            "dataset.resolution_px=32", "training.precision=fp32", "training.max_epochs=0", "sampling.prompts=[]",
-            "output.save_every_n_steps=0", "training.mode=rl", "rl.warmup_steps=0", "rl.rewards={brightness: 1.0}",
-            "rl.num_images_per_prompt=4", "rl.num_inference_steps=8", "rl.guidance_scale=1.0",
-            "training.batch_size=2", "rl.kl_beta=0.0"]
+# the tiny DiT on 32 px pixels: its images are its own output, so brightness is a reward it can learn in seconds
+RL_DIT = [*TINY_DIT, "training.precision=fp32", "training.max_epochs=0", "sampling.prompts=[]",
+          "output.save_every_n_steps=0", "training.mode=rl", "rl.warmup_steps=0", "rl.rewards={brightness: 1.0}",
+          "rl.num_images_per_prompt=4", "rl.num_inference_steps=8", "rl.guidance_scale=1.0",
+          "training.batch_size=2", "rl.kl_beta=0.0"]
 
 
 def phases_run(run_dir, resume=False):
-    return train.run(run_dir, resume=resume, phases={"rl": run_rl})
+    return train.run(run_dir, resume=resume, modes={"rl": RL_MODE})
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +38,7 @@ def prompts_file(tmp_path_factory):
 
 
 def dit_run(tmp_path, prompts_file, *overrides):
-    preset = load_preset(DIT, [*TINY_DIT, f"rl.prompts_file={prompts_file}", *overrides])
-    run_dir = create_run_dir(preset, root=tmp_path / "runs")
-    return run_dir, phases_run(run_dir), read_all(run_dir / "events.jsonl")
+    return train_run(DIT, tmp_path / "runs", *RL_DIT, f"rl.prompts_file={prompts_file}", *overrides, run=phases_run)
 
 
 def reward_curve(events):
@@ -76,11 +72,6 @@ def test_nft_raises_the_mean_reward(tmp_path, prompts_file):
     stds = [e["reward_std"] for e in events if e["kind"] == "rl"]
     assert rises(curve) > 3 * max(stds[:3]), curve
     assert {"positive_loss", "negative_loss"} <= set(next(e for e in events if e["kind"] == "step"))
-
-
-@pytest.fixture(scope="module")
-def demo_preset(tmp_path_factory):
-    return prepare(tmp_path_factory.mktemp("rl demo"))
 
 
 SD_RL = ["training.mode=rl", "rl.warmup_steps=2", "rl.rewards={brightness: 1.0, jpeg_compressibility: 0.01}",
@@ -152,56 +143,8 @@ def test_a_stopped_rl_run_resumes_with_its_statistics_and_old_model(demo_preset,
     assert events[-1]["kind"] == "done"
 
 
-class BrightnessServer:
-    """A reward server on 127.0.0.1: scores PNGs by brightness; `down()` closes it, `up()` opens it again on the
-    same port."""
-
-    def __init__(self):
-        self.requests = 0
-        self.server = None
-        self.port = 0
-        self.up()
-
-    def up(self):
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                import base64
-                import io
-
-                import numpy as np
-                from PIL import Image
-
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                scores = [float(np.asarray(Image.open(io.BytesIO(base64.b64decode(b))).convert("RGB")).mean() / 255)
-                          for b in body["images"]]
-                owner.requests += 1
-                data = json.dumps({"scores": scores}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def down(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}/reward"
-
-
 def server_run(tmp_path, prompts_file, server, *overrides):
-    preset = load_preset(DIT, [*TINY_DIT, f"rl.prompts_file={prompts_file}", "rl.rewards={server: 1.0}",
+    preset = load_preset(DIT, [*RL_DIT, f"rl.prompts_file={prompts_file}", "rl.rewards={server: 1.0}",
                                f"rl.reward_server_url={server.url}", "rl.reward_server_retries=1",
                                "rl.reward_server_timeout_s=1", *overrides])
     return create_run_dir(preset, root=tmp_path / "runs")
@@ -216,8 +159,8 @@ def when(condition, timeout=60.0):
     return False
 
 
-def test_a_reward_server_that_goes_away_pauses_the_run_until_it_is_back(tmp_path, prompts_file):
-    server = BrightnessServer()
+def test_a_reward_server_that_goes_away_pauses_the_run_until_it_is_back(tmp_path, prompts_file, reward_server):
+    server = reward_server()
     run_dir = server_run(tmp_path, prompts_file, server, "training.max_steps=12")
     events_file = run_dir / "events.jsonl"
 
@@ -239,8 +182,9 @@ def test_a_reward_server_that_goes_away_pauses_the_run_until_it_is_back(tmp_path
     server.down()
 
 
-def test_a_run_paused_for_its_reward_server_stops_on_request_and_keeps_its_checkpoint(tmp_path, prompts_file):
-    server = BrightnessServer()
+def test_a_run_paused_for_its_reward_server_stops_on_request_and_keeps_its_checkpoint(tmp_path, prompts_file,
+                                                                                        reward_server):
+    server = reward_server()
     run_dir = server_run(tmp_path, prompts_file, server, "training.max_steps=40")
     events_file = run_dir / "events.jsonl"
 
@@ -268,11 +212,11 @@ def test_a_run_paused_for_its_reward_server_stops_on_request_and_keeps_its_check
 ])
 def test_presets_rl_cannot_train_are_refused_naming_the_key(overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        load_preset(DIT, [*TINY_DIT, *overrides])
+        load_preset(DIT, [*RL_DIT, *overrides])
 
 
 def test_no_prompts_says_where_prompts_come_from(tmp_path):
-    preset = load_preset(DIT, [*TINY_DIT, "training.max_steps=4"])  # warmup 0, no prompts file: the dataset...
+    preset = load_preset(DIT, [*RL_DIT, "training.max_steps=4"])  # warmup 0, no prompts file: the dataset...
     run_dir = create_run_dir(preset, root=tmp_path / "runs")
     assert phases_run(run_dir) in (1, 2)
     error = next(e for e in read_all(run_dir / "events.jsonl") if e["kind"] == "error")

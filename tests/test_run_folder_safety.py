@@ -14,7 +14,6 @@ import pytest
 
 from engine import cli
 from engine.config.load import load_preset
-from engine.demo import prepare
 from engine.events import read_all
 from engine.lock import LOCK_NAME, RunLock, RunLocked, process_start_time
 from engine.runs import create_run_dir
@@ -25,8 +24,8 @@ QUICK = ["sampling.prompts=[]", "training.max_steps=2", "output.save_every_n_ste
 
 
 @pytest.fixture
-def run_dir(tmp_path):
-    preset = load_preset(prepare(tmp_path / "demo"), QUICK)
+def run_dir(demo_preset, tmp_path):
+    preset = load_preset(demo_preset, QUICK)
     return create_run_dir(preset, root=tmp_path / "runs")
 
 

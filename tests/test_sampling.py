@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 
 from engine.models.lora import add_lora, lora_layers
-from engine.models.tiny import build_tiny
 from engine.sampling.render import a1111_parameters, sample_images
 from engine.sampling.samplers import SAMPLERS, set_sampler
 
@@ -32,9 +31,8 @@ def _pipeline_with_lora(folder, denoiser_targets):
 
 
 @pytest.fixture(scope="module")
-def sd15(tmp_path_factory):
-    return _pipeline_with_lora(build_tiny("sd15", tmp_path_factory.mktemp("m") / "sd15"),
-                               ["to_q", "to_k", "to_v", "to_out.0"])
+def sd15(tiny_model):
+    return _pipeline_with_lora(tiny_model("sd15"), ["to_q", "to_k", "to_v", "to_out.0"])
 
 
 def test_strength_sweep_writes_pngs_with_a1111_metadata(sd15, tmp_path):
@@ -88,9 +86,8 @@ def test_half_strength_lies_between(sd15, tmp_path):
     assert 0 < np.abs(images[1] - images[0]).mean() < np.abs(images[2] - images[0]).mean()
 
 
-def test_flux_samples_at_multiples_of_16(tmp_path_factory, tmp_path):
-    pipe, _ = _pipeline_with_lora(build_tiny("flux", tmp_path_factory.mktemp("m") / "flux"),
-                                  ["to_q", "to_k", "to_v", "to_out.0"])
+def test_flux_samples_at_multiples_of_16(tiny_model, tmp_path):
+    pipe, _ = _pipeline_with_lora(tiny_model("flux"), ["to_q", "to_k", "to_v", "to_out.0"])
     results = sample_images(pipe, ["the cat"], "ignored by flux", 0, 2, 3.5, 48, 32, [0.0, 1.0], tmp_path, 5,
                             sampler="flow_euler", max_sequence_length=16)
     assert [Image.open(r["path"]).size for r in results] == [(48, 32), (48, 32)]

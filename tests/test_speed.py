@@ -10,21 +10,17 @@ import pytest
 import torch
 
 from engine.config.load import load_preset
-from engine.demo import prepare
 from engine.events import read_all
 from engine.runs import create_run_dir
 from engine.training import loop as train
+from engine.training.modes import denoiser as denoiser_phase
 from engine.training import speed
+from support.runs import train_run
 
 QUICK = ["sampling.prompts=[]", "output.save_every_n_steps=0", "dataset.repeats=1", "training.batch_size=2"]
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return prepare(tmp_path_factory.mktemp("demo"))
-
-
-def syncs_per_step(demo, tmp_path, monkeypatch, accum: int) -> float:
+def syncs_per_step(demo_preset, tmp_path, monkeypatch, accum: int) -> float:
     """Host syncs (Tensor.item / .tolist) that Easel's own code makes inside optimizer_step, per step (torch's CPU
     optimizers read their step counters with .item(); on CUDA they do not, so those are not counted)."""
     import sys
@@ -50,21 +46,21 @@ def syncs_per_step(demo, tmp_path, monkeypatch, accum: int) -> float:
         return out
 
     monkeypatch.setattr(train, "optimizer_step", step)
-    run_dir = create_run_dir(load_preset(demo, [*QUICK, "training.max_steps=3", f"training.grad_accum={accum}"]),
+    run_dir = create_run_dir(load_preset(demo_preset, [*QUICK, "training.max_steps=3", f"training.grad_accum={accum}"]),
                              root=tmp_path / f"accum{accum}")
     assert train.run(run_dir) == 0
     monkeypatch.undo()
     return inside["n"] / 3
 
 
-def test_one_host_sync_per_optimizer_step_whatever_the_accumulation(demo, tmp_path, monkeypatch):
-    one = syncs_per_step(demo, tmp_path, monkeypatch, accum=1)
-    four = syncs_per_step(demo, tmp_path, monkeypatch, accum=4)
+def test_one_host_sync_per_optimizer_step_whatever_the_accumulation(demo_preset, tmp_path, monkeypatch):
+    one = syncs_per_step(demo_preset, tmp_path, monkeypatch, accum=1)
+    four = syncs_per_step(demo_preset, tmp_path, monkeypatch, accum=4)
     assert one == four == 1  # the old loop synced once per micro-batch (loss.item() after every backward)
 
 
-def test_a_nan_in_any_micro_batch_still_stops_before_the_weights_change(demo, tmp_path, monkeypatch):
-    real = train.batch_loss
+def test_a_nan_in_any_micro_batch_still_stops_before_the_weights_change(demo_preset, tmp_path, monkeypatch):
+    real = denoiser_phase.batch_loss
     calls = {"n": 0}
 
     def second_micro_batch_nan(r, batch):
@@ -72,8 +68,8 @@ def test_a_nan_in_any_micro_batch_still_stops_before_the_weights_change(demo, tm
         loss = real(r, batch)
         return loss * float("nan") if calls["n"] == 2 else loss
 
-    monkeypatch.setattr(train, "batch_loss", second_micro_batch_nan)
-    run_dir = create_run_dir(load_preset(demo, [*QUICK, "training.max_steps=2", "training.grad_accum=3"]),
+    monkeypatch.setattr(denoiser_phase, "batch_loss", second_micro_batch_nan)
+    run_dir = create_run_dir(load_preset(demo_preset, [*QUICK, "training.max_steps=2", "training.grad_accum=3"]),
                              root=tmp_path / "runs")
     assert train.run(run_dir) == 1
     error = read_all(run_dir / "events.jsonl")[-1]
@@ -96,22 +92,18 @@ def test_auto_batch_size_finds_the_largest_batch_under_the_headroom():
         speed.largest_fitting_batch(lambda k: (_ for _ in ()).throw(ValueError("shape")), 1000 * 2**20)
 
 
-def test_auto_batch_size_without_a_gpu_says_so_and_keeps_the_batch(demo, tmp_path):
-    run_dir = create_run_dir(load_preset(demo, [*QUICK, "training.max_steps=1", "training.auto_batch_size=true"]),
-                             root=tmp_path / "runs")
-    assert train.run(run_dir) == 0
-    events = read_all(run_dir / "events.jsonl")
+def test_auto_batch_size_without_a_gpu_says_so_and_keeps_the_batch(demo_preset, tmp_path):
+    _, code, events = train_run(demo_preset, tmp_path / "runs", *QUICK, "training.max_steps=1",
+                                "training.auto_batch_size=true")
+    assert code == 0
     assert any("auto_batch_size needs a CUDA GPU" in e.get("message", "") for e in events)
     assert [e for e in events if e["kind"] == "step"][0]["step"] == 1
 
 
-def test_unets_go_channels_last_and_transformers_stay(tmp_path):
+def test_unets_go_channels_last_and_transformers_stay(tiny_model):
     from diffusers import FluxTransformer2DModel, UNet2DConditionModel
 
-    from engine.models.tiny import build_tiny
-
-    folder = build_tiny("sd15", tmp_path / "sd")
-    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+    unet = UNet2DConditionModel.from_pretrained(tiny_model("sd15"), subfolder="unet")
     assert speed.prefer_channels_last(unet)
     assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     flux = FluxTransformer2DModel(num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
@@ -120,8 +112,8 @@ def test_unets_go_channels_last_and_transformers_stay(tmp_path):
     assert not speed.prefer_channels_last(flux)
 
 
-def test_compile_compiles_the_repeated_blocks_and_reports_the_one_off_time(demo, tmp_path, monkeypatch):
-    from engine.training import setup
+def test_compile_compiles_the_repeated_blocks_and_reports_the_one_off_time(demo_preset, tmp_path, monkeypatch):
+    from engine.training import placement
 
     compiled = []
 
@@ -130,8 +122,8 @@ def test_compile_compiles_the_repeated_blocks_and_reports_the_one_off_time(demo,
         compiled.append(type(denoiser).__name__)
         return True
 
-    monkeypatch.setattr(setup, "compile_repeated_blocks", eager_compile)
-    run_dir = create_run_dir(load_preset(demo, [*QUICK, "training.max_steps=6", "training.compile=true"]),
+    monkeypatch.setattr(placement, "compile_repeated_blocks", eager_compile)
+    run_dir = create_run_dir(load_preset(demo_preset, [*QUICK, "training.max_steps=6", "training.compile=true"]),
                              root=tmp_path / "runs")
     assert train.run(run_dir) == 0
     events = read_all(run_dir / "events.jsonl")

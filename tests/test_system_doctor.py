@@ -166,19 +166,6 @@ def test_a_cuda_torch_that_cannot_reach_a_fine_driver_says_so():
     assert "CUDA driver initialization failed" in found.message and "Restart" in found.hint
 
 
-@pytest.fixture
-def fake_nvidia_smi(tmp_path, monkeypatch):
-    """An nvidia-smi on PATH running the test's bash body."""
-    script = tmp_path / "bin" / "nvidia-smi"
-    script.parent.mkdir()
-    monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ['PATH']}")
-
-    def install(body: str):
-        script.write_text("#!/usr/bin/env bash\n" + body, encoding="utf-8")
-        script.chmod(0o755)
-    return install
-
-
 @pytest.mark.skipif(os.name == "nt", reason="the fake nvidia-smi is a bash script")
 def test_nvidia_smi_is_read_per_gpu_and_old_drivers_are_asked_without_compute_cap(fake_nvidia_smi):
     fake_nvidia_smi('echo "NVIDIA GeForce RTX 5090, 581.57, 12.0, 32607 MiB"\n'

@@ -20,9 +20,8 @@ EXPECTED = {  # family -> (pipeline class, scheduler prediction type or None for
 
 
 @pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    return {family: build_tiny(family, root / family) for family in FAMILIES}
+def tiny_dirs(tiny_model):
+    return {family: tiny_model(family) for family in FAMILIES}
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -37,20 +37,6 @@ def test_the_build_fits_the_card_and_the_driver(gpus, tag, says):
     assert says in message
 
 
-@pytest.fixture
-def fake_nvidia_smi(tmp_path, monkeypatch):
-    """An nvidia-smi on PATH that prints what the test says (and fails on fields it does not know)."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    script = bin_dir / "nvidia-smi"
-
-    def install(body: str):
-        script.write_text("#!/usr/bin/env bash\n" + body)
-        script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    return install
-
-
 @pytest.mark.skipif(os.name == "nt", reason="the fake nvidia-smi is a bash script")
 def test_nvidia_smi_is_read_per_gpu(fake_nvidia_smi):
     fake_nvidia_smi('echo "NVIDIA GeForce RTX 4090, 581.57, 8.9, 24564 MiB"\n'

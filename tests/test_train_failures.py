@@ -7,11 +7,11 @@ import torch
 
 from engine.config.load import load_preset
 from engine.config.schema import DatasetConfig, NetworkConfig, TrainingConfig
-from engine.demo import prepare
 from engine.events import read_all
 from engine.failures import UserError, describe, oom_savers
 from engine.runs import create_run_dir
 from engine.training import loop as train
+from engine.training.modes import denoiser
 
 OOM = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
@@ -35,12 +35,12 @@ def test_user_errors_pass_through_unchanged_and_others_get_a_hint():
     assert "RuntimeError: weird" in message and "engine.log" in hint
 
 
-def test_out_of_memory_during_a_step_stops_with_the_savers(tmp_path, monkeypatch):
+def test_out_of_memory_during_a_step_stops_with_the_savers(demo_preset, tmp_path, monkeypatch):
     def no_memory(r, batch):
         raise OOM
 
-    monkeypatch.setattr(train, "batch_loss", no_memory)
-    preset = load_preset(prepare(tmp_path / "demo"), ["sampling.prompts=[]", "training.gradient_checkpointing=false"])
+    monkeypatch.setattr(denoiser, "batch_loss", no_memory)
+    preset = load_preset(demo_preset, ["sampling.prompts=[]", "training.gradient_checkpointing=false"])
     run_dir = create_run_dir(preset, root=tmp_path / "runs")
     assert train.run(run_dir) == 1
     error = read_all(run_dir / "events.jsonl")[-1]

@@ -8,26 +8,15 @@ import torch
 from safetensors import safe_open
 
 from engine.config.load import load_preset
-from engine.demo import prepare
-from engine.events import read_all
-from engine.models.tiny import build_tiny
-from engine.runs import create_run_dir
 from engine.training import loop as train
+from engine.training.modes import denoiser
+from support.runs import train_run
 
 FAST = ["sampling.prompts=[]", "training.max_steps=4", "output.save_every_n_steps=0", "dataset.repeats=1"]
 
 
-@pytest.fixture(scope="module")
-def demo_preset(tmp_path_factory):
-    """The demo's tiny SD1.5 model, its 16 shape pictures, and presets/demo.yaml with the paths filled in."""
-    return prepare(tmp_path_factory.mktemp("demo folder ü"))
-
-
 def start(preset_path, tmp_path, *overrides, before=None):
-    run_dir = create_run_dir(load_preset(preset_path, [*FAST, *overrides]), root=tmp_path / "runs")
-    if before:
-        before(run_dir)
-    return run_dir, train.run(run_dir), read_all(run_dir / "events.jsonl")
+    return train_run(preset_path, tmp_path / "runs", *FAST, *overrides, before=before)
 
 
 def kinds(events):
@@ -79,13 +68,13 @@ def test_a_stop_that_arrives_with_the_last_step_still_writes_the_final_lora(demo
 
 
 def test_nan_loss_stops_naming_the_files_and_keeps_the_last_checkpoint(demo_preset, tmp_path, monkeypatch):
-    real = train.batch_loss
+    real = denoiser.batch_loss
 
     def blow_up(r, batch):
         loss = real(r, batch)
         return loss * float("nan") if r.step >= 2 else loss
 
-    monkeypatch.setattr(train, "batch_loss", blow_up)
+    monkeypatch.setattr(denoiser, "batch_loss", blow_up)
     run_dir, code, events = start(demo_preset, tmp_path, "output.save_every_n_steps=2")
     assert code == 1
     error = events[-1]
@@ -114,8 +103,8 @@ def test_epochs_mode_runs_whole_epochs_and_saves_per_epoch(demo_preset, tmp_path
 
 
 @pytest.mark.parametrize("family", ["sd2", "sdxl"])
-def test_other_families_train_with_text_encoder_lora(demo_preset, tmp_path, family):
-    model = build_tiny(family, tmp_path / f"tiny {family}")
+def test_other_families_train_with_text_encoder_lora(demo_preset, tmp_path, tiny_model, family):
+    model = tiny_model(family)
     run_dir, code, events = start(demo_preset, tmp_path, f"model.family={family}", f"model.path={model}",
                                   "network.train_text_encoder=true", "training.gradient_checkpointing=true",
                                   "schedules.unet.warmup_steps=0", "schedules.text_encoder.type=constant",

@@ -12,31 +12,20 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from engine.config.load import ConfigError, load_preset
-from engine.demo import prepare
 from engine.events import read_all
 from engine.runs import PROJECT_ROOT, create_run_dir
 from engine.training import loop as train
-from engine.training.vae_mode import kl_per_value, kl_term, kl_weight
+from engine.training.modes.vae import kl_per_value, kl_term, kl_weight
 from run_control import stop_then_resume
+from support.runs import errors, train_run
 
 QUICK = ["training.mode=vae", "optimizers.vae.lr=1e-3", "optimizers.discriminator.lr=1e-3",
          "schedules.vae.type=constant", "schedules.discriminator.type=constant", "output.save_every_n_steps=0",
          "sampling.every_n_steps=0", "vae.kl_warmup_steps=10", "dataset.repeats=1"]
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return prepare(tmp_path_factory.mktemp("vae demo ü"))
-
-
-def start(demo, tmp_path, *overrides):
-    run_dir = create_run_dir(load_preset(demo, [*QUICK, *overrides]), root=tmp_path / "runs")
-    code = train.run(run_dir)
-    return run_dir, code, read_all(run_dir / "events.jsonl")
-
-
-def errors(events):
-    return [e for e in events if e["kind"] == "error"]
+def start(demo_preset, tmp_path, *overrides):
+    return train_run(demo_preset, tmp_path / "runs", *QUICK, *overrides)
 
 
 # --------------------------------------------------------------------------------------------------- the math
@@ -74,10 +63,10 @@ def test_the_discriminators_hinge_losses():
 
 # --------------------------------------------------------------------------------------------------- runs
 
-def test_the_vae_learns_and_its_files_load_where_users_load_them(demo, tmp_path):
+def test_the_vae_learns_and_its_files_load_where_users_load_them(demo_preset, tmp_path):
     from diffusers import AutoencoderKL, StableDiffusionPipeline
 
-    run_dir, code, events = start(demo, tmp_path, "training.max_steps=30", "validation.fraction=0.25",
+    run_dir, code, events = start(demo_preset, tmp_path, "training.max_steps=30", "validation.fraction=0.25",
                                   "validation.every_n_steps=10", "sampling.every_n_steps=30")
     assert code == 0, errors(events)
     vals = [e["val_loss"] for e in events if e["kind"] == "val"]
@@ -92,7 +81,7 @@ def test_the_vae_learns_and_its_files_load_where_users_load_them(demo, tmp_path)
     keys = set(load_file(str(single)))
     assert "encoder.down.0.block.0.conv1.weight" in keys and "decoder.up.0.block.0.conv1.weight" in keys
     assert not any(k.startswith(("first_stage_model.", "vae.")) for k in keys)  # A1111 models/VAE, ComfyUI vae/
-    model = load_preset(demo).model.path
+    model = load_preset(demo_preset).model.path
     pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None,
                                                    vae=AutoencoderKL.from_single_file(str(single), config=str(folder)))
     original = AutoencoderKL.from_pretrained(model, subfolder="vae")
@@ -103,28 +92,28 @@ def test_the_vae_learns_and_its_files_load_where_users_load_them(demo, tmp_path)
         assert not torch.allclose(trained, original.decode(z).sample, atol=1e-3)  # it is the trained VAE
 
 
-def test_decoder_only_training_leaves_the_encoder_as_it_was(demo, tmp_path):
+def test_decoder_only_training_leaves_the_encoder_as_it_was(demo_preset, tmp_path):
     from diffusers import AutoencoderKL
 
-    run_dir, code, events = start(demo, tmp_path, "training.max_steps=3", "vae.part=decoder")
+    run_dir, code, events = start(demo_preset, tmp_path, "training.max_steps=3", "vae.part=decoder")
     assert code == 0, errors(events)
-    model = load_preset(demo).model.path
+    model = load_preset(demo_preset).model.path
     before = AutoencoderKL.from_pretrained(model, subfolder="vae").state_dict()
     after = AutoencoderKL.from_pretrained(run_dir / "demo-vae").state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder.", "quant_conv.")))
     assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
 
 
-def test_with_the_discriminator_it_trains_and_resumes_exactly(demo, tmp_path, monkeypatch):
+def test_with_the_discriminator_it_trains_and_resumes_exactly(demo_preset, tmp_path, monkeypatch):
     """Two optimizers (vae, discriminator), the critic's BatchNorm and the reparameterisation noise: a run stopped
     at step 2 and resumed ends with the weights of an uninterrupted one."""
     gan = ["vae.gan=true", "training.max_steps=4", "vae.lambda_adv=0.5"]
-    straight, code, events = start(demo, tmp_path / "a", *gan)
+    straight, code, events = start(demo_preset, tmp_path / "a", *gan)
     assert code == 0, errors(events)
     step = [e for e in events if e["kind"] == "step"][-1]
     assert set(step["lr"]) == {"vae", "discriminator"} and {"adv_loss", "d_loss"} <= set(step)
 
-    resumed = create_run_dir(load_preset(demo, [*QUICK, *gan]), root=tmp_path / "b" / "runs")
+    resumed = create_run_dir(load_preset(demo_preset, [*QUICK, *gan]), root=tmp_path / "b" / "runs")
     stop_then_resume(resumed, monkeypatch, 2)
     a, b = load_file(str(straight / "demo.safetensors")), load_file(str(resumed / "demo.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -147,15 +136,13 @@ def test_fluxflows_component_names_load_as_easels():
     assert "optimizers.flow" in [key for key, _ in e.value.problems]
 
 
-def test_a_flux_vae_trains_and_its_file_loads_as_flux_ae(tmp_path):
+def test_a_flux_vae_trains_and_its_file_loads_as_flux_ae(demo_preset, tmp_path, tiny_model):
     """FLUX's 16-channel VAE (no quant_conv): the single file is in ae.safetensors' layout, and the FLUX family
     takes it as model.vae_path."""
     from engine.models.families import get_family
-    from engine.models.tiny import build_tiny
 
-    model = build_tiny("flux", tmp_path / "FLUX tiny", seed=0)
-    data = prepare(tmp_path / "demo")  # its dataset
-    dataset = load_preset(data).dataset.path
+    model = tiny_model("flux")
+    dataset = load_preset(demo_preset).dataset.path  # the demo's shapes
     preset = load_preset(PROJECT_ROOT / "presets" / "flux-lora-24gb.yaml",
                          [f"model.path={model}", f"dataset.path={dataset}", *QUICK, "training.max_steps=2",
                           "dataset.resolution_px=64", "dataset.min_bucket_px=64", "dataset.max_bucket_px=128",
@@ -171,7 +158,8 @@ def test_a_flux_vae_trains_and_its_file_loads_as_flux_ae(tmp_path):
     assert all(torch.equal(comps.vae.state_dict()[k], trained[k]) for k in trained)
 
 
-def test_a_missing_test_image_is_named_before_training(demo, tmp_path):
-    run_dir, code, events = start(demo, tmp_path, "training.max_steps=2", f"vae.test_images=[{tmp_path / 'gone.png'}]")
+def test_a_missing_test_image_is_named_before_training(demo_preset, tmp_path):
+    run_dir, code, events = start(demo_preset, tmp_path, "training.max_steps=2",
+                                  f"vae.test_images=[{tmp_path / 'gone.png'}]")
     assert code != 0 and not [e for e in events if e["kind"] == "step"]
     assert "vae.test_images: no such image" in events[-1]["message"] and "gone.png" in events[-1]["message"]

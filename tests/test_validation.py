@@ -10,32 +10,25 @@ import pytest
 import torch
 
 from engine.config.load import load_preset
-from engine.demo import prepare
 from engine.events import read_all
 from engine.failures import UserError
 from engine.runs import create_run_dir
 from engine.training import loop as train
 from run_control import stop_then_resume
+from support.runs import train_run
 
 QUICK = ["sampling.prompts=[]", "dataset.repeats=1", "training.batch_size=2", "output.save_every_n_steps=2",
          "validation.fraction=0.25", "validation.keep_best=2"]
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return prepare(tmp_path_factory.mktemp("demo"))
+def run(demo_preset, tmp_path, *overrides):
+    return train_run(demo_preset, tmp_path / "runs", *QUICK, *overrides)
 
 
-def run(demo, tmp_path, *overrides):
-    run_dir = create_run_dir(load_preset(demo, [*QUICK, *overrides]), root=tmp_path / "runs")
-    code = train.run(run_dir)
-    return run_dir, code, read_all(run_dir / "events.jsonl")
-
-
-def test_the_fraction_split_is_fixed_by_its_seed_and_never_takes_regularization_images(demo):
+def test_the_fraction_split_is_fixed_by_its_seed_and_never_takes_regularization_images(demo_preset):
     from engine.data.samples import collect_samples, split_validation
 
-    preset = load_preset(demo)
+    preset = load_preset(demo_preset)
     samples = collect_samples(preset.dataset, print)
     v = SimpleNamespace(folder="", fraction=0.25, seed=1)
     train_a, held_a = split_validation(samples, preset.dataset, v, print)
@@ -53,8 +46,8 @@ def test_the_fraction_split_is_fixed_by_its_seed_and_never_takes_regularization_
         split_validation(samples, preset.dataset, SimpleNamespace(folder="/no/such/place", fraction=0, seed=1), print)
 
 
-def test_a_run_reports_val_loss_and_keeps_the_k_best_files_named_by_it(demo, tmp_path):
-    run_dir, code, events = run(demo, tmp_path, "training.max_steps=8", "optimizers.unet.lr=3e-3")
+def test_a_run_reports_val_loss_and_keeps_the_k_best_files_named_by_it(demo_preset, tmp_path):
+    run_dir, code, events = run(demo_preset, tmp_path, "training.max_steps=8", "optimizers.unet.lr=3e-3")
     assert code == 0, events[-1]
     vals = [e for e in events if e["kind"] == "val"]
     assert [e["step"] for e in vals] == [2, 4, 6, 8]                    # with every save, and at the end
@@ -71,10 +64,10 @@ def _epoch(step: int) -> int:
     return (step - 1) // 6 + 1  # 12 training images, batch 2: 6 steps an epoch
 
 
-def test_the_val_loss_uses_fixed_draws_so_two_identical_runs_agree_and_a_resume_keeps_the_best(demo, tmp_path,
+def test_the_val_loss_uses_fixed_draws_so_two_identical_runs_agree_and_a_resume_keeps_the_best(demo_preset, tmp_path,
                                                                                                  monkeypatch):
-    _, _, a = run(demo, tmp_path / "a", "training.max_steps=6")
-    stopped = create_run_dir(load_preset(demo, [*QUICK, "training.max_steps=6"]), root=tmp_path / "b")
+    _, _, a = run(demo_preset, tmp_path / "a", "training.max_steps=6")
+    stopped = create_run_dir(load_preset(demo_preset, [*QUICK, "training.max_steps=6"]), root=tmp_path / "b")
     stop_then_resume(stopped, monkeypatch, 3)
     b = read_all(stopped / "events.jsonl")
     vals = lambda events: {e["step"]: (e["val_loss"], e["best"]) for e in events if e["kind"] == "val"}  # noqa: E731
@@ -82,11 +75,12 @@ def test_the_val_loss_uses_fixed_draws_so_two_identical_runs_agree_and_a_resume_
     assert len(list((stopped / "checkpoints" / "best").glob("*.safetensors"))) == 2
 
 
-def test_tensorboard_logs_read_back_with_tensorboards_own_reader(demo, tmp_path):
+def test_tensorboard_logs_read_back_with_tensorboards_own_reader(demo_preset, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run_dir, code, events = run(demo, tmp_path, "training.max_steps=4", "sampling.prompts=[easeldemo a red circle]",
-                                "sampling.steps=2", "sampling.strengths=[1.0]")
+    run_dir, code, events = run(demo_preset, tmp_path, "training.max_steps=4",
+                                "sampling.prompts=[easeldemo a red circle]", "sampling.steps=2",
+                                "sampling.strengths=[1.0]")
     assert code == 0, events[-1]
     board = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
     board.Reload()
@@ -97,15 +91,15 @@ def test_tensorboard_logs_read_back_with_tensorboards_own_reader(demo, tmp_path)
     assert len(tags["images"]) == 1 and board.Images(tags["images"][0])[0].step == 4
 
 
-def test_tensorboard_off_writes_nothing(demo, tmp_path):
-    run_dir, code, _ = run(demo, tmp_path, "training.max_steps=2", "output.tensorboard=false")
+def test_tensorboard_off_writes_nothing(demo_preset, tmp_path):
+    run_dir, code, _ = run(demo_preset, tmp_path, "training.max_steps=2", "output.tensorboard=false")
     assert code == 0 and not (run_dir / "tensorboard").exists()
 
 
-def test_the_tensorboard_command_serves_the_runs_on_localhost(demo, tmp_path):
+def test_the_tensorboard_command_serves_the_runs_on_localhost(demo_preset, tmp_path):
     from engine.tensorboard_view import cli, start
 
-    run_dir, _, _ = run(demo, tmp_path, "training.max_steps=2")
+    run_dir, _, _ = run(demo_preset, tmp_path, "training.max_steps=2")
     url = start(run_dir.parent, port=0)
     assert url.startswith("http://127.0.0.1:")
     with urllib.request.urlopen(url + "data/runs", timeout=30) as page:
@@ -113,13 +107,13 @@ def test_the_tensorboard_command_serves_the_runs_on_localhost(demo, tmp_path):
     assert cli([str(tmp_path / "nothing here")]) == 2
 
 
-def test_validation_is_the_same_when_repeated_and_changes_after_a_step(demo, tmp_path):
+def test_validation_is_the_same_when_repeated_and_changes_after_a_step(demo_preset, tmp_path):
     from engine.training.setup import setup
     from engine.training.validation import validation_loss
     from engine.events import EventWriter
 
-    run_dir = create_run_dir(load_preset(demo, [*QUICK, "training.max_steps=3", "schedules.unet.warmup_steps=0"]),
-                             root=tmp_path / "runs")
+    run_dir = create_run_dir(load_preset(demo_preset, [*QUICK, "training.max_steps=3",
+                                                       "schedules.unet.warmup_steps=0"]), root=tmp_path / "runs")
     with EventWriter(run_dir / "events.jsonl") as events:
         r = setup(run_dir, load_preset(run_dir / "preset.yaml"), events, resume=False)
         first = validation_loss(r)
@@ -130,10 +124,10 @@ def test_validation_is_the_same_when_repeated_and_changes_after_a_step(demo, tmp
     assert torch.is_grad_enabled()
 
 
-def test_reduce_on_plateau_watches_the_validation_loss_and_says_so(demo, tmp_path):
+def test_reduce_on_plateau_watches_the_validation_loss_and_says_so(demo_preset, tmp_path):
     """A validation loss that does not improve (an LR too small to change anything) halves the LR after
     `patience` validations, the same in the step events as in the schedule; the started event says what it watches."""
-    run_dir, code, events = run(demo, tmp_path, "validation.fraction=0.25", "validation.every_n_steps=1",
+    run_dir, code, events = run(demo_preset, tmp_path, "validation.fraction=0.25", "validation.every_n_steps=1",
                                 "training.max_steps=6", "optimizers.unet.lr=1e-6",
                                 "schedules.unet.type=ReduceLROnPlateau", "schedules.unet.warmup_steps=0",
                                 "schedules.unet.params={patience: 1, "

@@ -221,6 +221,13 @@ def has_problem(page, elem_id: str) -> bool:
     return "has-problem" in (page.locator(f"#{elem_id}").get_attribute("class") or "")
 
 
+def wait_problem(page, elem_id: str, marked: bool, timeout_ms: int = 30_000) -> None:
+    """Until the field is marked (or unmarked): each field's check answers on its own, after the LR plot's."""
+    test = "" if marked else "!"
+    page.wait_for_function(f"() => {test}(document.querySelector('#{elem_id}')?.className || '')"
+                           f".includes('has-problem')", timeout=timeout_ms)
+
+
 def wait_text(page, elem_id: str, text: str, timeout_ms: int = 30_000) -> None:
     page.wait_for_function(f"() => (document.querySelector('#{elem_id}')?.innerText || '').includes({text!r})",
                            timeout=timeout_ms)
@@ -254,6 +261,7 @@ def test_your_own_dataset_start_waits_for_the_doctor_fields_are_checked_as_typed
         assert has_problem(page, "f-optimizers-unet-lr")
         type_into(page, "f-optimizers-unet-lr", "0.0001")
         wait_text(page, "lr-plot-note", "peak 1.00e-04")
+        wait_problem(page, "f-optimizers-unet-lr", marked=False)
         assert not has_problem(page, "f-model-path") and not has_problem(page, "f-optimizers-unet-lr")
 
         # Start runs the doctor: the missing caption blocks it, and the Dataset tab has the fix
