@@ -91,13 +91,17 @@ def objective_problems(p: Preset, caps) -> list[tuple[str, str]]:
 
 def model_file_problems(p: Preset, caps) -> list[tuple[str, str]]:
     """Separate component files and block swap, for the families that load and swap them."""
+    from engine.models.families import FOLDERS, capabilities
+
     out, m = [], p.model
     for key in ("clip_l_path", "t5_path"):
         if getattr(m, key) and key not in caps.separate_files:
-            out.append((f"model.{key}", f"is for FLUX's separate text-encoder files; family {m.family} loads "
+            users = " / ".join(capabilities(n).label for n in FOLDERS if key in capabilities(n).separate_files)
+            out.append((f"model.{key}", f"is for {users}'s separate text-encoder files; family {m.family} loads "
                                         f"its text encoders from model.path"))
     if m.block_swap and not caps.block_swap:
-        out.append(("model.block_swap", f"block swap is for FLUX's transformer blocks; use 0 for {m.family}"))
+        users = " / ".join(capabilities(n).label for n in FOLDERS if capabilities(n).block_swap)
+        out.append(("model.block_swap", f"block swap is for {users}'s transformer blocks; use 0 for {m.family}"))
     if m.block_swap and not p.training.gradient_checkpointing:
         out.append(("model.block_swap", "needs training.gradient_checkpointing: true (the swapped blocks are "
                                         "recomputed in the backward pass, when their weights are back on the GPU)"))

@@ -156,12 +156,15 @@ _KOHYA_TEXT_ENCODERS = {"lora_te": "text_encoder", "lora_te1": "text_encoder", "
 
 def _component_of(stem: str, denoiser: str | None = None) -> str:
     """The pipeline component a file module belongs to; `denoiser` names the one `lora_unet` means, if known."""
+    from engine.models.lora_naming import claimed_component
+
+    claimed = claimed_component(stem)  # a family's own names (FLUX's BFL blocks) say their component
+    if claimed:
+        return denoiser or claimed
     if "." in stem:  # diffusers format: the component is the first part
         return stem.split(".", 1)[0]
     if stem.startswith("lora_unet_"):
-        from engine.models.lora_naming import claimed_component
-
-        return denoiser or claimed_component(stem) or "unet"
+        return denoiser or "unet"
     m = re.match(r"^(lora_te\d?)_", stem)
     return _KOHYA_TEXT_ENCODERS.get(m[1], m[1]) if m else stem
 
