@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from engine.models import fit
+from engine.models.families import capabilities
 from engine.models.families.flux import memory as flux_memory
 
 GB = 2**30
@@ -152,7 +153,7 @@ def cpu_report() -> None:
           f"(built in {time.time() - t0:.0f} s)")
     units = saved_units(model, 32, 128)
     bf16 = param_bytes(model)
-    store_in_fp8(model, torch.bfloat16)
+    store_in_fp8(model, torch.bfloat16, block_lists=capabilities("flux").block_lists)
     fp8 = param_bytes(model)
     rows = [("bf16", bf16, predicted["none"]), ("fp8 (store_in_fp8)", fp8, predicted["fp8"])]
     print(f"{'storage':20} {'measured GB':>12} {'fit GB':>10} {'ratio':>6}")
@@ -187,7 +188,7 @@ def run_steps(model, params, settings: fit.Settings, steps: int, device: str) ->
     from engine.models.block_swap import move_except_swapped, swap_blocks
 
     cuda = device == "cuda"
-    swap = swap_blocks(model, settings.block_swap, device) if settings.block_swap else None
+    swap = swap_blocks(model, settings.block_swap, device, capabilities("flux").block_lists) if settings.block_swap else None
     move_except_swapped(model, device, swap)
     optimizer, used = make_optimizer(params, settings.optimizer if cuda else "adamw")
     batch = inputs(settings.resolution_px // 16, settings.batch_size, device)
@@ -238,7 +239,7 @@ def gpu_report(steps: int, resolutions: list[int], device: str = "cuda", blocks:
     rows = []
     for tier, (budget, changes) in TIERS.items():
         if changes.get("quantize_base", BASE.quantize_base) == "fp8" and not getattr(model, "easel_fp8", False):
-            store_in_fp8(model, torch.bfloat16)
+            store_in_fp8(model, torch.bfloat16, block_lists=capabilities("flux").block_lists)
             model.easel_fp8 = True
         for px in resolutions:
             settings = replace(BASE, resolution_px=px, **changes)

@@ -25,7 +25,7 @@ engine/models/tiny.py's in-memory ones (their ids index the real-size embedding 
 FLUX's plain loop: 9.5 GB and ~10 ms a caption on an H200, well inside the budget.
 
 Easel's step is Easel's code from setup() on, with family.load replaced by the in-memory models: fp8 storage (FLUX:
-before the LoRA, as flux_loading does), configure_for_training, add_network, store_base, then build_run on a small
+before the LoRA, as families/flux/loading.py does), configure_for_training, add_network, store_base, then build_run on a small
 generated dataset (so prepare_batches caches its latents and text embeddings with the real VAE and text encoders,
 parks them in CPU RAM, and place_denoiser applies block swap), then engine/training/loop.py's loop() runs the steps.
 The plain loop is bench/train_speed.py's bench_plain written for each family the way diffusers' example scripts
@@ -265,11 +265,11 @@ class Suite:
             comps = BUILDERS[case.family](self.smoke, self.device, weight_dtype)
             if case.family == "flux" and preset.model.quantize_base == "fp8":
                 # engine/models/families/flux/loading.py stores the transformer in fp8 as soon as it is read, before LoRA
-                store_in_fp8(comps.denoiser, weight_dtype)
+                store_in_fp8(comps.denoiser, weight_dtype, block_lists=capabilities(case.family).block_lists)
                 comps.denoiser.easel_fp8 = True
             configure_for_training(comps, preset.training)
             trainables = add_network(family, comps, preset.network, preset.training.gradient_checkpointing)
-            store_base(comps, preset.model, weight_dtype, events)
+            store_base(comps, preset.model, weight_dtype, events, capabilities(case.family).block_lists)
         sync()
         return Models(self.model_key(case), case.family, comps, trainables, weight_dtype, time.monotonic() - started)
 
@@ -513,7 +513,7 @@ def build_sdxl(tiny: bool, device: str, dtype):
     unet = on_device(device, dtype, lambda: UNet2DConditionModel(**(SDXL_TINY if tiny else SDXL_UNET)))
     te = on_device(device, dtype, lambda: clip(tok, CLIP_TINY if tiny else CLIP_L))
     te_2 = on_device(device, dtype, lambda: clip(tok_2, CLIP_BIG_G_TINY if tiny else CLIP_BIG_G, with_projection=True))
-    # SDXL's VAE overflows in fp16, so Easel (family.vae_fp32) and the example both keep it in fp32
+    # SDXL's VAE overflows in fp16, so Easel (components_from_pipe's vae_fp32) and the example both keep it in fp32
     vae = on_device(device, torch.float32, lambda: autoencoder(VAE_TINY if tiny else VAE, latent_channels=4,
                                                                scaling_factor=0.13025))
     return Components(pipe=None, denoiser=unet, vae=vae, text_encoders=(te, te_2), tokenizers=(tok, tok_2),

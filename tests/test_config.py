@@ -45,6 +45,16 @@ def test_the_issue_example_names_all_three_problems_with_suggestions(tmp_path):
     ({"model": {"family": "flux"}, "training": {"objective": "epsilon"}}, "training.objective", "use 'flow'"),
     ({"training": {"timestep_sampling": "flux_shift"}}, "training.timestep_sampling", "flow"),
     ({"training": {"flow_path": "cosine"}}, "training.flow_path", "from scratch"),
+    # samplers the family cannot sample with: refused with its list (they used to pass and fail at the first sample)
+    ({"sampling": {"sampler": "rk4"}}, "sampling.sampler", "use one of default, euler, ddim, dpmpp_2m"),
+    ({"model": {"prediction_type": "epsilon"}, "sampling": {"sampler": "flow_euler"}}, "sampling.sampler",
+     "an SD 1.x model trained with objective 'epsilon': use one of default, euler, ddim, dpmpp_2m"),
+    ({"model": {"family": "sdxl"}, "sampling": {"sampler": "ddpm"}}, "sampling.sampler", "an SDXL model"),
+    ({"model": {"family": "flux"}, "sampling": {"sampler": "ddim"}}, "sampling.sampler",
+     "use one of default, flow_euler"),
+    ({"model": {"family": "dit", "path": ""}, "network": {"type": "full"}, "training": {"objective": "epsilon"},
+      "sampling": {"sampler": "rk4"}}, "sampling.sampler", "a DiT model trained with objective 'epsilon': use one "
+                                                            "of default, ddim, ddpm"),
     ({"validation": {"fraction": 0.9}}, "validation.fraction", "out of range"),
     ({"model": {"t5_path": "t5xxl_fp16.safetensors"}}, "model.t5_path", "FLUX"),
     ({"model": {"family": "flux", "block_swap": 8}, "training": {"gradient_checkpointing": False}},

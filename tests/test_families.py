@@ -69,8 +69,7 @@ def test_sdxl_conditions_on_size_and_crop(tiny):
 def test_sd2_is_sd15_with_other_data():
     sd15, sd2 = get_family("sd15"), get_family("sd2")
     differing = {f.name for f in dataclasses.fields(sd15) if getattr(sd15, f.name) != getattr(sd2, f.name)}
-    assert differing <= {"name", "caps", "default_resolution_px", "kohya_base_model", "modelspec_architecture",
-                         "metadata"}
+    assert differing <= {"name", "caps", "kohya_base_model", "modelspec_architecture", "metadata"}
     caps = {f.name for f in dataclasses.fields(sd15.caps) if getattr(sd15.caps, f.name) != getattr(sd2.caps, f.name)}
     assert caps == {"name", "label", "a_label"}
 

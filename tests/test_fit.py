@@ -12,6 +12,7 @@ from dataset_factory import make_clean_dataset
 
 from engine.config.schema import ModelConfig
 from engine.models import fit
+from engine.models.families import capabilities
 from engine.models.fit import GB, Settings, advice, describe_fit, estimate, model_sizes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,7 +149,7 @@ def test_fp8_bytes_are_what_store_in_fp8_leaves(tiny_flux):
 
     transformer = FluxTransformer2DModel.from_pretrained(tiny_flux["folder"], subfolder="transformer",
                                                          dtype=torch.bfloat16)
-    store_in_fp8(transformer, torch.bfloat16)
+    store_in_fp8(transformer, torch.bfloat16, block_lists=capabilities("flux").block_lists)
     measured = sum(p.numel() * p.element_size() for p in transformer.parameters())
     c = model_sizes(ModelConfig(family="flux", path=str(tiny_flux["folder"]))).denoiser
     assert fit.quantized_bytes(c.params, c.fp8_params, c.bnb_params, c.bnb_rows, "fp8", 2) == measured
@@ -176,7 +177,7 @@ def test_the_engine_swaps_the_blocks_the_estimate_counts(tiny_flux):
     transformer = FluxTransformer2DModel.from_pretrained(tiny_flux["folder"], subfolder="transformer")
     c = model_sizes(ModelConfig(family="flux", path=str(tiny_flux["folder"]))).denoiser
     for n in (1, 2):
-        swap = swap_blocks(transformer, n, "cpu")
+        swap = swap_blocks(transformer, n, "cpu", capabilities("flux").block_lists)
         assert [sum(p.numel() for p in b.parameters()) for b in swap.blocks] == \
             [c.blocks[i][0] for i in fit.swapped_blocks(c, n)]
         swap.remove()

@@ -17,11 +17,14 @@ from engine.config.load import load_preset
 from engine.config.schema import ModelConfig, NetworkConfig
 from engine.events import read_all
 from engine.failures import UserError
+from engine.models.families import capabilities
 from engine.models.tiny import write_flux_files
 from engine.runs import create_run_dir
 from dataset_factory import make_clean_dataset
 from run_control import stop_then_resume
 from support.runs import train_run
+
+FLUX_BLOCKS = capabilities("flux").block_lists
 
 PRESET = "presets/flux-identity-fast.yaml"
 FAST = ["schedules.unet.warmup_steps=0", "optimizers.unet.lr=1e-3", "training.grad_accum=1",
@@ -265,7 +268,7 @@ def test_fp8_storage_keeps_the_lora_in_fp32_and_computes_like_the_rounded_weight
             if ".lora_" not in name and "transformer_blocks" in name:
                 p.copy_(p.to(torch.float8_e4m3fn).float())
         expected = predict(comps, x, t, cond, None)
-    saved = store_in_fp8(tr, torch.float32)
+    saved = store_in_fp8(tr, torch.float32, block_lists=FLUX_BLOCKS)
     dtypes = {n: p.dtype for n, p in tr.named_parameters()}
     assert dtypes["transformer_blocks.0.norm1.linear.weight"] == torch.float8_e4m3fn      # modulation too
     assert dtypes["single_transformer_blocks.0.attn.to_q.base_layer.weight"] == torch.float8_e4m3fn
@@ -305,7 +308,7 @@ def test_block_swap_computes_the_same_values_and_gradients_and_moves_only_frozen
                 p.normal_()
         tr.enable_gradient_checkpointing()
         tr.train()
-        swapper = swap_blocks(tr, 2, "cpu") if swap else None
+        swapper = swap_blocks(tr, 2, "cpu", FLUX_BLOCKS) if swap else None
         x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
         cond = {"prompt_embeds": torch.randn(1, 7, 32, generator=torch.Generator().manual_seed(1)),
                 "pooled": torch.randn(1, 32, generator=torch.Generator().manual_seed(2))}

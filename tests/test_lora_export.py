@@ -25,7 +25,8 @@ UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TE_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 INFO = {  # what the family records will pass
     "sd15": dict(base_model_version="sd_v1", architecture="stable-diffusion-v1/lora"),
-    "sd2": dict(base_model_version="sd_v2_v", architecture="stable-diffusion-v2-768-v/lora", prediction_type="v"),
+    "sd2": dict(base_model_version="sd_v2_v", architecture="stable-diffusion-v2-768-v/lora", prediction_type="v",
+                extra=get_family("sd2").metadata),
     "sdxl": dict(base_model_version="sdxl_base_v1-0", architecture="stable-diffusion-xl-v1-base/lora",
                  text_encoder_names=("text_encoder", "text_encoder_2"), resolution_px=(1024, 1024),
                  naming=get_family("sdxl").kohya_naming),

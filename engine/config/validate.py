@@ -32,8 +32,7 @@ def validate(p: Preset) -> list[tuple[str, str]]:
         why = ": a DiT trained from scratch has no base model to adapt" if not caps.base_model else ""
         out.append(("network.type", f"{n.type!r} cannot train family {m.family!r}{why}; use network.type: "
                                     f"{' or '.join(caps.network_types)}"))
-    if caps.checks is not None:
-        out += caps.checks(p)
+    out += caps.checks(p)
     out += rl_problems(p)
     if n.te_two_phase and not n.train_text_encoder:
         out.append(("network.te_two_phase", "needs network.train_text_encoder: true"))
@@ -76,14 +75,13 @@ def objective_problems(p: Preset, caps) -> list[tuple[str, str]]:
                                           "model.prediction_type says epsilon"))
     allowed = caps.samplers_for(t.objective, m.prediction_type)
     if p.sampling.sampler not in allowed:
-        trained = caps.objective_kind(t.objective, m.prediction_type)
-        out.append(("sampling.sampler", f"{p.sampling.sampler!r} cannot sample {caps.label} trained as a {trained} "
-                                        f"model: use one of {', '.join(allowed)}"))
+        out.append(("sampling.sampler", f"{p.sampling.sampler!r} cannot sample {caps.a_label} model trained with "
+                                        f"objective {objective!r}: use one of {', '.join(allowed)}"))
     if t.flow_path not in caps.flow_paths:
         out.append(("training.flow_path", f"{t.flow_path!r} is for models trained from scratch (family dit); a "
                                           f"pretrained {family} model was trained on the straight path: keep "
                                           f"'condot'"))
-    if t.timestep_sampling in ("shift", "flux_shift") and caps.objective_kind(objective) != "flow":
+    if t.timestep_sampling in ("shift", "flux_shift") and not (caps.flow_only or objective == "flow"):
         out.append(("training.timestep_sampling", f"{t.timestep_sampling!r} shifts flow-matching noise levels; "
                                                   f"use uniform, logit_normal or sigmoid for {family}"))
     return out

@@ -18,22 +18,20 @@ FP8_SKIP_PATTERNS = ("lora_", r"^x_embedder$", r"^context_embedder$", r"^time_te
                      "patch_embed")
 
 
-BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")  # cast one block at a time, with progress
-
-
-def store_in_fp8(module, compute_dtype, progress=None) -> int:
+def store_in_fp8(module, compute_dtype, progress=None, block_lists: tuple = ()) -> int:
     """Keep `module`'s frozen Linear/Conv weights in float8_e4m3fn, computed in `compute_dtype`; returns bytes saved.
 
     Call after the LoRA adapters are added (their layers are skipped by name) and before training. diffusers'
     `enable_layerwise_casting` is not used: it adds the model class's own skip patterns, and FLUX's ("norm") also
     matches the blocks' modulation linears (`norm1.linear`), a quarter of FLUX's weights, which would stay in bf16.
-    progress(n, total) is called per block."""
+    block_lists: the module's lists of blocks (the family's Capabilities.block_lists), cast one block at a time
+    with progress(n, total) per block; the rest at once."""
     import torch
     from diffusers.hooks import apply_layerwise_casting
 
     before = _weight_bytes(module)
-    blocks = [b for name in BLOCK_LISTS for b in getattr(module, name, [])]
-    outside = FP8_SKIP_PATTERNS + tuple(f"^{name}$" for name in BLOCK_LISTS)
+    blocks = [b for name in block_lists for b in getattr(module, name, [])]
+    outside = FP8_SKIP_PATTERNS + tuple(f"^{name}$" for name in block_lists)
     apply_layerwise_casting(module, torch.float8_e4m3fn, compute_dtype, skip_modules_pattern=outside)
     for n, block in enumerate(blocks):
         if progress:

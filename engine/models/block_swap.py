@@ -80,11 +80,12 @@ class BlockSwap:
                 p.data = cpu.to(self.device)
 
 
-def swap_blocks(transformer, count: int, device: str) -> BlockSwap | None:
-    """Swap the last `count` blocks of a FLUX transformer (single blocks first, then double ones)."""
+def swap_blocks(transformer, count: int, device: str, block_lists: tuple) -> BlockSwap | None:
+    """Swap the last `count` blocks of a transformer whose blocks run in the order of `block_lists` (the family's
+    Capabilities.block_lists; FLUX: its single blocks first, then double ones)."""
     if count <= 0:
         return None
-    blocks = list(transformer.transformer_blocks) + list(transformer.single_transformer_blocks)
+    blocks = [b for name in block_lists for b in getattr(transformer, name)]
     return BlockSwap(blocks[-count:], device)
 
 

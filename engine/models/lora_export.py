@@ -136,7 +136,7 @@ def _training_metadata(info: LoraExportInfo, rank: int, alpha: float) -> dict[st
         "ss_network_dim": str(rank),
         "ss_network_alpha": _number(alpha),
         "ss_base_model_version": info.base_model_version,
-        "ss_v2": str(info.base_model_version.startswith("sd_v2")),
+        "ss_v2": "False",   # the family's metadata says True for SD 2.x (info.extra)
         "ss_resolution": f"({width}, {height})",
         "ss_tag_frequency": json.dumps(info.tag_frequency, ensure_ascii=False),
         "ss_training_comment": info.training_comment,

@@ -6,11 +6,12 @@ A naming says, for the denoiser: which of two name styles comes first (diffusers
 LDM names that sd-scripts writes for SDXL; loaders take both), the alias function between them, fixed prefixes
 (FLUX's lora_unet / lora_te1 / lora_te3; None: sd-scripts' prefixes from the text encoders), and `fused`: a module
 for denoisers whose file modules stand for several layers (FLUX's BFL q/k/v, engine/models/families/flux/
-lora_names.py), with modules(), tensors(), fused_size(), split(), part_rank(), unplaced(), claims() and
-shape_checked().
+lora_names.py), with modules(), tensors(), fused_size(), split(), part_rank(), unplaced(), claims(),
+shape_checked() and shape_check_note().
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -39,8 +40,9 @@ def naming_of(denoiser) -> KohyaNaming:
     return PLAIN
 
 
-def all_namings() -> list[KohyaNaming]:
-    """Every family's naming, in the registry's order (imports the records)."""
+@functools.cache
+def all_namings() -> tuple[KohyaNaming, ...]:
+    """Every family's naming, in the registry's order (imports the records once)."""
     from engine.models.families import FOLDERS, get_family
 
     found = []
@@ -48,7 +50,7 @@ def all_namings() -> list[KohyaNaming]:
         naming = get_family(name).kohya_naming
         if naming is not None and naming not in found:
             found.append(naming)
-    return found
+    return tuple(found)
 
 
 def fused_size(stem: str) -> int:

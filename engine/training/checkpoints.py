@@ -215,7 +215,7 @@ def export_lora(folder: Path, stem: str, formats: list[str], denoiser, text_enco
     for fmt in formats:
         path = save_lora(lora_path(folder, stem, fmt), fmt, denoiser, text_encoders, info,
                          dtype=SAVE_DTYPES[save_precision])
-        self_check(path, pipeline)
+        self_check(path, pipeline, info.naming)
         written.append((path, fmt))
     return written
 

@@ -91,10 +91,18 @@ def load_initial_lora(family, comps, network) -> list[str]:
     if carried:
         for te in tes.values():
             te.requires_grad_(False)
-    trained_on = info.metadata.get("modelspec.architecture", "")
-    variant = comps.extra.get("variant")
-    if variant and "flux-1-" in trained_on and f"flux-1-{variant}" not in trained_on:
-        other = "schnell" if variant == "dev" else "dev"
-        notes.append(f"network.init_from: {path.name} was trained on FLUX.1-{other}, and this model is FLUX.1-{variant}: "
-                     f"the LoRA loads, but its look will differ (schnell is distilled for 4 steps, dev for guidance).")
+    notes += other_variant_note(family, comps, path, info.metadata.get("modelspec.architecture", ""))
     return notes
+
+
+def other_variant_note(family, comps, path, trained_on: str) -> list[str]:
+    """A LoRA trained on another variant of the same family (FLUX.1-dev vs schnell: the family's
+    modelspec_architecture by variant) loads, but looks different: said, not refused."""
+    variants = {arch: name for name, arch in family.modelspec_architecture.items()}
+    variant = comps.extra.get("variant")
+    if variant not in family.modelspec_architecture or trained_on not in variants or variants[trained_on] == variant:
+        return []
+    label = family.caps.label
+    return [f"network.init_from: {path.name} was trained on {label}-{variants[trained_on]}, and this model is "
+            f"{label}-{variant}: the LoRA loads, but its look will differ (a distilled variant and its base render "
+            f"differently)."]

@@ -27,13 +27,13 @@ def encode_sample_prompts(family, comps, sampling, batches, status) -> None:
                                                 cache_dir=batches.text_cache_dir, encoder_id=batches.encoder_id)
 
 
-def place_denoiser(comps, device: str, block_swap: int, training, status) -> None:
+def place_denoiser(comps, device: str, block_swap: int, training, status, block_lists: tuple = ()) -> None:
     """The denoiser onto the device once the caches are built and the idle parts are parked; with block swap, the
     swapped blocks' frozen weights stay in CPU RAM (engine/models/block_swap.py). Then the GPU speed-ups that
     cost no quality (engine/training/speed.py) and, when asked, torch.compile."""
     from engine.models.block_swap import move_except_swapped, swap_blocks
 
-    swap = swap_blocks(comps.denoiser, block_swap, device) if block_swap else None
+    swap = swap_blocks(comps.denoiser, block_swap, device, block_lists) if block_swap else None
     move_except_swapped(comps.denoiser, device, swap)
     comps.extra["block_swap"] = swap
     if swap is not None:

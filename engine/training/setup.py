@@ -53,7 +53,7 @@ def setup(run_dir: Path, preset, events: EventWriter, resume: bool, phase_steps=
     if preset.network.type == "lora" and preset.network.init_from:
         for message in load_initial_lora(family, comps, preset.network):
             events.emit("warning", message=message)
-    store_base(comps, preset.model, weight_dtype, events)
+    store_base(comps, preset.model, weight_dtype, events, family.caps.block_lists)
     r = build_run(run_dir, preset, events, family, comps, trainables, device, mixed, weight_dtype, processes,
                   phase_steps)
     if resume:
@@ -128,14 +128,15 @@ def configure_for_training(comps, training, family=None) -> None:
         comps.extra["max_sequence_length"] = training.max_sequence_length
 
 
-def store_base(comps, model_cfg, compute_dtype, events) -> None:
-    """model.quantize_base fp8: the frozen denoiser weights in float8 from here on (int8/nf4 happened at loading)."""
+def store_base(comps, model_cfg, compute_dtype, events, block_lists: tuple = ()) -> None:
+    """model.quantize_base fp8: the frozen denoiser weights in float8 from here on (int8/nf4 happened at loading);
+    block_lists: the family's (Capabilities), cast block by block with progress."""
     from engine.models.base_storage import store_in_fp8
 
     if model_cfg.quantize_base != "fp8" or getattr(comps.denoiser, "easel_fp8", False):  # FLUX: done while loading
         return
     saved = store_in_fp8(comps.denoiser, compute_dtype, progress=lambda n, total: events.emit(
-        "status", phase="loading", text="Storing the base weights in fp8", n=n, total=total))
+        "status", phase="loading", text="Storing the base weights in fp8", n=n, total=total), block_lists=block_lists)
     amount = f"{saved / 2**30:.2f} GB" if saved >= 2**30 else f"{saved / 2**20:.1f} MB"
     events.emit("status", phase="loading", text=f"Base weights in fp8: {amount} saved", n=1, total=1)
 
@@ -171,7 +172,7 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
     status = lambda phase, text, **progress: events.emit("status", phase=phase, text=text, **progress)  # noqa: E731
     encode_sample_prompts(family, comps, preset.sampling, batches, status)
     park(idle_parts(comps, batches, device))
-    place_denoiser(comps, device, preset.model.block_swap, training, status)
+    place_denoiser(comps, device, preset.model.block_swap, training, status, family.caps.block_lists)
     accelerator = make_accelerator(mixed, device, fresh=processes.world == 1)
     if training.auto_batch_size and processes.world > 1:
         events.emit("warning", message=f"training.auto_batch_size measures one GPU; with {processes.world} GPUs "

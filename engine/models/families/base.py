@@ -20,8 +20,9 @@ DIFFUSION, FLOW = "diffusion", "flow"
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a family can do, as data. config/validate.py, the GUI, rl/, fit and failures.py decide by these, never
-    by the family's name. Torch-free (each family folder's caps.py), so the GUI and the preset checks read them.
+    """What a family can do, as data. config/validate.py, the GUI, rl/, training and failures.py (told by its caller)
+    decide by these, never by the family's name. Torch-free (each family folder's caps.py), so the GUI and the preset
+    checks read them.
 
     Each family's caps.py has CAPABILITIES = {name: Capabilities} for the families its folder holds."""
 
@@ -49,10 +50,11 @@ class Capabilities:
                                          # no captions or trigger: the dataset doctor does not apply)
     separate_files: tuple = ()           # model.* keys of separate component files it loads (FLUX: clip_l_path ...)
     block_swap: bool = False             # model.block_swap applies (transformer blocks wait in CPU RAM)
+    block_lists: tuple = ()              # the denoiser's lists of blocks in run order (fp8 casting, block swap)
     block_swap_max: int = 0              # the most blocks worth swapping (what failures.py still suggests)
     size_shift: bool = False             # flow noise levels shifted by the image size when sampling (FLUX)
-    # (preset) -> [(key, message)]: checks of the family's own keys (the DiT's model.dit.*); None: none
-    checks: Callable | None = None
+    # (preset) -> [(key, message)]: checks of the family's own keys (the DiT's model.dit.*)
+    checks: Callable = lambda preset: []
     # (model config) -> the multiple, for families whose multiple depends on the preset (the DiT's patch size)
     multiple_of: Callable | None = None
 
@@ -66,7 +68,16 @@ class Capabilities:
         return FLOW if objective == "flow" else DIFFUSION
 
     def samplers_for(self, objective: str, prediction_type: str = "auto") -> tuple:
+        """The sampling.sampler values for what the run trains; while that is the base model's own, unknown until
+        its scheduler config is read at load, those of every kind it may be."""
+        if objective == "auto" and prediction_type == "auto" and self.auto_objective == "model":
+            return tuple(dict.fromkeys(s for kind in self.samplers.values() for s in kind))
         return self.samplers.get(self.objective_kind(objective, prediction_type), ("default",))
+
+    @property
+    def flow_only(self) -> bool:
+        """It trains nothing but a flow (FLUX): flow settings always apply."""
+        return self.objectives == (FLOW,)
 
 
 @dataclass
@@ -90,15 +101,12 @@ class Family:
 
     name: str
     caps: Capabilities
-    pipeline_class: str                  # diffusers class name, e.g. StableDiffusionPipeline
-    default_resolution_px: int
     lora_targets: tuple                  # denoiser module names that get LoRA layers by default
     te_lora_targets: tuple               # text-encoder module names
     text_encoder_names: tuple            # the pipeline's text-encoder attribute names, in order
     # LoRA metadata as sd-scripts writes it, by the resolved prediction type ("epsilon" is the fallback):
     kohya_base_model: dict               # ss_base_model_version, e.g. {"epsilon": "sd_v2", "v_prediction": "sd_v2_v"}
     modelspec_architecture: dict         # modelspec.architecture, e.g. stable-diffusion-v2-768-v/lora for a v model
-    vae_fp32: bool                       # the family's VAE overflows in fp16 (SDXL): keep it in fp32
     load: Callable
     encode_text: Callable
     encode_image: Callable

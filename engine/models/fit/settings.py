@@ -28,7 +28,7 @@ class Settings:
     sgd_momentum: float = 0.0
     text_tokens: int = 0             # T5 tokens per caption; 0: the model's (512 dev, 256 schnell)
     captions: int = 0                # distinct captions, for the text cache in RAM (0: not known)
-    single_file: bool = False        # model.path is one file: fp8 blocks are read straight into fp8 (flux_loading)
+    single_file: bool = False        # model.path is one file: fp8 blocks are read straight into fp8 (families/flux/loading.py)
 
 
 def local_path(text: str) -> Path:

@@ -87,7 +87,8 @@ def export_info(r):
         steps=r.step, epoch=r.epoch + (1 if r.cursor else 0), tag_frequency=tag_frequency(r.samples, d.path),
         base_model_name=Path(r.preset.model.path).name, trigger_phrase=d.trigger,
         naming=r.family.kohya_naming,
-        extra={"ss_seed": str(r.preset.training.seed), "ss_learning_rate": str(r.preset.optimizers["unet"].lr),
+        extra={**r.family.metadata, "ss_seed": str(r.preset.training.seed),
+               "ss_learning_rate": str(r.preset.optimizers["unet"].lr),
                "ss_v_parameterization": str(r.objective.name == "v_prediction")})
 
 

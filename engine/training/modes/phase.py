@@ -2,7 +2,7 @@
 while it trains (its steps and status text, its batches, its loss and backward passes, what it saves, its validation
 loss, its samples). engine/training/loop.py calls these and knows no mode or phase by name.
 
-    Mode(setup, phases)        modes/__init__.py chooses one by training.mode and training.reflow_steps
+    Mode(setup, phases)        modes/registry.py chooses one by training.mode and training.reflow_steps
     Phase(name, begun, train, backward, save, validation_loss, render_samples)
     Loop(train, report_step, at_boundary, save_checkpoint)   what a phase's train may call of the loop
 

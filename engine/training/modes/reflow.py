@@ -15,7 +15,7 @@ the flow (fewer sampling steps give the same image).
 The pairs come from the model's conditional ODE without classifier-free guidance (as Liu et al. generate them).
 Every family whose objective is flow can reflow: the generation calls the family's predict, as training does.
 
-REFLOW is the phase after the denoiser's (modes/__init__.py chooses it when training.reflow_steps > 0): its steps
+REFLOW is the phase after the denoiser's (modes/registry.py chooses it when training.reflow_steps > 0): its steps
 are the loop's, on the pairs (whose batches bring their noise: modes/denoiser.py's batch_loss takes it), and it
 saves, validates and samples as the denoiser's phase does. setup_reflow sets the run up with the reflow steps in its
 LR schedule.

@@ -309,12 +309,10 @@ def pipeline(comps: Components) -> DitFolder:
 
 
 DIT = Family(
-    name="dit", caps=CAPABILITIES["dit"], pipeline_class="DitFolder", default_resolution_px=64,
-    lora_targets=(), te_lora_targets=(), text_encoder_names=(),
+    name="dit", caps=CAPABILITIES["dit"], lora_targets=(), te_lora_targets=(), text_encoder_names=(),
     kohya_base_model={"flow": "dit"}, modelspec_architecture={"flow": "easel-dit"},
-    vae_fp32=False, load=load, encode_text=encode_text, encode_image=encode_image, predict=predict, pipeline=pipeline,
-    writes_prediction_type=False, configure=configure,
-    decode_image=decode_image,
+    load=load, encode_text=encode_text, encode_image=encode_image, predict=predict, pipeline=pipeline,
+    writes_prediction_type=False, configure=configure, decode_image=decode_image,
 )
 
 RECORDS = {"dit": DIT}

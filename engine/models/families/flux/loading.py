@@ -19,6 +19,7 @@ from pathlib import Path
 
 from engine.failures import UserError
 from engine.models.base_storage import bnb_config, store_in_fp8
+from engine.models.families.flux.caps import CAPABILITIES
 from engine.models.families.flux.bfl_names import KINDS, bfl_to_diffusers, file_kind
 from engine.models.loading import load_pipeline, missing_config_parts
 
@@ -53,7 +54,7 @@ def _store(transformer, model_cfg, dtype, progress):
     """fp8 storage as soon as the transformer is read (int8 / nf4 happened while reading)."""
     if model_cfg.quantize_base == "fp8":
         store_in_fp8(transformer, dtype, lambda n, total: progress("Storing the transformer in fp8, block by block",
-                                                                   n, total))
+                                                                   n, total), CAPABILITIES["flux"].block_lists)
         size = sum(p.numel() * p.element_size() for p in transformer.parameters())
         progress(f"Transformer in fp8: {size / 2**30:.2f} GB", 1, 1)
         transformer.easel_fp8 = True  # setup's store_base sees it is done

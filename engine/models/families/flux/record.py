@@ -19,7 +19,6 @@ from engine.models.lora_naming import KohyaNaming
 from engine.models.families.sd.record import CLIP_ATTENTION, encode_image, pipeline, tokenize
 
 T5_TOKENS = {"dev": 512, "schnell": 256}  # the models' own max_sequence_length (BFL's reference code)
-CLIP_TOKENS = 77
 
 # The linears of each block that get LoRA layers by default: attention, the text stream's projections, the MLPs
 # (sd-scripts' lora_flux and ai-toolkit target the same set); modulation only with network.lora_modulation.
@@ -121,10 +120,10 @@ def predict(comps: Components, x_t, t, cond: dict, size_cond) -> torch.Tensor:
 
 
 FLUX = Family(
-    name="flux", caps=CAPABILITIES["flux"], pipeline_class="FluxPipeline", default_resolution_px=1024,
-    lora_targets=DOUBLE_BLOCK_LINEARS, te_lora_targets=CLIP_ATTENTION, text_encoder_names=("text_encoder", "text_encoder_2"),
+    name="flux", caps=CAPABILITIES["flux"], lora_targets=DOUBLE_BLOCK_LINEARS, te_lora_targets=CLIP_ATTENTION,
+    text_encoder_names=("text_encoder", "text_encoder_2"),
     kohya_base_model={"flow": lora_names.BASE_MODEL_VERSION}, modelspec_architecture=lora_names.ARCHITECTURE,
-    vae_fp32=False, load=load, encode_text=encode_text, encode_image=encode_image, predict=predict, pipeline=pipeline,
+    load=load, encode_text=encode_text, encode_image=encode_image, predict=predict, pipeline=pipeline,
     kohya_naming=KOHYA_NAMING, modelspec_implementation=lora_names.IMPLEMENTATION, writes_prediction_type=False,
     lora_target_names=lora_target_names, cached_sample_prompts=True,
 )

@@ -112,17 +112,17 @@ KOHYA_NAMING = KohyaNaming(ldm_alias=unet_module_to_ldm,
 
 
 SD15 = Family(
-    name="sd15", caps=CAPABILITIES["sd15"], pipeline_class="StableDiffusionPipeline", default_resolution_px=512,
-    lora_targets=UNET_ATTENTION, te_lora_targets=CLIP_ATTENTION, text_encoder_names=("text_encoder",),
-    kohya_base_model={"epsilon": "sd_v1", "v_prediction": "sd_v1_v"},
-    modelspec_architecture={"epsilon": "stable-diffusion-v1/lora"}, vae_fp32=False,
+    name="sd15", caps=CAPABILITIES["sd15"], lora_targets=UNET_ATTENTION, te_lora_targets=CLIP_ATTENTION,
+    text_encoder_names=("text_encoder",), kohya_base_model={"epsilon": "sd_v1", "v_prediction": "sd_v1_v"},
+    modelspec_architecture={"epsilon": "stable-diffusion-v1/lora"},
     load=load, encode_text=encode_text, encode_image=encode_image, predict=predict, pipeline=pipeline,
     metadata={"ss_v2": "False"}, kohya_naming=KOHYA_NAMING,
 )
 
 SD2 = dataclasses.replace(  # a 512 px epsilon SD2 (2.0-base, 2.1-base) is named apart from the 768 px v models
-    SD15, name="sd2", caps=CAPABILITIES["sd2"], default_resolution_px=768, kohya_base_model={"epsilon": "sd_v2", "v_prediction": "sd_v2_v"},
-    modelspec_architecture={"epsilon": "stable-diffusion-v2-512/lora", "v_prediction": "stable-diffusion-v2-768-v/lora"},
+    SD15, name="sd2", caps=CAPABILITIES["sd2"], kohya_base_model={"epsilon": "sd_v2", "v_prediction": "sd_v2_v"},
+    modelspec_architecture={"epsilon": "stable-diffusion-v2-512/lora",
+                            "v_prediction": "stable-diffusion-v2-768-v/lora"},
     metadata={"ss_v2": "True"},
 )
 

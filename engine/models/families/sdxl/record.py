@@ -45,10 +45,9 @@ def predict(comps: Components, x_t, t, cond: dict, size_cond) -> torch.Tensor:
 
 
 SDXL = Family(
-    name="sdxl", caps=CAPABILITIES["sdxl"], pipeline_class="StableDiffusionXLPipeline", default_resolution_px=1024,
-    lora_targets=UNET_ATTENTION, te_lora_targets=CLIP_ATTENTION, text_encoder_names=("text_encoder", "text_encoder_2"),
-    kohya_base_model={"epsilon": "sdxl_base_v1-0"},
-    modelspec_architecture={"epsilon": "stable-diffusion-xl-v1-base/lora"}, vae_fp32=True,
+    name="sdxl", caps=CAPABILITIES["sdxl"], lora_targets=UNET_ATTENTION, te_lora_targets=CLIP_ATTENTION,
+    text_encoder_names=("text_encoder", "text_encoder_2"), kohya_base_model={"epsilon": "sdxl_base_v1-0"},
+    modelspec_architecture={"epsilon": "stable-diffusion-xl-v1-base/lora"},
     load=load, encode_text=encode_text, encode_image=encode_image, predict=predict, pipeline=pipeline,
     metadata={"ss_v2": "False"}, kohya_naming=KOHYA_NAMING,
     modelspec_implementation="https://github.com/Stability-AI/generative-models",
