@@ -1,7 +1,7 @@
 """Samplers by name: the preset's `sampling.sampler` value -> a diffusers scheduler, swapped into a pipeline.
 
 Built with from_config, so the model's own betas / shift / prediction type carry over. Families list which ones
-they allow. A UNet trained as a rectified flow samples with flow Euler (engine/models/families/sd/unet_flow.py); the DiT's ODE
+they allow. A UNet trained as a rectified flow samples with flow Euler (engine/models/unet_flow.py); the DiT's ODE
 solvers are in engine/sampling/ode.py.
 """
 from __future__ import annotations

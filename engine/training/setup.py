@@ -19,7 +19,7 @@ from engine.config.validate import advice, needs_dataset
 from engine.events import EventWriter
 from engine.failures import UserError
 from engine.models.base_storage import check_quantize_supported
-from engine.models.families.sd.unet_flow import use_flow_sampler
+from engine.models.unet_flow import use_flow_sampler
 from engine.training import checkpoints as ckpt
 from engine.training.batch_size import choose_batch_size
 from engine.training.disk_space import check_disk_before_run
@@ -194,7 +194,7 @@ def build_run(run_dir, preset, events, family, comps, trainables, device, mixed,
     # a UNet trained as a flow (FLUX and the DiT are flow models already)
     if objective_name == "flow" and comps.prediction_type != "flow" and family.caps.base_model and \
             use_flow_sampler(family.pipeline(comps)):
-        comps.extra["rectified_flow"] = True  # saves add a how-to-sample note (engine/models/families/sd/unet_flow.py)
+        comps.extra["rectified_flow"] = True  # saves add a how-to-sample note (engine/models/unet_flow.py)
         events.emit("status", phase="loading", text="Rectified flow: the samples and the saved model use flow Euler "
                                                     "on the straight path")
     optim = make_optimizer_set(preset, trainables, total, accelerator)

@@ -54,7 +54,7 @@ def save_network(r, folder: Path, stem: str) -> None:
     r.status("saving", f"Saving {stem}")
     pipeline = r.family.pipeline(r.comps)
     if r.comps.extra.get("rectified_flow"):
-        from engine.models.families.sd.unet_flow import write_sampling_note
+        from engine.models.unet_flow import write_sampling_note
 
         write_sampling_note(folder, stem)
     # the self-check loads the file where each module is: idle ones stay in CPU RAM (FLUX's T5 would not fit)

@@ -37,7 +37,7 @@ def alphas_cumprod_of(scheduler) -> torch.Tensor:
 
 def components_from_pipe(pipe, model_cfg, text_encoders, tokenizers, vae_fp32: bool) -> Components:
     """Components of a loaded SD/SDXL pipeline; the scheduler is told the resolved prediction type so samples match."""
-    from engine.models.families.sd.unet_flow import as_unet_flow_scheduler, is_flow_scheduler
+    from engine.models.unet_flow import as_unet_flow_scheduler, is_flow_scheduler
 
     flow = is_flow_scheduler(pipe.scheduler)
     prediction_type = resolve_prediction_type(pipe.scheduler.config, model_cfg.prediction_type, flow)
