@@ -113,7 +113,7 @@ def lora_file_info(path: Path) -> LoraFileInfo:
     the rank and alpha are those of one part, which is what each adapter layer takes."""
     from safetensors import safe_open
 
-    from engine.models.lora_naming import all_namings, fused_size
+    from engine.models.lora_naming import fused_naming, fused_size
 
     with safe_open(str(path), "pt") as f:
         metadata = f.metadata() or {}
@@ -126,8 +126,8 @@ def lora_file_info(path: Path) -> LoraFileInfo:
             stem = next((s for s in stems if fused_size(s) == 1), stems[0])  # an unfused one says it plainly
             rank = f.get_slice(f"{stem}.lora_down.weight").get_shape()[0]
             alpha = float(f.get_tensor(f"{stem}.alpha")) if f"{stem}.alpha" in keys else float(rank)
-            if fused_size(stem) > 1:
-                fused = next(n.fused for n in all_namings() if n.fused is not None and n.fused.fused_size(stem) > 1)
+            fused = fused_naming(stem)
+            if fused is not None:
                 part = fused.part_rank(stem, f.get_tensor(f"{stem}.lora_down.weight"),
                                        f.get_tensor(f"{stem}.lora_up.weight"))
                 rank, alpha = part, alpha * part / rank  # the same alpha / rank

@@ -53,9 +53,15 @@ def all_namings() -> tuple[KohyaNaming, ...]:
     return tuple(found)
 
 
+def fused_naming(stem: str):
+    """The fused naming (FLUX's lora_names) in which this kohya file module stands for several layers, or None."""
+    return next((n.fused for n in all_namings() if n.fused is not None and n.fused.fused_size(stem) > 1), None)
+
+
 def fused_size(stem: str) -> int:
     """How many layers a kohya file module stands for, under whichever family's naming claims it (1: one)."""
-    return max((n.fused.fused_size(stem) for n in all_namings() if n.fused is not None), default=1)
+    fused = fused_naming(stem)
+    return fused.fused_size(stem) if fused else 1
 
 
 def claimed_component(stem: str) -> str | None:

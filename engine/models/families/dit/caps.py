@@ -44,7 +44,7 @@ def checks(p) -> list[tuple[str, str]]:
 
 
 CAPABILITIES = {"dit": Capabilities(
-    name="dit", label="DiT", a_label="a DiT", latent_multiple_px=1, multiple_of=latent_multiple,
+    name="dit", label="DiT", a_label="a DiT", multiple_of=latent_multiple,
     objectives=("epsilon", "v_prediction", "sample", "flow"), auto_objective="flow",
     samplers={FLOW: ("default", "euler", "midpoint", "rk4", "dopri5"), DIFFUSION: ("default", "ddim", "ddpm")},
     guidance="none", network_types=("full",), flow_paths=("condot", "cosine", "vp", "linear_vp"), base_model=False,
