@@ -1,42 +1,57 @@
 """One short GPU session, one table: Easel's LoRA training step against a plain diffusers-example loop, for SD1.5,
-SDXL and FLUX.1-dev at their real sizes. Nothing is downloaded; no model is written to disk (a temporary folder gets
-a few small images, their latent and text caches, and the events files).
+SDXL, FLUX.1-dev and Z-Image at their real sizes. Nothing is downloaded; no model is written to disk (a temporary
+folder gets a few small images, their latent and text caches, and the events files).
 
-    python bench/gpu_suite.py                  # a CUDA GPU (made for an H200): 8 cases in about 4-5 minutes
-    python bench/gpu_suite.py --cpu-smoke      # the same code with every model tiny, on the CPU (~25 s)
-    python bench/gpu_suite.py --only flux      # the cases whose name contains 'flux'; --budget-s 300 stops sooner
+    python bench/gpu_suite.py                  # a CUDA GPU (H100 / H200): 15 cases, one per tier in ~6 minutes
+    python bench/gpu_suite.py --cpu-smoke      # the same code with every model tiny, on the CPU (~30 s on 2 cores)
+    python bench/gpu_suite.py --only zimage    # the cases whose name contains 'zimage'; --budget-s 300 stops sooner
     python bench/gpu_suite.py --cpu-real       # SD1.5 at its real size and 512 px on the CPU, batch 1 (~4 minutes)
 
-On the lent H200 (python3 there has torch, transformers, peft, accelerate, but not diffusers or bitsandbytes): once,
-here, `echo /.whl/ >> .git/info/exclude` and `python -m pip download --no-deps --only-binary=:all: --python-version
-3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 -d .whl diffusers==0.42.1
-bitsandbytes==0.50.2` (49 MB); then run with carry [".whl"]: `python3 -m pip install -q --no-index --no-deps
---target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 bench/gpu_suite.py`. Without
-bitsandbytes the suite still runs, with adamw instead of adamw8bit, and says so.
+On the lent GPU machine (python3 there has torch, transformers, peft, accelerate, but not diffusers or bitsandbytes):
+once, here, `echo /.whl/ >> .git/info/exclude` and `python -m pip download --no-deps --only-binary=:all:
+--python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 -d .whl
+diffusers==0.42.1 bitsandbytes==0.50.2` (49 MB); then run with carry [".whl"]: `python3 -m pip install -q --no-index
+--no-deps --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 bench/gpu_suite.py`.
+Without bitsandbytes the suite still runs, with adamw instead of adamw8bit, and says so.
 
-Cases: SD1.5 512 px batch 4 (presets/sd15-lora.yaml), SDXL 1024 px batch 1 (sdxl-lora.yaml), FLUX.1-dev 512 and
-1024 px in each VRAM tier (flux-lora-24gb/-16gb/-12gb.yaml: fp8 base, the preset's block swap (0/16/34 blocks as
-written), adamw8bit, gradient checkpointing). Every case trains in bf16 at batch x grad_accum 1 without buckets, the
-rest as its preset says (the SD1.5 preset's fp16 becomes bf16: the MFU is against the bf16 peak).
+Cases, in the order they run: first one per family and VRAM tier, so that a session cut short by --budget-s still
+has every tier's verdict (about 6 minutes on an H100: the expected times are at CASES), then the second resolution
+of each tier while the budget lasts. SD1.5 512 px batch 4 (presets/sd15-lora.yaml), SDXL 1024 px batch 1
+(sdxl-lora.yaml); FLUX.1-dev 1024 then 512 px in each tier (flux-lora-24gb/-16gb/-12gb.yaml: fp8 base, the preset's
+block swap (0/16/34 blocks as written), adamw8bit); Z-Image 512 and 1024 px in each tier (zimage-lora-24gb/-16gb/
+-12gb.yaml, and 512 px for -8gb.yaml: bf16 base, batch 2 and adamw on 24 GB; fp8 base and adamw8bit below; 18 blocks
+swapped on 8 GB; model.text_encoder_fp8 where a preset sets it). The 16 and 12 GB Z-Image presets differ only in
+their resolution, so 16gb 1024 and 12gb 1024 (and the two 512s) are the same run with two tier verdicts: one of
+each pair runs first. Every case trains in bf16 at grad_accum 1 without buckets, at the batch its name or preset
+says (SD1.5 4, Z-Image 24 GB 2 as its preset, 1 elsewhere), the rest as its preset says (the SD1.5 preset's fp16
+becomes bf16: the MFU is against the bf16 peak).
 
-The models are random-init at their real sizes (SD1.5 UNet 0.86 B, SDXL UNet 2.57 B, FLUX.1-dev 11.9 B, CLIP-L,
-OpenCLIP-bigG, T5-XXL 4.76 B, the VAEs), built straight on the GPU in the compute dtype; the tokenizers are
-engine/models/tiny.py's in-memory ones (their ids index the real-size embedding tables). T5-XXL is real size in
-FLUX's plain loop: 9.5 GB and ~10 ms a caption on an H200, well inside the budget.
+The models are random-init at their real sizes (SD1.5 UNet 0.86 B, SDXL UNet 2.57 B, FLUX.1-dev 11.9 B, Z-Image
+6.15 B, CLIP-L, OpenCLIP-bigG, T5-XXL 4.76 B, Qwen3-4B 4.02 B, the VAEs; Z-Image's VAE is FLUX.1's AE), built straight
+on the GPU in the compute dtype; the tokenizers are the tiny in-memory ones (engine/models/tiny.py's, zimage/tiny.py's
+Qwen tokenizer with its chat template), whose ids index the real-size embedding tables. T5-XXL and Qwen3-4B are real
+size in the plain loops: 9.5 / 8 GB and ~10 ms a caption on an H100, well inside the budget.
 
-Easel's step is Easel's code from setup() on, with family.load replaced by the in-memory models: fp8 storage (FLUX:
-before the LoRA, as families/flux/loading.py does), configure_for_training, add_network, store_base, then build_run on a small
-generated dataset (so prepare_batches caches its latents and text embeddings with the real VAE and text encoders,
-parks them in CPU RAM, and place_denoiser applies block swap), then engine/training/loop.py's loop() runs the steps.
+Easel's step is Easel's code from setup() on, with family.load replaced by the in-memory models: what the family's
+loading does as it reads the transformer (fp8 storage before the LoRA: families/flux/loading.py, zimage/loading.py's
+store()), configure_for_training, add_network, store_base, store_text_encoders, then build_run on a small generated
+dataset (so prepare_batches caches its latents and text embeddings with the real VAE and text encoders, parks them
+in CPU RAM, and place_denoiser applies block swap), then engine/training/loop.py's loop() runs the steps.
 The plain loop is bench/train_speed.py's bench_plain written for each family the way diffusers' example scripts
-train (train_text_to_image_lora[_sdxl].py, train_dreambooth_lora_flux.py): read and resize the images, tokenize, VAE
-and text encoders every step, the same denoiser (LoRA, fp8, block swap, checkpointing), the same optimizer type.
+train (train_text_to_image_lora[_sdxl].py, train_dreambooth_lora_flux.py, train_dreambooth_lora_z_image.py): read
+and resize the images, tokenize, VAE and text encoders every step, the same denoiser (LoRA, fp8, block swap,
+checkpointing), the same optimizer type. (The Z-Image example encodes per-image captions once before training;
+encoding them every step, as the other examples do, keeps the plain loops alike: Qwen3 costs a few % of a step.)
 
-Columns: s/it and img/s (warm steps, timed between two synchronizes), peak GB (torch.cuda.max_memory_allocated,
-reset per loop), MFU (3 x the forward FLOPs of one step, counted with torch.utils.flop_counter.FlopCounterMode on one
-forward, over s/it and the card's dense bf16 peak), easel/plain (img/s ratio). FLUX tiers also show the tier's budget,
-whether the peak plus 0.6 GB of CUDA context fits it, and engine.models.fit's prediction of the same peak.
-Each case prints its wall time; no case starts once the total would pass --budget-s (450 s = 7.5 minutes).
+Columns: s/it and img/s (warm steps, timed between two synchronizes), peak GB (torch.cuda.max_memory_allocated of
+the training steps, reset per loop: caching is not in it), MFU (3 x the forward FLOPs of one step, counted with
+torch.utils.flop_counter.FlopCounterMode on one forward, over s/it and the card's dense bf16 peak), fwd TF (those
+forward TFLOP), easel/plain (img/s ratio), tier (the VRAM tier's budget in GB), fits (the peak plus 0.6 GB of CUDA
+context within the tier), pred GB (engine.models.fit's prediction of the same peak, from the same preset), wall s
+(the case's wall time, its model build included), note (steps timed per loop; what the base is stored in, checked on
+the model: fp8 share, blocks swapped, text encoder in fp8).
+Each case prints its row when done; no case starts once the total would pass --budget-s (450 s = 7.5 minutes),
+counting a model rebuild where the case needs one.
 
 --cpu-real is the CPU's honest ratio: the tiny demo model's VAE and text encoder cost almost nothing beside its UNet,
 so the time caching saves there says little about a real model. Real-size SD1.5 keeps the real proportions (at
@@ -79,19 +94,36 @@ class Case:
     px: int                   # resolution (the CPU smoke uses px // 8)
     batch: int
     tier_gb: int | None = None
-    expected_s: float = 40.0  # a first guess of the case's wall time on an H200, for the budget
+    expected_s: float = 40.0  # a first guess of the case's wall time on an H100 (its model build included when it
+                              # is the family's first), for the budget until a case of the family has run
 
 
+# One per family and tier first (each tier's verdict on the preset's own resolution, or on the resolution above it
+# where the preset sits between two: FLUX 12 GB and Z-Image 12 GB train at 768), ordered so the models are built
+# as few times as possible (fp8 Z-Image once for three tiers, bf16 once for 24 GB and its second resolution); then
+# what only adds a resolution. Expected H100 times: ~6 minutes for the first 9 rows with start-up, Z-Image's seven
+# ~4 minutes alone (--only zimage).
 CASES = (
-    Case("sd15 512 bs4", "sd15", "sd15-lora", 512, 4, expected_s=35),
-    Case("sdxl 1024 bs1", "sdxl", "sdxl-lora", 1024, 1, expected_s=45),
-    Case("flux 24gb 512", "flux", "flux-lora-24gb", 512, 1, 24, expected_s=80),
-    Case("flux 24gb 1024", "flux", "flux-lora-24gb", 1024, 1, 24),
-    Case("flux 16gb 512", "flux", "flux-lora-16gb", 512, 1, 16),
-    Case("flux 16gb 1024", "flux", "flux-lora-16gb", 1024, 1, 16),
-    Case("flux 12gb 512", "flux", "flux-lora-12gb", 512, 1, 12),
-    Case("flux 12gb 1024", "flux", "flux-lora-12gb", 1024, 1, 12),
+    Case("sd15 512 bs4", "sd15", "sd15-lora", 512, 4, expected_s=30),
+    Case("sdxl 1024 bs1", "sdxl", "sdxl-lora", 1024, 1, expected_s=40),
+    Case("flux 24gb 1024", "flux", "flux-lora-24gb", 1024, 1, 24, expected_s=65),   # + FLUX's build, ~25 s
+    Case("flux 16gb 1024", "flux", "flux-lora-16gb", 1024, 1, 16, expected_s=35),
+    Case("flux 12gb 1024", "flux", "flux-lora-12gb", 1024, 1, 12, expected_s=40),   # 34 blocks cross PCIe
+    Case("zimage 16gb 1024", "zimage", "zimage-lora-16gb", 1024, 1, 16, expected_s=45),  # + the fp8 build, ~15 s
+    Case("zimage 12gb 512", "zimage", "zimage-lora-12gb", 512, 1, 12, expected_s=20),
+    Case("zimage 8gb 512", "zimage", "zimage-lora-8gb", 512, 1, 8, expected_s=25),   # 18 blocks cross PCIe
+    Case("zimage 24gb 1024", "zimage", "zimage-lora-24gb", 1024, 2, 24, expected_s=45),  # + the bf16 build
+    Case("zimage 24gb 512", "zimage", "zimage-lora-24gb", 512, 2, 24, expected_s=22),
+    Case("flux 24gb 512", "flux", "flux-lora-24gb", 512, 1, 24, expected_s=50),     # + FLUX's rebuild
+    Case("flux 16gb 512", "flux", "flux-lora-16gb", 512, 1, 16, expected_s=25),
+    Case("flux 12gb 512", "flux", "flux-lora-12gb", 512, 1, 12, expected_s=30),
+    Case("zimage 16gb 512", "zimage", "zimage-lora-16gb", 512, 1, 16, expected_s=35),  # the 12gb 512 run again
+    Case("zimage 12gb 1024", "zimage", "zimage-lora-12gb", 1024, 1, 12, expected_s=25),  # the 16gb 1024 run again
 )
+
+# Blocks in the real transformer and in the --cpu-smoke one (FLUX 19 + 38 and 2 + 4; Z-Image 2 + 2 + 30 and
+# 1 + 1 + 1): the smoke swaps the same share of its blocks as the preset does of the real ones.
+BLOCKS = {"flux": (57, 6), "zimage": (34, 3)}
 
 
 # ------------------------------------------------------------------------------------------------- main
@@ -129,7 +161,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="easel-gpu-suite-") as tmp:
         for case in cases:
             elapsed = time.monotonic() - STARTED
-            expected = suite.expected_s(case)
+            expected = suite.expected_s(case, models.key if models is not None else None)
             if stopped or elapsed + expected > args.budget_s:
                 stopped = True
                 rows.append(Row(case, note=f"skipped: {elapsed:.0f} s + ~{expected:.0f} s would pass the "
@@ -178,7 +210,8 @@ class Row:
 
 @dataclass
 class Models:
-    """One family's models, shared by the cases that train the same network on them (FLUX's six)."""
+    """One family's models, shared by the cases that train the same network on them (FLUX's six; Z-Image's fp8 five
+    and bf16 two)."""
 
     key: tuple
     family: str
@@ -203,26 +236,37 @@ class Suite:
         self.optimizer_note = ""
         self.optimizer_override = self._check_bitsandbytes()
         self.walls: dict[str, float] = {}   # family -> the last case's wall time without its model build
+        self.builds: dict[str, float] = {}  # family -> its last model build's time
 
     # -- the budget
-    def expected_s(self, case: Case) -> float:
+    def expected_s(self, case: Case, resident_key: tuple | None = None) -> float:
+        """The case's expected wall time: its first guess until the family has run a case, then that case's time
+        plus a build when the models on the GPU are not this case's (Z-Image's bf16 and fp8 bases, FLUX after it)."""
         if self.smoke:
             return 5.0
         if self.cpu_real:
             return 240.0
-        return self.walls.get(case.family, case.expected_s)
+        if case.family not in self.walls:
+            return case.expected_s
+        rebuild = self.builds.get(case.family, 0.0) if self.model_key(case) != resident_key else 0.0
+        return self.walls[case.family] + rebuild
 
     def seen(self, case: Case, row: Row) -> None:
         self.walls[case.family] = max(5.0, row.wall_s - row.build_s)
+        if row.build_s:
+            self.builds[case.family] = row.build_s
 
     # -- the presets
-    def preset(self, case: Case, dataset_dir: Path):
+    def preset(self, case: Case, dataset_dir: Path, as_on_gpu: bool = False):
+        """The case's preset; as_on_gpu: as a GPU session trains it (real size, bf16), for the prediction column."""
         from engine.config.load import load_preset
 
-        px = case.px // 8 if self.smoke else case.px
-        precision = "fp32" if self.device == "cpu" else "bf16"   # what Easel trains in on the CPU
+        tiny = self.smoke and not as_on_gpu
+        px = case.px // 8 if tiny else case.px
+        precision = "fp32" if self.device == "cpu" and not as_on_gpu else "bf16"   # what Easel trains in on the CPU
+        batch = case.batch if as_on_gpu else self.batch(case)
         settings = [f"dataset.path={dataset_dir}", f"dataset.resolution_px={px}", "dataset.bucketing=false",
-                    f"training.batch_size={self.batch(case)}", "training.grad_accum=1",
+                    f"training.batch_size={batch}", "training.grad_accum=1",
                     f"training.precision={precision}",
                     "training.max_steps=1000", "sampling.prompts=[]", "output.save_every_n_steps=0",
                     "output.save_every_n_minutes=0", "output.save_every_n_epochs=0"]
@@ -230,9 +274,10 @@ class Suite:
             settings.append(f"optimizers.unet.type={self.optimizer_override}")
         settings += self.overrides
         preset = load_preset(ROOT / "presets" / f"{case.preset}.yaml", settings)
-        if self.smoke and preset.model.block_swap:  # the same share of the tiny model's 6 blocks as of FLUX's 57
-            preset = load_preset(ROOT / "presets" / f"{case.preset}.yaml",
-                                 settings + [f"model.block_swap={max(1, round(preset.model.block_swap * 6 / 57))}"])
+        if tiny and preset.model.block_swap:  # the same share of the tiny model's blocks (BLOCKS)
+            real_blocks, tiny_blocks = BLOCKS[case.family]
+            swap = max(1, round(preset.model.block_swap * tiny_blocks / real_blocks))
+            preset = load_preset(ROOT / "presets" / f"{case.preset}.yaml", settings + [f"model.block_swap={swap}"])
         return preset
 
     def batch(self, case: Case) -> int:
@@ -242,7 +287,7 @@ class Suite:
         p = self.preset(case, Path("."))
         n = p.network
         return (case.family, n.type, n.rank, n.alpha, tuple(n.targets), n.lora_modulation, p.model.quantize_base,
-                p.training.gradient_checkpointing)
+                p.model.text_encoder_fp8, p.training.gradient_checkpointing)
 
     # -- the models
     def build_models(self, case: Case) -> Models:
@@ -250,26 +295,25 @@ class Suite:
         import torch
 
         from engine.events import EventWriter
-        from engine.models.base_storage import store_in_fp8
         from engine.models.families import capabilities, get_family
         from engine.training.network import add_network
         from engine.training.precision import choose_precision
-        from engine.training.setup import configure_for_training, store_base
+        from engine.training.setup import configure_for_training, store_base, store_text_encoders
 
         started = time.monotonic()
         preset = self.preset(case, Path("."))
         family = get_family(case.family)
         with tempfile.TemporaryDirectory() as tmp, EventWriter(Path(tmp) / "events.jsonl") as events:
-            _, _, weight_dtype = choose_precision(preset.training, preset.network, events, capabilities(case.family).default_precision)
+            _, _, weight_dtype = choose_precision(preset.training, preset.network, events,
+                                                  family.caps.default_precision)
             torch.manual_seed(preset.training.seed)
             comps = BUILDERS[case.family](self.smoke, self.device, weight_dtype)
-            if case.family == "flux" and preset.model.quantize_base == "fp8":
-                # engine/models/families/flux/loading.py stores the transformer in fp8 as soon as it is read, before LoRA
-                store_in_fp8(comps.denoiser, weight_dtype, block_lists=capabilities(case.family).block_lists)
-                comps.denoiser.easel_fp8 = True
-            configure_for_training(comps, preset.training)
+            if case.family in AS_LOADED:
+                AS_LOADED[case.family](comps.denoiser, preset.model, weight_dtype)
+            configure_for_training(comps, preset.training, family)
             trainables = add_network(family, comps, preset.network, preset.training.gradient_checkpointing)
             store_base(comps, preset.model, weight_dtype, events, capabilities(case.family).block_lists)
+            store_text_encoders(comps, preset.model, weight_dtype, events)
         sync()
         return Models(self.model_key(case), case.family, comps, trainables, weight_dtype, time.monotonic() - started)
 
@@ -282,7 +326,8 @@ class Suite:
         images = max(4, 2 * self.batch(case))
         data = write_dataset(work / f"data-{case.family}-{px}-{images}", images, px)
         preset = self.preset(case, data)
-        row.pred_gb = predicted_peak_gb(preset)
+        # the smoke shows what the GPU session will predict: the case at its real size in bf16
+        row.pred_gb = predicted_peak_gb(self.preset(case, data, as_on_gpu=True) if self.smoke else preset)
         row.easel, row.fwd_flops, row.note = self.easel_loop(case, models, preset, work / f"run-{px}-{case.preset}")
         if self.cpu_real:
             row.note = ", ".join(w for w in (row.note, "batch 1, fp32, CPU") if w)
@@ -300,8 +345,9 @@ class Suite:
         unswap(comps)  # the previous case's block swap: build_run places the denoiser anew
         run_dir.mkdir(parents=True, exist_ok=True)
         with EventWriter(run_dir / "events.jsonl") as events:
-            device, mixed, weight_dtype = choose_precision(preset.training, preset.network, events, capabilities(case.family).default_precision)
-            configure_for_training(comps, preset.training)
+            device, mixed, weight_dtype = choose_precision(preset.training, preset.network, events,
+                                                           capabilities(case.family).default_precision)
+            configure_for_training(comps, preset.training, get_family(case.family))
             r = build_run(run_dir, preset, events, get_family(case.family), comps, models.trainables, device, mixed,
                           weight_dtype)
             flops = forward_flops(r)
@@ -394,13 +440,18 @@ def forward_flops(r) -> float:
 
 
 def storage_words(comps) -> str:
-    """What the case trained on, checked on the model itself: the share of base weights in fp8, the blocks swapped."""
+    """What the case trained on, checked on the model itself: the share of base weights in fp8, the blocks swapped,
+    the share of the text encoders' weights in fp8."""
     import torch
 
-    params = list(comps.denoiser.parameters())
-    fp8 = sum(p.numel() for p in params if p.dtype == torch.float8_e4m3fn) / sum(p.numel() for p in params)
+    def fp8_share(modules) -> float:
+        params = [p for m in modules if m is not None for p in m.parameters()]
+        return sum(p.numel() for p in params if p.dtype == torch.float8_e4m3fn) / max(1, sum(p.numel() for p in params))
+
+    fp8, te_fp8 = fp8_share([comps.denoiser]), fp8_share(comps.text_encoders)
     swap = comps.extra.get("block_swap")
-    return ", ".join(w for w in (f"fp8 {fp8:.0%}" if fp8 else "", f"swap {len(swap.blocks)}" if swap else "") if w)
+    return ", ".join(w for w in (f"fp8 {fp8:.0%}" if fp8 else "", f"swap {len(swap.blocks)}" if swap else "",
+                                 f"text encoder fp8 {te_fp8:.0%}" if te_fp8 else "") if w)
 
 
 def unswap(comps) -> None:
@@ -444,6 +495,11 @@ CLIP_BIG_G_TINY = dict(CLIP_TINY, hidden_size=48, projection_dim=48)
 T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
               relative_attention_num_buckets=32, feed_forward_proj="gated-gelu")
 T5_TINY = dict(d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, relative_attention_num_buckets=8)
+# Z-Image's Qwen3-4B (transformers' Qwen3Model: 4,022,468,096 parameters, zimage/memory.py's figure); the Qwen3-4B
+# config.json widths (rope_theta and max_position_embeddings move neither memory nor FLOPs)
+QWEN3_4B = dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+                num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=40960,
+                rope_theta=1000000.0, tie_word_embeddings=True)
 VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32)
 VAE_TINY = dict(block_out_channels=(8, 16, 32, 32), layers_per_block=1, norm_num_groups=8)
 
@@ -534,15 +590,63 @@ def build_flux(tiny: bool, device: str, dtype):
     t5 = T5_TINY | {"vocab_size": len(tok_2)} if tiny else T5_XXL
     te_2 = on_device(device, dtype, lambda: T5EncoderModel(T5Config(**t5, decoder_start_token_id=0, pad_token_id=0,
                                                                     eos_token_id=1)))
-    vae = on_device(device, dtype, lambda: autoencoder(VAE_TINY if tiny else VAE, latent_channels=16,
-                                                       use_quant_conv=False, use_post_quant_conv=False,
-                                                       scaling_factor=0.3611, shift_factor=0.1159))
+    vae = on_device(device, dtype, lambda: flux_ae(VAE_TINY if tiny else VAE))
     return Components(pipe=None, denoiser=transformer, vae=vae, text_encoders=(te, te_2), tokenizers=(tok, tok_2),
                       prediction_type="flow", vae_dtype=vae.dtype,
                       extra={"variant": "dev", "guidance_scale": 1.0, "max_sequence_length": T5_TOKENS["dev"]})
 
 
-BUILDERS = {"sd15": build_sd15, "sdxl": build_sdxl, "flux": build_flux}
+def flux_ae(widths: dict):
+    """FLUX.1's autoencoder (ae.safetensors, also Z-Image's): 16 latent channels, no quant convs, its shift/scale."""
+    return autoencoder(widths, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False,
+                       scaling_factor=0.3611, shift_factor=0.1159)
+
+
+def build_zimage(tiny: bool, device: str, dtype):
+    """Z-Image's transformer (ZImageTransformer2DModel's defaults are the real model: dim 3840, 2 + 2 refiner and
+    30 main blocks, 6,154,908,736 parameters), Qwen3-4B and FLUX.1's AE; tiny: zimage/tiny.py's pipeline."""
+    from diffusers import ZImageTransformer2DModel
+    from transformers import Qwen3Config, Qwen3Model
+
+    from engine.models.families import tiny_builder
+    from engine.models.families.base import Components
+    from engine.models.families.zimage.record import TEXT_TOKENS
+    from engine.models.families.zimage.tiny import tiny_qwen_tokenizer
+
+    if tiny:
+        pipe = on_device(device, dtype, tiny_builder("zimage"))
+        transformer, te, vae, tok = pipe.transformer, pipe.text_encoder, pipe.vae, pipe.tokenizer
+    else:
+        tok = tiny_qwen_tokenizer()
+        transformer = on_device(device, dtype, ZImageTransformer2DModel)
+        te = on_device(device, dtype, lambda: Qwen3Model(Qwen3Config(**QWEN3_4B)))
+        vae = on_device(device, dtype, lambda: flux_ae(VAE))
+    return Components(pipe=None, denoiser=transformer, vae=vae, text_encoders=(te,), tokenizers=(tok,),
+                      prediction_type="flow", vae_dtype=vae.dtype,
+                      extra={"variant": "base", "max_sequence_length": TEXT_TOKENS})
+
+
+BUILDERS = {"sd15": build_sd15, "sdxl": build_sdxl, "flux": build_flux, "zimage": build_zimage}
+
+
+def flux_as_loaded(transformer, model_cfg, dtype) -> None:
+    """families/flux/loading.py stores the transformer in fp8 as soon as it is read, before the LoRA."""
+    from engine.models.base_storage import store_in_fp8
+    from engine.models.families import capabilities
+
+    if model_cfg.quantize_base == "fp8":
+        store_in_fp8(transformer, dtype, block_lists=capabilities("flux").block_lists)
+        transformer.easel_fp8 = True
+
+
+def zimage_as_loaded(transformer, model_cfg, dtype) -> None:
+    """zimage/loading.py's store(): fp8 as the transformer is read, before Qwen3 and the LoRA."""
+    from engine.models.families.zimage.loading import store
+
+    store(transformer, model_cfg, dtype, lambda text, n, total: None)
+
+
+AS_LOADED = {"flux": flux_as_loaded, "zimage": zimage_as_loaded}   # what family.load does beyond reading
 
 
 # ------------------------------------------------------------------------------------------------- the plain loops
@@ -701,7 +805,48 @@ def plain_flux(comps, preset, data, device, dtype):
     return step
 
 
-PLAIN = {"sd15": plain_sd15, "sdxl": plain_sdxl, "flux": plain_flux}
+def plain_zimage(comps, preset, data, device, dtype):
+    """diffusers' train_dreambooth_lora_z_image.py step with per-image captions encoded every step: the VAE's mode,
+    shifted and scaled; ZImagePipeline.encode_prompt (the chat template, Qwen3's hidden_states[-2], padding dropped,
+    no negative prompt: training has no use for one); the transformer on lists of [C, 1, h, w] latents at 1 - sigma,
+    its output negated; the flow-matching loss against noise - latents."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline
+
+    transformer, vae = comps.denoiser, comps.vae
+    res, bs = preset.dataset.resolution_px, preset.training.batch_size
+    length = comps.extra["max_sequence_length"]
+    # the example's text-encoding pipeline: the pipeline object around the same modules, for its encode_prompt
+    text_pipe = ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, transformer=transformer,
+                               text_encoder=comps.text_encoders[0], tokenizer=comps.tokenizers[0])
+    params, opt = plain_optimizer(transformer, preset)
+    next_batch, counter = plain_images(data, res), iter(range(1 << 30))
+    shift, scale = vae.config.shift_factor, vae.config.scaling_factor
+
+    def step(n: int) -> None:
+        for _ in range(n):
+            pixels, captions = next_batch(next(counter), bs)
+            with torch.no_grad():
+                latents = (vae.encode(pixels.to(device, vae.dtype)).latent_dist.mode() - shift) * scale
+                # encode_prompt rewrites the list it is given in place: a copy
+                prompt_embeds, _ = text_pipe.encode_prompt(list(captions), device=device,
+                                                           do_classifier_free_guidance=False,
+                                                           max_sequence_length=length)
+            latents = latents.to(dtype)
+            noise = torch.randn_like(latents)
+            sigmas = torch.rand(latents.shape[0], device=device)   # weighting_scheme "none"
+            s = sigmas.view(-1, 1, 1, 1).to(dtype)
+            noisy = (1 - s) * latents + s * noise
+            with autocast(device, dtype):
+                out = transformer(list(noisy.unsqueeze(2).unbind(0)), 1 - sigmas, prompt_embeds, return_dict=False)[0]
+            pred = -torch.stack(out).squeeze(2)
+            plain_finish(F.mse_loss(pred.float(), (noise - latents).float()), params, opt,
+                         preset.training.clip_grad_norm)
+    return step
+
+
+PLAIN = {"sd15": plain_sd15, "sdxl": plain_sdxl, "flux": plain_flux, "zimage": plain_zimage}
 
 
 def autocast(device: str, dtype):
@@ -780,12 +925,12 @@ def print_header(suite: Suite) -> None:
           f"diffusers {diffusers.__version__}", flush=True)
     if suite.smoke:
         print("CPU SMOKE: every model is tiny; the numbers only prove the script runs end to end "
-              "(pred GB is for the real model).", flush=True)
+              "(pred GB: the real model's, as a GPU run predicts it).", flush=True)
     elif suite.cpu_real:
         print("CPU REAL: real-size random-init models on the CPU in fp32 at batch 1 (the ratio with real "
               "VAE / text / UNet proportions); peak GB and MFU are n/a here.", flush=True)
     else:
-        print("Real-size random-init models built on the GPU (T5-XXL real size in FLUX's plain loop); "
+        print("Real-size random-init models built on the GPU (T5-XXL and Qwen3-4B real size in the plain loops); "
               "nothing downloaded.", flush=True)
     if suite.optimizer_note:
         print(f"NOTE: {suite.optimizer_note}", flush=True)
@@ -799,7 +944,7 @@ def _pct(value) -> str:
     return "n/a" if value is None else f"{value:.1f}%"
 
 
-TABLE_HEAD = (f"{'case':<15} {'s/it':>7} {'img/s':>7} {'peak GB':>7} {'MFU':>5} {'fwd TF':>8} | "
+TABLE_HEAD = (f"{'case':<16} {'s/it':>7} {'img/s':>7} {'peak GB':>7} {'MFU':>5} {'fwd TF':>8} | "
               f"{'plain s/it':>10} {'img/s':>7} {'peak GB':>7} {'MFU':>5} | {'easel/plain':>11} | "
               f"{'tier':>4} {'fits':>4} {'pred GB':>7} | {'wall s':>6}  note")
 
@@ -818,7 +963,7 @@ def format_row(row: Row, suite: Suite) -> str:
         fits = "yes" if e["peak_gb"] + CUDA_CONTEXT_GB <= tier else "NO"
     memory = "-" if not e else "n/a"   # n/a: the CPU has no allocator peak
     note = "  ".join(w for w in (f"{e['steps']}+{p['steps']} steps" if e and p else "", row.note) if w)
-    return (f"{row.case.name:<15} {_num(e.get('s_it'), '.3f', '-'):>7} {_num(e.get('img_s'), '.2f', '-'):>7} "
+    return (f"{row.case.name:<16} {_num(e.get('s_it'), '.3f', '-'):>7} {_num(e.get('img_s'), '.2f', '-'):>7} "
             f"{_num(e.get('peak_gb'), '.2f', memory):>7} {_pct(mfu(e)):>5} "
             f"{_num(row.fwd_flops / 1e12 if row.fwd_flops else None, '.3g', '-'):>8} | "
             f"{_num(p.get('s_it'), '.3f', '-'):>10} {_num(p.get('img_s'), '.2f', '-'):>7} "

@@ -105,7 +105,8 @@ def test_the_copied_family_data_agrees_with_the_family_records():
         memory, family = memory_model(name), get_family(name)
         assert memory.te_lora_targets == family.te_lora_targets, name
         assert memory.text_encoders == family.text_encoder_names, name
-        assert len(memory.trainable_text_encoders) == (family.caps.trainable_text_encoders or
+        trainable = family.caps.trainable_text_encoders  # None: all of them; 0: none (Z-Image, Chroma)
+        assert len(memory.trainable_text_encoders) == (trainable if trainable is not None else
                                                        len(family.text_encoder_names)), name
         if name != "flux":
             assert memory.lora_targets == family.lora_targets, name

@@ -1,5 +1,6 @@
-"""The "Will it fit?" gauge (ui/fit_gauge.py): the FLUX VRAM tiers fit their cards, the gauge follows the memory
-settings and says how to fit, Apply changes only the memory keys, and the section's events are wired."""
+"""The "Will it fit?" gauge (ui/fit_gauge.py) and its VRAM tiers (ui/fit_tiers.py): each family's tiers are its
+presets/<family>-lora-<N>gb.yaml and fit their cards, the picker offers the form's family's tiers, the gauge follows
+the memory settings and says how to fit, Apply changes only the memory keys, and the section's events are wired."""
 from __future__ import annotations
 
 import re
@@ -10,10 +11,18 @@ import pytest
 gr = pytest.importorskip("gradio")
 
 from engine.config.load import load_preset, preset_from_dict
-from ui import fit_gauge
+from engine.models.families import memory_model
+from ui import fit_gauge, fit_tiers
 from ui.fields import Form
 
 FLUX_HUB = "black-forest-labs/FLUX.1-dev"   # no files: fit takes the real model's sizes
+FLUX_TIERS = fit_tiers.tiers_for("flux")
+ZIMAGE_TIERS = fit_tiers.tiers_for("zimage")
+# a Z-Image run with no memory saver on: bf16 base, AdamW, no checkpointing, batch 2 at 1024 px
+HEAVY_ZIMAGE = {"model": {"family": "zimage", "path": "Tongyi-MAI/Z-Image", "quantize_base": "none"},
+                "dataset": {"resolution_px": 1024, "min_bucket_px": 512, "max_bucket_px": 1536},
+                "training": {"batch_size": 2, "gradient_checkpointing": False},
+                "optimizers": {"unet": {"type": "adamw", "lr": 1e-4}}}
 # a FLUX run with no memory saver on: bf16 base, AdamW, no checkpointing, batch 2 at 1024 px
 HEAVY_FLUX = {"model": {"family": "flux", "path": FLUX_HUB, "quantize_base": "none"},
               "dataset": {"resolution_px": 1024, "min_bucket_px": 512, "max_bucket_px": 1536},
@@ -41,21 +50,53 @@ def peak_gb(page: str) -> float:
 
 
 def test_the_tiers_are_read_from_the_preset_files():
-    assert list(fit_gauge.TIERS) == ["24 GB", "16 GB", "12 GB"]
-    for name, tier in fit_gauge.TIERS.items():
-        preset = load_preset(tier.file)
-        assert tier.budget_gb == float(name.split()[0])
-        assert tier.values["model.block_swap"] == preset.model.block_swap
-    assert fit_gauge.tier_for_vram(15.99) == "16 GB" and fit_gauge.tier_for_vram(139.8) == "24 GB"
-    assert fit_gauge.tier_for_vram(8.0) == "12 GB" and fit_gauge.tier_for_vram(None) is None
+    assert list(FLUX_TIERS) == ["24 GB", "16 GB", "12 GB"]
+    for family, tiers in fit_tiers.TIERS.items():
+        for name, tier in tiers.items():
+            preset = load_preset(tier.file)
+            assert tier.file.stem.startswith(f"{family}-lora-"), tier.file   # the name says the family inside
+            assert preset.model.family == tier.family == family
+            assert tier.budget_gb == float(name.split()[0])
+            assert tier.values["model.block_swap"] == preset.model.block_swap
+    assert fit_tiers.tier_for_vram("flux", 15.99) == "16 GB" and fit_tiers.tier_for_vram("flux", 139.8) == "24 GB"
+    assert fit_tiers.tier_for_vram("flux", 8.0) == "12 GB" and fit_tiers.tier_for_vram("flux", None) is None
+
+
+def test_zimage_has_four_tiers_and_a_card_picks_its_own():
+    assert list(ZIMAGE_TIERS) == ["24 GB", "16 GB", "12 GB", "8 GB"]
+    picks = {vram: fit_tiers.tier_for_vram("zimage", vram) for vram in (6.0, 7.99, 11.99, 15.99, 23.99, 80.0)}
+    assert picks == {6.0: "8 GB", 7.99: "8 GB", 11.99: "12 GB", 15.99: "16 GB", 23.99: "24 GB", 80.0: "24 GB"}
+    eight, twenty_four = ZIMAGE_TIERS["8 GB"].values, ZIMAGE_TIERS["24 GB"].values
+    assert (eight["model.quantize_base"], eight["model.block_swap"], eight["dataset.resolution_px"]) == ("fp8", 18, 512)
+    assert (twenty_four["model.quantize_base"], twenty_four["model.block_swap"]) == ("none", 0)
+    assert all(t.values["training.gradient_checkpointing"] and t.values["training.cache_text_embeddings"]
+               for t in ZIMAGE_TIERS.values())
+
+
+def test_the_picker_offers_the_familys_tiers_or_card_sizes(form):
+    assert fit_tiers.card_choices("zimage") == ["24 GB", "16 GB", "12 GB", "8 GB"]
+    assert fit_tiers.card_choices("flux") == ["24 GB", "16 GB", "12 GB"]
+    sizes = fit_tiers.card_choices("sd15")   # no tier files: every tier's card size, to compare with
+    assert sizes == sorted(sizes, key=lambda s: -float(s.split()[0])) and {"24 GB", "12 GB", "8 GB"} <= set(sizes)
+    assert fit_tiers.tier_for_vram("sd15", 24.0) is None
+    assert "zimage-lora-8gb.yaml" in fit_tiers.tier_help(form, "zimage")
+    assert "flux-lora" not in fit_tiers.tier_help(form, "zimage")
+    assert "No VRAM tier presets for SD 1.x" in fit_tiers.tier_help(form, "sd15")
+
+
+def test_the_gauge_reads_the_files_of_the_familys_own_keys():
+    assert fit_gauge.file_keys("flux") == ("path", "single_file_config", "vae_path", "clip_l_path", "t5_path")
+    assert fit_gauge.file_keys("zimage") == ("path", "single_file_config", "vae_path", "text_encoder_path")
+    assert fit_gauge.file_keys("sd15") == ("path", "single_file_config", "vae_path")
+    assert {"model.clip_l_path", "model.t5_path", "model.text_encoder_path"} <= set(fit_gauge.GAUGE_KEYS)
 
 
 @pytest.mark.parametrize("tier_name", ["24 GB", "16 GB", "12 GB"])
 def test_each_tier_applied_to_a_heavy_flux_run_fits_its_card(form, tier_name):
     values = values_of(form, preset_from_dict(HEAVY_FLUX))
-    budget = fit_gauge.TIERS[tier_name].budget_gb
+    budget = FLUX_TIERS[tier_name].budget_gb
     assert "does not fit" in fit_gauge.gauge_html(form.to_preset(values), budget)
-    values.update(fit_gauge.tier_updates(form, tier_name, values))
+    values.update(fit_tiers.tier_updates(form, FLUX_TIERS[tier_name], values))
     preset = form.to_preset(values)
     page = fit_gauge.gauge_html(preset, budget)
     assert "easel-fit-red" not in page and "fits" in page and f"of {budget:g} GB" in page
@@ -90,12 +131,12 @@ def test_more_pixels_or_a_larger_batch_raise_the_peak():
 
 
 def test_a_tier_changes_only_the_memory_keys(form):
-    preset = load_preset(fit_gauge.PRESETS_DIR / "flux-identity-fast.yaml")   # 512 px, rank 32, AdamW
+    preset = load_preset(fit_tiers.PRESETS_DIR / "flux-identity-fast.yaml")   # 512 px, rank 32, AdamW
     preset = preset_from_dict({**_data(form, preset), "model": {"family": "flux", "path": "D:/ComfyUI/flux1.sft",
                                                                 "t5_path": "D:/ComfyUI/t5xxl_fp16.safetensors"}})
     values = values_of(form, preset)
-    updates = fit_gauge.tier_updates(form, "12 GB", values)
-    allowed = {form.widgets[k] for k in (*fit_gauge.TIER_KEYS, *fit_gauge.OPTIMIZER_KEYS)}
+    updates = fit_tiers.tier_updates(form, FLUX_TIERS["12 GB"], values)
+    allowed = {form.widgets[k] for k in (*fit_tiers.TIER_KEYS, *fit_tiers.OPTIMIZER_KEYS)}
     assert set(updates) <= allowed
     values.update(updates)
     after = form.to_preset(values)
@@ -110,9 +151,9 @@ def test_a_tier_changes_only_the_memory_keys(form):
 def test_another_optimizer_comes_with_the_tiers_learning_rate(form):
     preset = preset_from_dict({**HEAVY_FLUX, "optimizers": {"unet": {"type": "prodigy", "lr": 1.0}}})
     values = values_of(form, preset)
-    values.update(fit_gauge.tier_updates(form, "24 GB", values))
+    values.update(fit_tiers.tier_updates(form, FLUX_TIERS["24 GB"], values))
     after = form.to_preset(values)
-    tier = fit_gauge.TIERS["24 GB"].values
+    tier = FLUX_TIERS["24 GB"].values
     assert after.optimizers["unet"].type == "adamw8bit" and after.optimizers["unet"].lr == tier["optimizers.unet.lr"]
 
 
@@ -122,11 +163,11 @@ def _data(form, preset) -> dict:
 
 def test_sd_families_get_an_estimate_and_dit_a_message():
     for name in ("sd15-lora", "sdxl-lora", "sd2-v-finetune"):
-        page = fit_gauge.gauge_html(load_preset(fit_gauge.PRESETS_DIR / f"{name}.yaml"), 8.0, "NVIDIA GeForce RTX 3070")
+        page = fit_gauge.gauge_html(load_preset(fit_tiers.PRESETS_DIR / f"{name}.yaml"), 8.0, "NVIDIA GeForce RTX 3070")
         assert "of 8 GB" in page and "(GeForce RTX 3070)" in page and "unet weights" in page, name
-    no_card = fit_gauge.gauge_html(load_preset(fit_gauge.PRESETS_DIR / "sd15-lora.yaml"), None)
+    no_card = fit_gauge.gauge_html(load_preset(fit_tiers.PRESETS_DIR / "sd15-lora.yaml"), None)
     assert "easel-fit-unknown" in no_card and "no NVIDIA GPU found" in no_card
-    assert "No memory estimate" in fit_gauge.gauge_html(load_preset(fit_gauge.PRESETS_DIR / "dit-ddpm.yaml"), 12.0)
+    assert "No memory estimate" in fit_gauge.gauge_html(load_preset(fit_tiers.PRESETS_DIR / "dit-ddpm.yaml"), 12.0)
 
 
 def test_the_gauge_is_fast_and_survives_odd_paths():
@@ -159,6 +200,75 @@ def test_the_section_redraws_and_applies_inside_the_app():
     assert "Fix the fields marked in red first" in parts["redraw"](values)
 
 
+def test_the_picker_follows_the_family_and_apply_takes_the_familys_tier():
+    with gr.Blocks() as blocks:
+        form = Form()
+        for section in ("model", "dataset", "network", "training", "optimizers", "schedules", "sampling", "output",
+                        "validation", "vae", "rl"):
+            form.section(section)
+        parts = fit_gauge.build(form)
+        fit_gauge.wire(form, parts)
+    tier, family = parts["tier"], form.widgets["model.family"]
+    follow = next(f for f in blocks.fns.values() if f.api_name == "fit_family")
+    assert {block_id for block_id, _ in follow.targets} == {family._id}   # a person's choice of family
+    out = parts["follow_family"]({family: "zimage", tier: "16 GB"})
+    assert out[tier]["choices"] == [fit_gauge.THIS_GPU, "24 GB", "16 GB", "12 GB", "8 GB"]
+    assert out[tier]["value"] == "16 GB" and out[parts["apply"]]["visible"] is True   # still offered: kept
+    assert "zimage-lora-24gb.yaml" in out[parts["help"]]
+    out = parts["follow_family"]({family: "flux", tier: "8 GB"})
+    assert out[tier]["value"] == fit_gauge.THIS_GPU                                  # FLUX has no 8 GB tier
+    out = parts["follow_family"]({family: "sd15", tier: "12 GB"})
+    assert out[tier]["value"] == "12 GB" and out[parts["apply"]]["visible"] is False  # compare only, nothing to apply
+    # Apply takes the tier of the form's family: Z-Image's 8 GB swaps 18 of its 34 blocks
+    values = {**values_of(form, preset_from_dict(HEAVY_ZIMAGE)), tier: "8 GB"}
+    apply = next(f for f in blocks.fns.values() if f.api_name == "fit_apply")
+    values.update(apply.fn(dict(values)))
+    after = form.to_preset(values)
+    assert (after.model.quantize_base, after.model.block_swap, after.dataset.resolution_px) == ("fp8", 18, 512)
+    assert after.model.family == "zimage" and after.model.path == "Tongyi-MAI/Z-Image"
+    # a card size the family has no tier for: the family's tier made for that card (FLUX's smallest for 8 GB)
+    values = {**values_of(form, preset_from_dict(HEAVY_FLUX)), tier: "8 GB"}
+    values.update(apply.fn(dict(values)))
+    assert form.to_preset(values).model.block_swap == FLUX_TIERS["12 GB"].values["model.block_swap"]
+    sd = {**values_of(form, load_preset(fit_tiers.PRESETS_DIR / "sd15-lora.yaml")), tier: "12 GB"}
+    assert apply.fn(dict(sd)) == {}                                                  # no tiers: nothing changes
+    assert "of 12 GB" in parts["redraw"](dict(sd))
+
+
+def _estimate(preset):
+    from engine.models.fit import estimate, fit_settings, model_sizes
+
+    return estimate(model_sizes(preset.model), fit_settings(preset))
+
+
+@pytest.mark.parametrize("tier", [t for tiers in fit_tiers.TIERS.values() for t in tiers.values()],
+                         ids=lambda t: t.file.stem)
+def test_each_shipped_tier_preset_fits_its_own_card(tier):
+    """The tier files as shipped (the real model sizes: their model.path is a Hub id) fit the card they are for:
+    training, and the caching before it."""
+    if memory_model(tier.family) is None:
+        pytest.skip(f"no memory model for {tier.family} yet (engine/models/families/{tier.family}/memory.py)")
+    fit = _estimate(load_preset(tier.file))
+    assert fit.phases["training"] <= tier.budget_gb, fit.phases
+    assert fit.vram_gb <= tier.budget_gb, fit.phases
+
+
+@pytest.mark.parametrize("tier_name", list(ZIMAGE_TIERS))
+def test_each_zimage_tier_applied_to_a_heavy_run_fits_its_card(form, tier_name):
+    if memory_model("zimage") is None:
+        pytest.skip("no memory model for zimage yet (engine/models/families/zimage/memory.py)")
+    values = values_of(form, preset_from_dict(HEAVY_ZIMAGE))
+    budget = ZIMAGE_TIERS[tier_name].budget_gb
+    heavy = _estimate(form.to_preset(values))
+    values.update(fit_tiers.tier_updates(form, ZIMAGE_TIERS[tier_name], values))
+    after = form.to_preset(values)
+    assert after.model.quantize_base == ZIMAGE_TIERS[tier_name].values["model.quantize_base"]
+    fit = _estimate(after)
+    assert fit.phases["training"] <= min(budget, heavy.phases["training"]), fit.phases
+    page = fit_gauge.gauge_html(after, budget)
+    assert "easel-fit-red" not in page and peak_gb(page) <= budget, page
+
+
 # torch and the libraries that pull it in are unimportable: building, wiring and drawing must not need them
 WITHOUT_TORCH = """
 import sys
@@ -167,7 +277,8 @@ for name in ("torch", "diffusers", "transformers", "peft", "accelerate", "bitsan
 sys.path.insert(0, {root!r})
 import gradio as gr
 from engine.config.load import load_preset
-from ui import fit_gauge
+from engine.models.families import memory_model
+from ui import fit_gauge, fit_tiers
 from ui.fields import Form
 with gr.Blocks():
     form = Form()
@@ -176,7 +287,7 @@ with gr.Blocks():
     parts = fit_gauge.build(form)
     fit_gauge.wire(form, parts)
 print(fit_gauge.detected_vram_gb())
-assert "GB of 12 GB" in fit_gauge.gauge_html(load_preset(fit_gauge.TIERS["12 GB"].file), 12.0)
+assert "GB of 12 GB" in fit_gauge.gauge_html(load_preset(fit_tiers.TIERS["flux"]["12 GB"].file), 12.0)
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "diffusers", "transformers") and sys.modules[m])
 print("HEAVY", heavy)
 """

@@ -10,17 +10,23 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_suite.py"
 
 
+def _suite():
+    if "gpu_suite" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("gpu_suite", SCRIPT)  # its top level imports only the stdlib
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module   # its dataclasses look their module up while being built
+        spec.loader.exec_module(module)
+    return sys.modules["gpu_suite"]
+
+
 def _cases():
-    spec = importlib.util.spec_from_file_location("gpu_suite", SCRIPT)  # its top level imports only the stdlib
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module   # its dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module.CASES
+    return _suite().CASES
 
 
 def _smoke(*args):
+    # ~1 minute alone on two cores; the limit leaves room for a CPU shared with other jobs
     proc = subprocess.run([sys.executable, str(SCRIPT), "--cpu-smoke", *args], cwd=ROOT, capture_output=True,
-                          text=True, encoding="utf-8", timeout=180, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                          text=True, encoding="utf-8", timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"},
                           check=False)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     table = proc.stdout[proc.stdout.index("\ncase "):]
@@ -37,11 +43,53 @@ def test_the_cpu_smoke_trains_every_case_both_ways_and_prints_its_row():
         assert float(easel.split()[0]) > 0 and float(plain.split()[0]) > 0, row   # s/it of both loops
         assert float(ratio.strip().rstrip("x")) > 0, row                         # easel/plain img/s
         assert float(wall.split()[0]) > 0 and "error" not in wall, row
+        storage = wall.split("steps", 1)[1].strip()                               # what the model itself says
+        if name.startswith(("flux", "zimage")):
+            assert tier.split()[0] == name.split()[1].removesuffix("gb"), row    # the tier budget is shown
+            assert float(tier.split()[2]) > 0, row                                # engine.models.fit's prediction
         if name.startswith("flux"):
-            assert tier.split()[0] in ("24", "16", "12"), row                     # the tier budget is shown
-            assert "fp8" in wall, row                                             # fp8 storage really applied
+            assert storage.startswith("fp8"), row                                 # fp8 storage really applied
             assert ("swap" in wall) == (not name.startswith("flux 24gb")), row  # block swap in the 16/12 GB tiers
+        if name.startswith("zimage"):
+            assert storage.startswith("fp8") == (not name.startswith("zimage 24gb")), row   # bf16 base on 24 GB
+            assert ("swap" in wall) == name.startswith("zimage 8gb"), row                 # block swap on 8 GB only
     assert "skipped: none" in out
+
+
+def test_every_tier_runs_once_before_any_runs_twice_within_7_minutes_by_the_suites_own_estimates():
+    cases = _cases()
+    tiers = [(c.family, c.tier_gb) for c in cases]
+    first_repeat = next(i for i, tier in enumerate(tiers) if tier in tiers[:i])
+    assert set(tiers[:first_repeat]) == set(tiers)
+    assert sum(c.expected_s for c in cases[:first_repeat]) <= 7 * 60 - 30   # 30 s: imports and the CUDA start
+
+
+def test_the_budget_counts_a_rebuild_when_the_models_on_the_gpu_are_another_cases():
+    module = _suite()
+    suite, cases = module.Suite(smoke=False), {c.name: c for c in module.CASES}
+    fp8, bf16 = cases["zimage 16gb 1024"], cases["zimage 24gb 1024"]
+    assert suite.expected_s(bf16) == bf16.expected_s                      # the first guess until the family ran
+    suite.seen(fp8, module.Row(fp8, build_s=12.0, wall_s=40.0))
+    assert suite.expected_s(cases["zimage 12gb 512"], suite.model_key(fp8)) == 28.0  # the same fp8 models
+    assert suite.expected_s(bf16, suite.model_key(fp8)) == 40.0                      # the bf16 base: built again
+    # the 8 GB tier's Qwen3 is in fp8 too (model.text_encoder_fp8): other models, built again
+    assert suite.expected_s(cases["zimage 8gb 512"], suite.model_key(fp8)) == 40.0
+
+
+def test_the_real_size_zimage_is_the_model_that_will_it_fit_counts():
+    """build_zimage at real size, on the meta device: the parameter counts engine.models.fit predicts with."""
+    from math import prod
+
+    import torch
+
+    from engine.models.families.zimage.memory import MEMORY, zimage_tensors
+
+    comps = _suite().build_zimage(False, "meta", torch.bfloat16)
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert count(comps.denoiser) == sum(prod(shape) for shape, _ in zimage_tensors().values()) == 6_154_908_736
+    assert count(comps.text_encoders[0]) == MEMORY["zimage"].known["text_encoder"]
+    assert count(comps.vae) == MEMORY["zimage"].known["vae"]
+    assert comps.vae.config.latent_channels == comps.denoiser.config.in_channels == 16
 
 
 def test_past_the_time_budget_no_case_starts_and_the_table_names_the_skipped_ones():
@@ -54,7 +102,7 @@ def test_settings_reach_every_case_and_cpu_real_trains_real_sizes_at_batch_1_in_
     out, rows = _smoke("--only", "sd15", "--set", "training.gradient_checkpointing=false")
     assert "Settings for every case: training.gradient_checkpointing=false" in out
     assert rows["sd15 512 bs4"] is not None and "error" not in rows["sd15 512 bs4"]
-    suite_module = sys.modules["gpu_suite"]
+    suite_module = _suite()
     case = next(c for c in suite_module.CASES if c.name.startswith("sd15"))
     suite = suite_module.Suite(smoke=False, cpu_real=True, overrides=["training.gradient_checkpointing=false"])
     preset = suite.preset(case, Path("."))

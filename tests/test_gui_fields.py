@@ -11,6 +11,7 @@ from engine.config.load import ConfigError, preset_from_dict
 from engine.config.optim_specs import OPTIMIZER_PARAMS, SCHEDULE_PARAMS
 from engine.config.save import dump_preset, preset_to_dict
 from engine.config.schema import Preset
+from engine.models.families import FOLDERS
 from ui.fields import Form, UNBOUND, to_widget
 
 
@@ -70,10 +71,12 @@ def candidates(spec):
 
 # Keys whose non-default value needs another key set too (the preset's cross-field rules).
 FLUX = {"model.family": "flux", "dataset.resolution_px": 512, "dataset.bucket_step_px": 64}
+ZIMAGE = {"model.family": "zimage", "dataset.resolution_px": 512, "dataset.bucket_step_px": 64}
 DIT = {"model.family": "dit", "network.type": "full"}  # flow paths are for models trained from scratch
 COMPANIONS = {"training.flow_path": DIT, "dataset.use_reg": {"dataset.reg_path": "reg images"},
               "network.te_two_phase": {"network.train_text_encoder": True},
-              "model.clip_l_path": FLUX, "model.t5_path": FLUX, "model.block_swap": FLUX}
+              "model.clip_l_path": FLUX, "model.t5_path": FLUX, "model.block_swap": FLUX,
+              "model.text_encoder_path": ZIMAGE, "model.preview_path": ZIMAGE}
 
 
 def mapping_case(key: str):
@@ -117,7 +120,9 @@ def test_widgets_carry_the_schema_metadata(form):
     assert form.specs["dataset.resolution_px"].label == "Resolution (px)"
     assert form.specs["optimizers.unet.lr"].label == "Learning rate"
     family = form.widgets["model.family"]
-    assert isinstance(family, gr.Dropdown) and [c[0] for c in family.choices] == ["sd15", "sd2", "sdxl", "flux", "dit"]
+    names = [c[0] for c in family.choices]
+    assert isinstance(family, gr.Dropdown) and names == list(FOLDERS)   # the registry's families, in its order
+    assert {"sd15", "sd2", "sdxl", "flux", "zimage", "chroma", "dit"} <= set(names)
     assert isinstance(form.widgets["training.ema.enabled"], gr.Checkbox)
     assert form.widgets["output.formats"].multiselect
     assert "dataset.flip" in form.accordion_of and "dataset.resolution_px" not in form.accordion_of
@@ -222,3 +227,67 @@ def test_a_trigger_missing_from_every_sample_prompt_is_advice_not_an_error():
     assert [k for k, _ in notes] == ["sampling.prompts"] and "'zqx'" in notes[0][1]
     data["sampling"]["prompts"].append("a ZQX portrait")
     assert advice(preset_from_dict(data)) == []
+
+
+# The fields only some families use (ui/family_fields.py, decided by each family's capabilities): who shows which.
+SHOWN_BY_FAMILY = {
+    "sd15": [], "sd2": [], "sdxl": [], "dit": [],
+    "flux": ["model.clip_l_path", "model.t5_path", "model.block_swap"],
+    "chroma": ["model.t5_path", "model.block_swap"],
+    "zimage": ["model.text_encoder_path", "model.preview_path", "model.block_swap"],
+}
+
+
+@pytest.mark.parametrize("family", sorted(SHOWN_BY_FAMILY))
+def test_each_family_shows_the_fields_it_uses(family):
+    from ui import family_fields
+
+    assert family_fields.shown_keys(family) == SHOWN_BY_FAMILY[family]
+
+
+def test_every_registered_family_is_in_the_table():
+    assert set(SHOWN_BY_FAMILY) == set(FOLDERS)
+
+
+def test_a_shown_field_validates_for_its_family_and_a_hidden_one_is_refused_there():
+    """What the form shows and what the loader accepts agree: a gated key set for a family that hides it is an
+    error named at that key (engine/config/validate.py)."""
+    from ui import family_fields
+
+    values = {"model.clip_l_path": "clip_l.safetensors", "model.t5_path": "t5xxl.safetensors",
+              "model.text_encoder_path": "qwen_3_4b.safetensors", "model.preview_path": "Tongyi-MAI/Z-Image-Turbo",
+              "model.block_swap": 4}
+    for family in SHOWN_BY_FAMILY:
+        for key, value in values.items():
+            data = _set(preset_to_dict(Preset()), {"model.family": family, "dataset.resolution_px": 512,
+                                                   "dataset.bucket_step_px": 64, "network.type": "full", key: value})
+            try:
+                preset_from_dict(data)
+                problems = []
+            except ConfigError as err:
+                problems = [k for k, _ in err.problems]
+            assert (key not in problems) == family_fields.uses(family, key), (family, key, problems)
+
+
+def test_the_training_tab_shows_and_hides_the_gated_fields_with_the_family():
+    from ui import family_fields, tab_training
+
+    with gr.Blocks() as blocks:
+        form = Form()
+        parts = tab_training.build(form)
+    fields = parts["family_fields"]
+    containers = fields["shown_by"]   # key -> its column (or, bound inside a section's grid, its widget)
+    assert set(containers) == set(family_fields.USED_BY)
+    follow = next(f for f in blocks.fns.values() if f.api_name == "family_fields")
+    family = form.widgets["model.family"]
+    assert {block_id for block_id, _ in follow.targets} == {family._id}   # a person's choice of family
+    assert set(follow.outputs) == set(containers.values())
+    assert not any(c.visible for c in containers.values())   # the default family, SD 1.x, uses none of them
+    values = {w: to_widget(form.specs[k], form.specs[k].default) for k, w in form.widgets.items()}
+    for name, keys in SHOWN_BY_FAMILY.items():
+        out = fields["follow"]({**values, family: name})
+        assert {k for k, c in containers.items() if out[c]["visible"]} == set(keys), name
+    # a stray value stays in sight whatever the family, so its problem can be seen and cleared
+    out = fields["follow"]({**values, family: "sdxl", form.widgets["model.t5_path"]: "t5xxl_fp16.safetensors"})
+    assert out[containers["model.t5_path"]]["visible"] is True
+    assert out[containers["model.clip_l_path"]]["visible"] is False

@@ -353,3 +353,25 @@ def test_a_counted_phase_between_steps_shows_in_the_progress_bar(tmp_path):
            vram_gb=None)
     view.poll()
     assert view.progress_text().startswith("Step 121/360")
+
+
+def test_previews_on_a_distilled_sibling_get_columns_of_their_own_in_the_grid(tmp_path):
+    """model.preview_path: each sample is also rendered on Z-Image Turbo; those images sit beside the trained
+    model's, never over them."""
+    from ui import tab_run
+
+    run = tmp_path / "run"
+    (run / "samples").mkdir(parents=True)
+    w = EventWriter(run / "events.jsonl")
+    w.emit("started", preset={}, versions={}, device="cpu")
+    for step in (10, 20):
+        for prefix, preview in (("", None), ("preview_", "Z-Image Turbo")):
+            png = run / "samples" / f"{prefix}step{step:06d}_p00_s1.00.png"
+            png.write_bytes(b"\x89PNG fake")
+            extra = {"preview": preview} if preview else {}
+            w.emit("sample", path=str(png), prompt="ohwx", strength=1.0, step=step, **extra)
+    view = RunView(run)
+    view.poll()
+    html = tab_run.render(view, {k: k for k in tab_run.RENDERED})["grid"]
+    assert "<th>strength 1</th>" in html and "<th>Z-Image Turbo · strength 1</th>" in html
+    assert html.count("<img") == 4 and "preview_step000020_p00_s1.00.png" in html

@@ -16,6 +16,8 @@ EXPECTED = {  # family -> (pipeline class, scheduler prediction type or None for
     "sd2": ("StableDiffusionPipeline", "v_prediction"),
     "sdxl": ("StableDiffusionXLPipeline", "epsilon"),
     "flux": ("FluxPipeline", None),
+    "zimage": ("ZImagePipeline", None),
+    "chroma": ("ChromaPipeline", None),
 }
 
 

@@ -82,7 +82,7 @@ def build_app(ctx: AppContext | None = None) -> gr.Blocks:
             raise RuntimeError(f"preset keys without a widget: {', '.join(missing)}")
         problem_outputs = [*form.components(), *dict.fromkeys(form.accordion_of.values())]
         fit_gauge.wire(form, tr["fit"])  # every widget exists now
-        wiring = _Wiring(ctx, form, bar, yaml_view, sch, problem_outputs, tr["fit"])
+        wiring = _Wiring(ctx, form, bar, yaml_view, sch, problem_outputs, tr["fit"], tr["family_fields"])
         wiring.live_checks()  # first: defines the LR redraw that loads chain to
         wiring.presets()
         tab_schedule.wire(form, sch)
@@ -139,8 +139,10 @@ def _preset_bar(ctx: AppContext) -> dict:
 class _Wiring:
     """The preset bar's handlers and the live checks (unsaved marker, problems next to fields, YAML, LR plot)."""
 
-    def __init__(self, ctx, form: Form, bar: dict, yaml_view, sch: dict, problem_outputs: list, fit: dict):
+    def __init__(self, ctx, form: Form, bar: dict, yaml_view, sch: dict, problem_outputs: list, fit: dict,
+                 family_fields: dict):
         self.ctx, self.form, self.bar, self.yaml_view, self.sch, self.fit = ctx, form, bar, yaml_view, sch, fit
+        self.family_fields = family_fields
         self.problem_outputs = problem_outputs
         self.edit_outputs = [bar["status"], bar["problems"], yaml_view, bar["draft"], *problem_outputs]
         self.load_outputs = [*form.components(), bar["baseline"], bar["path"], bar["remember"], bar["draft"],
@@ -311,11 +313,15 @@ class _Wiring:
                                            api_name="reset_preset"))
 
     def after_load(self, event):
-        """Once a handler has filled the form: redraw the LR plot and the will-it-fit gauge."""
+        """Once a handler has filled the form: redraw the LR plot, show the fields of the loaded family and its
+        VRAM tiers, and redraw the will-it-fit gauge."""
         event = event.then(self.sch["redraw"], inputs=self.form.inputs(),
                            outputs=[self.sch["plot"], self.sch["plot_note"]], show_progress="hidden")
-        return event.then(self.fit["redraw"], inputs=self.fit["inputs"], outputs=self.fit["gauge"],
-                          show_progress="hidden")
+        fields, fit = self.family_fields, self.fit
+        event = event.then(fields["follow"], inputs=fields["inputs"], outputs=fields["outputs"], show_progress="hidden")
+        event = event.then(fit["follow_family"], inputs=fit["family_inputs"], outputs=fit["family_outputs"],
+                           show_progress="hidden")
+        return event.then(fit["redraw"], inputs=fit["inputs"], outputs=fit["gauge"], show_progress="hidden")
 
     def live_checks(self) -> None:
         form = self.form

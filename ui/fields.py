@@ -38,9 +38,10 @@ LABELS = {"lr": "Learning rate", "params": "Parameters", "enabled": "EMA of the 
           "every_n_steps": "Sample every N steps", "steps": "Sampling steps", "width_px": "Width",
           "height_px": "Height", "rank": "Rank (dim)", "lr_decay_steps": "LR decay steps", "kl_beta": "KL beta",
           "ddim_eta": "DDIM eta", "reward_server_url": "Reward server URL",
-          "num_images_per_prompt": "Images per prompt"}
+          "num_images_per_prompt": "Images per prompt", "clip_l_path": "CLIP-L path"}
 SECTION_LABELS = {("optimizers", "type"): "Optimizer", ("schedules", "type"): "LR schedule",
                   ("network", "type"): "Network type", ("model", "path"): "Base model (folder, file or Hub id)",
+                  ("model", "preview_path"): "Preview model (folder, file or Hub id)",
                   ("dataset", "path"): "Dataset folder", ("sampling", "seed"): "Sample seed",
                   ("sampling", "steps"): "Sampling steps"}
 

@@ -1,50 +1,45 @@
-"""Will it fit? A gauge of the predicted peak VRAM against a card, and the FLUX VRAM tiers that set the memory keys.
+"""Will it fit? A gauge of the predicted peak VRAM against a card, and the family's VRAM tiers that set the memory keys.
 
     parts = fit_gauge.build(form)             # the tier picker, "Apply tier settings", the gauge (Training tab)
     fit_gauge.wire(form, parts)               # redraws on every edit of a key in GAUGE_KEYS and on a tier change
     html = fit_gauge.gauge_html(preset, 16.0) # "≈ 14.8 GB of 16 GB", the parts, and when over, the ways to fit
 
 The numbers are engine/models/fit/'s (torch-free: safetensors headers, or the real models' sizes for a Hub id).
-The tiers are presets/flux-lora-<N>gb.yaml: the files are the one table of their settings.
+The tiers are presets/<family>-lora-<N>gb.yaml (flux-lora-24gb.yaml is FLUX's "24 GB" tier): the files are the one
+table of their settings. The picker offers the tiers of the form's family; a family without tier files is compared
+with the card sizes the tiers of the others are made for, and has nothing to apply.
 """
 from __future__ import annotations
 
 import functools
 import html
 import re
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 
 import gradio as gr
 
-from engine.config.fields import get_value
-from engine.config.load import ConfigError, load_preset
-from engine.models.families import memory_model
-from engine.models.fit import (EIGHT_BIT, OPTIMIZER_STATE_BYTES, PRECISION_BYTES, advice, estimate, fit_settings,
-                               local_path, model_sizes)
-from ui.fields import Form, to_widget
-from ui.presets import PROJECT_ROOT
+from engine.config.load import ConfigError
+from engine.models.families import FOLDERS, capabilities, memory_model
+from engine.models.fit import advice, estimate, fit_settings, local_path, model_sizes
+from ui import fit_tiers
+from ui.fields import Form
 
-PRESETS_DIR = PROJECT_ROOT / "presets"
-TIER_FILE = re.compile(r"^flux-lora-(\d+)gb$")   # presets/flux-lora-24gb.yaml is the "24 GB" tier
+FAMILY_KEY = "model.family"
+CARD = re.compile(r"^(\d+(?:\.\d+)?) GB$")       # a picker choice other than THIS_GPU: "12 GB"
 THIS_GPU = "this GPU"
 
-# What a tier sets: the keys its files choose for memory. Rank, alpha and the text-encoder policy stay (the
-# profiles choose them for quality); model files, dataset, prompts and outputs stay.
-TIER_KEYS = ("model.quantize_base", "model.block_swap", "training.precision", "training.batch_size",
-             "training.gradient_checkpointing", "training.cache_latents", "training.cache_text_embeddings",
-             "dataset.resolution_px", "dataset.min_bucket_px", "dataset.max_bucket_px", "optimizers.unet.type")
-BUCKET_KEYS = ("dataset.min_bucket_px", "dataset.max_bucket_px")   # they travel with the resolution they bracket
-OPTIMIZER_KEYS = ("optimizers.unet.lr", "optimizers.unet.params")  # set with another optimizer's type only
-# Settings that also shape quality: where the form is already lighter than the tier, it stays (a 512 px run is not
-# raised to the tier's 1024 px, an nf4 base not raised to fp8). Each maps a value to what it costs in memory.
-BASE_BYTES = {"none": 2, "fp8": 1, "int8": 1, "nf4": 0.5}
-LIGHTER_STAYS = {"dataset.resolution_px": int, "training.batch_size": int, "model.quantize_base": BASE_BYTES.get,
-                 "optimizers.unet.type": OPTIMIZER_STATE_BYTES.get, "training.precision": PRECISION_BYTES.get}
 
-# The keys fit_settings and model_sizes read: an edit of any of them moves the estimate.
-FLUX_FILE_KEYS = ("model.path", "model.single_file_config", "model.clip_l_path", "model.t5_path", "model.vae_path")
-GAUGE_KEYS = ("model.family", *FLUX_FILE_KEYS, "model.quantize_base", "model.block_swap", "dataset.resolution_px",
+def file_keys(family: str) -> tuple[str, ...]:
+    """The model.* keys of the files model_sizes reads for `family`: the base model, the config folder, a separate
+    VAE (any family may name one) and the separate files its capabilities list (FLUX: clip_l_path, t5_path)."""
+    separate = capabilities(family).separate_files
+    return tuple(dict.fromkeys(("path", "single_file_config", "vae_path", *separate)))
+
+
+# The keys fit_settings and model_sizes read, for any family: an edit of any of them moves the estimate.
+MODEL_FILE_KEYS = tuple(dict.fromkeys(f"model.{key}" for family in FOLDERS for key in file_keys(family)))
+GAUGE_KEYS = ("model.family", *MODEL_FILE_KEYS, "model.quantize_base", "model.block_swap", "model.text_encoder_fp8",
+              "model.preview_path", "dataset.resolution_px",
               "dataset.random_crop", "dataset.flip", "dataset.shuffle_tags", "network.type", "network.rank",
               "network.targets", "network.lora_modulation", "network.train_text_encoder", "training.mode",
               "training.batch_size", "training.precision", "training.gradient_checkpointing",
@@ -78,81 +73,6 @@ GAUGE_CSS = """
 """
 
 
-# ------------------------------------------------------------------------------------------------ the tiers
-
-@dataclass(frozen=True)
-class Tier:
-    name: str               # "24 GB"
-    file: Path
-    budget_gb: float        # the card's VRAM the tier is made for (GB = 2**30 bytes, as fit counts)
-    values: dict            # preset key -> value, for TIER_KEYS and OPTIMIZER_KEYS
-
-
-def load_tiers(presets_dir: Path = PRESETS_DIR) -> dict[str, Tier]:
-    """{"24 GB": Tier, ...} from presets/flux-lora-<N>gb.yaml, the largest card first."""
-    tiers = []
-    for path in presets_dir.glob("flux-lora-*gb.yaml"):
-        match = TIER_FILE.match(path.stem)
-        if match:
-            preset = load_preset(path)   # resolved: keys the file leaves out hold the schema's defaults
-            values = {key: get_value(preset, key) for key in (*TIER_KEYS, *OPTIMIZER_KEYS)}
-            tiers.append(Tier(f"{match[1]} GB", path, float(match[1]), values))
-    return {t.name: t for t in sorted(tiers, key=lambda t: -t.budget_gb)}
-
-
-TIERS = load_tiers()
-
-
-def tier_for_vram(vram_gb: float | None) -> str | None:
-    """The tier made for a card of vram_gb: the largest that is not larger (the smallest for a smaller card).
-    A card reports a little under its label (a 16 GB card: 15.99), hence the half GB."""
-    if vram_gb is None or not TIERS:
-        return None
-    fitting = [name for name, t in TIERS.items() if t.budget_gb <= vram_gb + 0.5]
-    return fitting[0] if fitting else list(TIERS)[-1]
-
-
-def tier_updates(form: Form, tier_name: str, values: dict | None = None) -> dict:
-    """Widget updates that put a tier's memory settings into the form (TIER_KEYS); nothing else changes.
-    values: the form as Gradio passes it ({widget: value}); where it is valid, a setting of LIGHTER_STAYS that is
-    already lighter stays, and another optimizer comes with the tier's learning rate and parameters (Prodigy's
-    lr 1.0 would wreck AdamW), except AdamW and Lion, which become their 8-bit twins and keep theirs."""
-    tier = TIERS[tier_name].values
-    mine = _valid_values(form, values)
-    chosen = {key: tier[key] for key in TIER_KEYS}
-    for key, cost in LIGHTER_STAYS.items():
-        if key in mine and (cost(mine[key]) or 0) <= (cost(tier[key]) or 0):
-            chosen[key] = mine[key]
-    if mine and chosen["dataset.resolution_px"] == mine["dataset.resolution_px"]:
-        chosen.update({key: mine[key] for key in BUCKET_KEYS})   # they bracket the kept resolution already
-    old, new = mine.get("optimizers.unet.type"), chosen["optimizers.unet.type"]
-    if old != new and EIGHT_BIT.get(old) != new:
-        chosen.update({key: tier[key] for key in OPTIMIZER_KEYS})
-    return {form.widgets[k]: to_widget(form.specs[k], v) for k, v in chosen.items() if k in form.widgets}
-
-
-def _valid_values(form: Form, values: dict | None) -> dict:
-    """{key: preset value} of the keys a tier reads, when the form is a valid preset; else {}."""
-    try:
-        preset = form.to_preset(values) if values else None
-    except ConfigError:
-        preset = None
-    return {} if preset is None else {key: get_value(preset, key) for key in (*TIER_KEYS, *OPTIMIZER_KEYS)}
-
-
-def tier_help(form: Form) -> str:
-    """One line per tier with the settings it applies, as its file has them."""
-    lines = []
-    for name, tier in TIERS.items():
-        v = tier.values
-        swap = f"block swap {v['model.block_swap']}" if v["model.block_swap"] else "no block swap"
-        lines.append(f"**{name}**: {v['model.quantize_base']} base, {swap}, {v['optimizers.unet.type']}, "
-                     f"{v['dataset.resolution_px']} px, batch {v['training.batch_size']} (`{tier.file.name}`)")
-    labels = ", ".join(form.specs[k].label for k in TIER_KEYS if k in form.specs)
-    return "  \n".join(lines) + f"  \nApply sets only {labels}; model files, dataset and rank stay. Where the form " \
-                                "is lighter already (a lower resolution or batch, NF4, a lighter optimizer), it stays."
-
-
 # ------------------------------------------------------------------------------------------------ the card
 
 @functools.cache
@@ -166,9 +86,11 @@ def detected_vram_gb() -> tuple[str | None, float | None]:
 
 
 def budget_of(choice: str | None) -> tuple[float | None, str | None]:
-    """(budget GB, GPU name) for the picker's choice: a tier's VRAM, or the detected card's."""
-    if choice in TIERS:
-        return TIERS[choice].budget_gb, None
+    """(budget GB, GPU name) for the picker's choice: a tier's or card size's VRAM ("12 GB"), or the detected
+    card's (THIS_GPU)."""
+    card = CARD.match(choice or "")
+    if card:
+        return float(card[1]), None
     name, vram = detected_vram_gb()
     return vram, name
 
@@ -179,7 +101,7 @@ _SIZES: dict = {}   # (family, files, their mtimes and sizes) -> ModelSizes: hea
 
 
 def _model_sizes(model):
-    files = (model.path, model.single_file_config, model.clip_l_path, model.t5_path, model.vae_path)
+    files = tuple(getattr(model, key) for key in file_keys(model.family))
     key = (model.family, files, tuple(map(_stamp, files)))
     if key not in _SIZES:
         if len(_SIZES) > 16:
@@ -334,22 +256,44 @@ def _notes(fit, preset) -> str:
 # ------------------------------------------------------------------------------------------------ the section
 
 def build(form: Form) -> dict:
-    """The "Will it fit?" section: a tier picker, "Apply tier settings", and the gauge (drawn by wire's redraw)."""
+    """The "Will it fit?" section: a picker of the family's tiers, "Apply tier settings", and the gauge (drawn by
+    wire's redraw). It starts with the form's default family; wire's follow_family keeps it with the form's."""
+    family = form.specs[FAMILY_KEY].default
     gr.Markdown("### Will it fit?")
     with gr.Row(equal_height=False):
-        tier = gr.Radio([THIS_GPU, *TIERS], value=THIS_GPU, label="Compare with", elem_id="fit-tier", scale=3,
-                        info="The card this run is for: the one in this PC, or a FLUX VRAM tier.")
-        apply = gr.Button("Apply tier settings", elem_id="fit-apply", size="sm", scale=0, min_width=180)
+        tier = gr.Radio([THIS_GPU, *fit_tiers.card_choices(family)], value=THIS_GPU, label="Compare with",
+                        elem_id="fit-tier", scale=3, info=picker_info(family))
+        apply = gr.Button("Apply tier settings", elem_id="fit-apply", size="sm", scale=0, min_width=180,
+                          visible=bool(fit_tiers.tiers_for(family)))
     gauge = gr.HTML(PLACEHOLDER_HTML, elem_id="fit-gauge")
-    gr.Markdown(tier_help(form))
-    return {"tier": tier, "apply": apply, "gauge": gauge}
+    help_md = gr.Markdown(fit_tiers.tier_help(form, family), elem_id="fit-tier-help")
+    return {"tier": tier, "apply": apply, "gauge": gauge, "help": help_md}
+
+
+def picker_info(family: str | None) -> str:
+    if fit_tiers.tiers_for(family):
+        return f"The card this run is for: the one in this PC, or one of the {fit_tiers.family_label(family)} " \
+               f"VRAM tiers."
+    return "The card this run is for: the one in this PC, or a card of that size."
+
+
+def picker_updates(form: Form, parts: dict, family: str | None, choice: str | None) -> dict:
+    """The picker, its help and Apply for `family`: its tiers (or card sizes), the choice kept where it is still
+    offered."""
+    cards = fit_tiers.card_choices(family)
+    return {parts["tier"]: gr.update(choices=[THIS_GPU, *cards], value=choice if choice in cards else THIS_GPU,
+                                     info=picker_info(family)),
+            parts["help"]: fit_tiers.tier_help(form, family),
+            parts["apply"]: gr.update(visible=bool(fit_tiers.tiers_for(family)))}
 
 
 def wire(form: Form, parts: dict) -> None:
-    """The gauge redraws on an edit of a GAUGE_KEYS field and on a tier change; Apply sets the tier's keys (for
-    "this GPU", the tier made for the card), then redraws. parts gains "redraw" ({widget: value} -> html), "inputs"
-    (what redraw reads: the form and the picker) and "applied" (Apply's event, for the app to chain its checks)."""
-    tier, gauge = parts["tier"], parts["gauge"]
+    """The gauge redraws on an edit of a GAUGE_KEYS field and on a tier change; Apply sets the family's tier for the
+    choice (for "this GPU" or a card size, the tier made for that card), then redraws; a person's choice of family
+    brings its tiers. parts gains "redraw" ({widget: value} -> html), "inputs" (what redraw reads: the form and the
+    picker), "applied" (Apply's event, for the app to chain its checks) and "follow_family" with its
+    "family_inputs" and "family_outputs" (loads chain it: ui/app.py after_load)."""
+    tier, gauge, family_w = parts["tier"], parts["gauge"], form.widgets[FAMILY_KEY]
 
     def redraw(values: dict) -> str:
         values = dict(values)
@@ -363,11 +307,18 @@ def wire(form: Form, parts: dict) -> None:
     def apply(values: dict) -> dict:
         values = dict(values)
         choice = values.pop(tier, THIS_GPU)
-        name = choice if choice in TIERS else tier_for_vram(detected_vram_gb()[1])
-        return tier_updates(form, name, values) if name else {}
+        tiers = fit_tiers.tiers_for(values.get(family_w))
+        name = choice if choice in tiers else fit_tiers.tier_for_vram(values.get(family_w), budget_of(choice)[0])
+        return fit_tiers.tier_updates(form, tiers[name], values) if name else {}
+
+    def follow_family(values: dict) -> dict:
+        return picker_updates(form, parts, values.get(family_w), values.get(tier))
 
     inputs = {*form.inputs(), tier}
-    parts.update(redraw=redraw, inputs=inputs)
+    parts.update(redraw=redraw, inputs=inputs, follow_family=follow_family, family_inputs={family_w, tier},
+                 family_outputs=[tier, parts["help"], parts["apply"]])
+    family_w.input(follow_family, inputs=parts["family_inputs"], outputs=parts["family_outputs"],
+                   show_progress="hidden", api_name="fit_family")
     triggers = [form.widgets[k].input for k in GAUGE_KEYS if k in form.widgets] + [tier.change]
     gr.on(triggers=triggers, fn=redraw, inputs=inputs, outputs=gauge, show_progress="hidden",
           trigger_mode="always_last", api_name="fit_gauge")

@@ -49,7 +49,8 @@ def event_line(e: dict) -> str | None:
                 f"  {e.get('s_per_it', 0):.2f} s/it" if isinstance(loss, (int, float)) else None)
     if kind == "sample":
         reward = f", reward {e['reward']:.4g}" if isinstance(e.get("reward"), (int, float)) else ""
-        return (f"{stamp} sample (step {e.get('step')}, strength {e.get('strength')}{reward}): "
+        on = f", on {e['preview']}" if e.get("preview") else ""
+        return (f"{stamp} sample (step {e.get('step')}, strength {e.get('strength')}{on}{reward}): "
                 f"{Path(str(e.get('path'))).name}")
     if kind == "rl":  # an RL epoch's rollouts were scored
         return (f"{stamp} RL epoch {e.get('rl_epoch')}: reward {e.get('reward_mean', 0):.4g} ± "
@@ -203,8 +204,9 @@ class RunView:
         """(image path, caption) per sample, newest step first; missing files are skipped."""
         rows = [e for e in self.samples if Path(str(e.get("path", ""))).is_file()]
         rows.sort(key=lambda e: (-int(e.get("step") or 0), str(e.get("path"))))
-        return [(str(e["path"]), f"step {e.get('step')} · strength {e.get('strength')} · {e.get('prompt', '')}")
-                for e in rows]
+        on = lambda e: f"{e['preview']} · " if e.get("preview") else ""  # noqa: E731 - a distilled sibling's
+        return [(str(e["path"]), f"step {e.get('step')} · {on(e)}strength {e.get('strength')} · "
+                                 f"{e.get('prompt', '')}") for e in rows]
 
     def best_files(self) -> list[dict]:
         """The saved events of the best checkpoints by validation (checkpoints/best/, lowest loss first) whose

@@ -23,13 +23,21 @@ def steps_of(samples: list[dict], prompt: str | None = None) -> list[int]:
     return sorted({int(e.get("step") or 0) for e in samples if prompt is None or e.get("prompt") == prompt})
 
 
-def table(samples: list[dict], prompt: str) -> dict[int, dict[float, str]]:
-    """{step: {strength: image path}} for `prompt`; files that are gone are left out."""
-    cells: dict[int, dict[float, str]] = {}
+def table(samples: list[dict], prompt: str) -> dict[int, dict[tuple, str]]:
+    """{step: {(preview model, strength): image path}} for `prompt`; files that are gone are left out. The preview
+    model is "" for the model being trained, else the distilled sibling the sample was also rendered on
+    (model.preview_path: "Z-Image Turbo"), so those images get columns of their own."""
+    cells: dict[int, dict[tuple, str]] = {}
     for e in samples:
         if e.get("prompt") == prompt and Path(str(e.get("path", ""))).is_file():
-            cells.setdefault(int(e.get("step") or 0), {})[float(e.get("strength") or 1.0)] = str(e["path"])
+            column = (str(e.get("preview") or ""), float(e.get("strength") or 1.0))
+            cells.setdefault(int(e.get("step") or 0), {})[column] = str(e["path"])
     return cells
+
+
+def column_label(column: tuple) -> str:
+    model, strength = column
+    return f"{model} · strength {strength:g}" if model else f"strength {strength:g}"
 
 
 def _cell(path: str | None, caption: str) -> str:
@@ -48,13 +56,14 @@ def grid_html(samples: list[dict], prompt: str | None, marks: dict[int, str] | N
     prompt = prompt if prompt in prompts_of(samples) else prompts_of(samples)[0]
     cells = table(samples, prompt)
     strengths = sorted({s for row in cells.values() for s in row})
-    head = "".join(f"<th>strength {s:g}</th>" for s in strengths)
+    head = "".join(f"<th>{html.escape(column_label(s))}</th>" for s in strengths)
     rows = []
     for step in sorted(cells):
         mark = (marks or {}).get(step, "")
         label = f"step {step}" + (f'<div class="easel-grid-mark">{html.escape(mark)}</div>' if mark else "")
         rows.append(f'<tr><th class="easel-grid-step">{label}</th>'
-                    + "".join(_cell(cells[step].get(s), f"step {step} · strength {s:g}") for s in strengths) + "</tr>")
+                    + "".join(_cell(cells[step].get(s), f"step {step} · {column_label(s)}") for s in strengths)
+                    + "</tr>")
     return (f'<div class="easel-grid-prompt">{html.escape(prompt)}</div><div class="easel-grid-scroll">'
             f'<table class="easel-grid"><tr><th></th>{head}</tr>{"".join(rows)}</table></div>')
 
@@ -67,8 +76,9 @@ def compare_html(samples: list[dict], prompt: str | None, step_a, step_b) -> str
     cells = table(samples, prompt)
     a, b = int(step_a), int(step_b)
     strengths = sorted(set(cells.get(a, {})) | set(cells.get(b, {})))
-    rows = "".join(f"<tr><th>strength {s:g}</th>{_cell(cells.get(a, {}).get(s), f'step {a} · strength {s:g}')}"
-                   f"{_cell(cells.get(b, {}).get(s), f'step {b} · strength {s:g}')}</tr>" for s in strengths)
+    rows = "".join(f"<tr><th>{html.escape(column_label(s))}</th>"
+                   f"{_cell(cells.get(a, {}).get(s), f'step {a} · {column_label(s)}')}"
+                   f"{_cell(cells.get(b, {}).get(s), f'step {b} · {column_label(s)}')}</tr>" for s in strengths)
     return (f'<table class="easel-grid easel-grid-compare"><tr><th></th><th>step {a}</th><th>step {b}</th></tr>'
             f"{rows}</table>")
 

@@ -7,7 +7,7 @@ import gradio as gr
 
 from engine.config.fields import get_value
 from engine.config.load import load_preset
-from ui import fit_gauge
+from ui import family_fields, fit_gauge
 from ui.fields import Form
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
@@ -49,20 +49,29 @@ def profile_help(profiles: dict[str, dict]) -> str:
 PROFILES = load_profiles()
 
 
+# The component files a ComfyUI user keeps apart; the text-encoder ones show for the families that load them
+# (ui/family_fields.py asks each family's capabilities).
+FILE_KEYS = ["model.clip_l_path", "model.t5_path", "model.text_encoder_path", "model.vae_path",
+             "model.single_file_config"]
+
+
 def build(form: Form) -> dict:
     buttons = {}
     with gr.Row():
         with gr.Column(scale=3):
             gr.Markdown("### Base model")
             form.grid(["model.family", "model.path"])
+            with gr.Row(equal_height=False):   # the distilled sibling the samples are also rendered on (Z-Image Turbo)
+                shown_by = family_fields.columns(form, ["model.preview_path"])
         with gr.Column(scale=2):
             gr.Markdown("### Profile")
             with gr.Row():
                 for name in PROFILES:
                     buttons[name] = gr.Button(f"Apply {name} profile", size="sm")
             gr.Markdown(profile_help(PROFILES))
-    gr.Markdown("### FLUX from ComfyUI files (one file each; empty: read from the base model's folder)")
-    form.grid(["model.clip_l_path", "model.t5_path", "model.vae_path", "model.single_file_config"])
+    gr.Markdown("### Model files as ComfyUI keeps them (one file each; empty: read from the base model's folder)")
+    with gr.Row(equal_height=False):
+        shown_by.update(family_fields.columns(form, FILE_KEYS))
     # a DiT's size and conditioning mean nothing to an SD or FLUX run: closed unless opened
     with gr.Accordion("DiT from scratch (family dit): size and conditioning", open=False) as dit:
         form.section("model.dit", advanced_label="Advanced DiT options")
@@ -80,7 +89,8 @@ def build(form: Form) -> dict:
     form.section("validation", advanced_label="Advanced validation options")
     gr.Markdown("### Output")
     form.section("output", advanced_label="Advanced output options")
-    return {"profile_buttons": buttons, "fit": fit}
+    shown_by = family_fields.containers(form, shown_by)   # block swap, in the advanced model options
+    return {"profile_buttons": buttons, "fit": fit, "family_fields": family_fields.wire(form, shown_by)}
 
 
 def profile_updates(form: Form, name: str) -> dict:

@@ -34,6 +34,12 @@ def validate(p: Preset) -> list[tuple[str, str]]:
                                     f"{' or '.join(caps.network_types)}"))
     out += caps.checks(p)
     out += rl_problems(p)
+    if n.train_text_encoder and caps.trainable_text_encoders == 0:
+        out.append(("network.train_text_encoder", f"{caps.label}'s text encoder does not train here (its outputs "
+                                                  f"are cached, and the encoder leaves the GPU); use false"))
+    if n.train_text_encoder and m.text_encoder_fp8:
+        out.append(("model.text_encoder_fp8", "stores the text encoder for encoding only; it cannot train in fp8 "
+                                              "(set network.train_text_encoder: false, or this to false)"))
     if n.te_two_phase and not n.train_text_encoder:
         out.append(("network.te_two_phase", "needs network.train_text_encoder: true"))
     out += model_file_problems(p, caps)
@@ -92,11 +98,15 @@ def model_file_problems(p: Preset, caps) -> list[tuple[str, str]]:
     from engine.models.families import FOLDERS, capabilities
 
     out, m = [], p.model
-    for key in ("clip_l_path", "t5_path"):
+    for key in ("clip_l_path", "t5_path", "text_encoder_path"):
         if getattr(m, key) and key not in caps.separate_files:
             users = " / ".join(capabilities(n).label for n in FOLDERS if key in capabilities(n).separate_files)
             out.append((f"model.{key}", f"is for {users}'s separate text-encoder files; family {m.family} loads "
                                         f"its text encoders from model.path"))
+    if m.preview_path and not caps.preview_model:
+        users = " / ".join(capabilities(n).label for n in FOLDERS if capabilities(n).preview_model)
+        out.append(("model.preview_path", f"renders samples on a distilled sibling ({users}); family {m.family} "
+                                          f"has none: leave it empty"))
     if m.block_swap and not caps.block_swap:
         users = " / ".join(capabilities(n).label for n in FOLDERS if capabilities(n).block_swap)
         out.append(("model.block_swap", f"block swap is for {users}'s transformer blocks; use 0 for {m.family}"))
@@ -159,4 +169,4 @@ def advice(p: Preset) -> list[tuple[str, str]]:
     if trigger and prompts and capabilities(p.model.family).base_model and not any(trigger.lower() in q.lower() for q in prompts):
         out.append(("sampling.prompts", f"no sample prompt contains the trigger '{trigger}': the samples will not "
                                         f"show what the LoRA learned. Put '{trigger}' in at least one prompt."))
-    return out
+    return out + capabilities(p.model.family).advice(p)

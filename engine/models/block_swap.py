@@ -20,23 +20,23 @@ class BlockSwap:
     def __init__(self, blocks: list[torch.nn.Module], device: str):
         self.blocks, self.device = blocks, torch.device(device)
         self.stream = torch.cuda.Stream() if self.device.type == "cuda" else None
-        self.store = [self._frozen(b) for b in blocks]   # per block: [(param, pinned CPU copy)]
         self.ready: dict[int, object] = {}               # block index -> the event its copy finishes with
+        self.store = []                                  # per block: [(param, pinned CPU copy)]
+        for i, block in enumerate(blocks):  # each block lets go of its own weights once copied: RAM never holds
+            self.store.append(self._frozen(block))   # the swapped blocks twice (Z-Image fp8, 28 blocks: 6 GB)
+            self._release(i)
         self.last = -1
         self.handles = []
         for i, block in enumerate(blocks):
             self.handles.append(block.register_forward_pre_hook(lambda m, a, i=i: self._before(i)))
             self.handles.append(block.register_forward_hook(lambda m, a, o, i=i: self._after(i)))
-        for i in range(len(blocks)):
-            self._release(i)
 
     def _frozen(self, block):
         pin = self.device.type == "cuda"
         pairs = []
         for p in block.parameters():
-            if not p.requires_grad:
-                cpu = p.data.detach().to("cpu", copy=True)
-                pairs.append((p, cpu.pin_memory() if pin else cpu))
+            if not p.requires_grad:  # one copy, pinned from the start (not a copy, then a pinned copy of it)
+                pairs.append((p, torch.empty(p.shape, dtype=p.dtype, pin_memory=pin).copy_(p.data)))
         return pairs
 
     def _fetch(self, i: int) -> None:

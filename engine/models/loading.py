@@ -13,7 +13,7 @@ SINGLE_FILE_EXTS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 # Pipeline parts a training run does without (the SD families load with safety_checker=None; tokenizers and
 # schedulers are checked by from_pretrained itself): an "incomplete folder" never names these.
 OPTIONAL_PARTS = ("tokenizer", "scheduler", "feature_extractor", "safety_checker", "image_encoder")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def load_pipeline(pipeline_cls, model_cfg, dtype, **kwargs):
@@ -28,7 +28,7 @@ def load_pipeline(pipeline_cls, model_cfg, dtype, **kwargs):
         return _from_folder(pipeline_cls, local, dtype, kwargs)
     if local.is_file():
         return _from_single_file(pipeline_cls, local, model_cfg.single_file_config, dtype, kwargs)
-    if _HUB_ID.match(path) and not path.startswith("."):
+    if HUB_ID.match(path) and not path.startswith("."):
         return _from_hub(pipeline_cls, path, dtype, kwargs)
     raise UserError(f"model.path: no such file or folder: {local}",
                     "Check the path (copy it from the file explorer), or use a Hugging Face id like owner/name.")

@@ -52,6 +52,25 @@ def lora_layers(module: torch.nn.Module, adapter_name: str = "default") -> dict:
             if isinstance(m, LoraLayer) and adapter_name in m.lora_A}
 
 
+def block_linear_targets(denoiser: torch.nn.Module, blocks: re.Pattern, wanted: dict[str, tuple[str, ...]] | None,
+                         targets) -> list[str]:
+    """Full module paths of the Linear layers inside a transformer's blocks that get LoRA layers. `blocks` matches
+    a Linear's path in two groups, its block list and its name inside the block (transformer_blocks.3.attn.to_q:
+    transformer_blocks, attn.to_q). `targets` (network.targets), when set, are suffixes of the name inside the block
+    (to_q matches attn.to_q); else the names in wanted[block list], or every Linear when wanted is None."""
+    names = []
+    for name, module in denoiser.named_modules():
+        m = blocks.match(name)
+        if not m or not isinstance(module, torch.nn.Linear):
+            continue
+        if targets:
+            if any(m[2] == t or m[2].endswith("." + t) for t in targets):
+                names.append(name)
+        elif wanted is None or m[2] in wanted[m[1]]:
+            names.append(name)
+    return names
+
+
 # ---------------------------------------------------------------------------------------------- names
 
 def denoiser_component(denoiser) -> str:
@@ -82,11 +101,11 @@ def kohya_names(component: str, path: str, module, prefixes: dict[str, str], nam
     if component.startswith("text_encoder") and is_flattened_clip(module):
         path = "text_model." + path  # trap 3: A1111/ComfyUI name CLIP layers with text_model.
     prefix = prefixes[component]
-    names = [prefix + "_" + path.replace(".", "_")]
+    names = [naming.name(prefix, path)]
     if component == "unet" and hasattr(module, "config") and naming.ldm_alias is not None:
         ldm = naming.ldm_alias(path, module.config)
         if ldm is not None:
-            names.append(prefix + "_" + ldm.replace(".", "_"))
+            names.append(naming.name(prefix, ldm))
             if naming.unet_style == "ldm":
                 names.reverse()
     return names
@@ -158,7 +177,7 @@ def _component_of(stem: str, denoiser: str | None = None) -> str:
     """The pipeline component a file module belongs to; `denoiser` names the one `lora_unet` means, if known."""
     from engine.models.lora_naming import claimed_component
 
-    claimed = claimed_component(stem)  # a family's own names (FLUX's BFL blocks) say their component
+    claimed = claimed_component(stem)  # a family's own names (FLUX's BFL blocks, Z-Image's) say their component
     if claimed:
         return denoiser or claimed
     if "." in stem:  # diffusers format: the component is the first part

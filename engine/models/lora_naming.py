@@ -24,6 +24,19 @@ class KohyaNaming:
     fused: object = None                       # the fused-modules naming (FLUX's lora_names), or None
     network_module: str = "networks.lora"      # ss_network_module
     owns: Callable = lambda denoiser: False    # is `denoiser` this naming's (a file loaded without its family)
+    # between the prefix and the module path: "_" writes sd-scripts' flat names (lora_unet_down_blocks_0_...);
+    # "." keeps the path's dots (Z-Image's `diffusion_model.layers.0.attention.to_q`, the names ComfyUI maps)
+    joiner: str = "_"
+
+    def name(self, prefix: str, path: str) -> str:
+        """The file module name of module `path` under `prefix`."""
+        return prefix + self.joiner + (path if self.joiner == "." else path.replace(".", "_"))
+
+    def claims(self, stem: str) -> str | None:
+        """The component a dotted file module belongs to under this naming's fixed prefixes, or None."""
+        if self.joiner != "." or not self.prefixes:
+            return None
+        return next((c for c, prefix in self.prefixes.items() if stem.startswith(prefix + ".")), None)
 
 
 PLAIN = KohyaNaming()
@@ -65,6 +78,10 @@ def fused_size(stem: str) -> int:
 
 
 def claimed_component(stem: str) -> str | None:
-    """The pipeline component a `lora_unet_...` stem belongs to when a fused naming claims it (FLUX's BFL names:
-    "transformer"); None otherwise."""
-    return next((n.fused.claims(stem) for n in all_namings() if n.fused is not None and n.fused.claims(stem)), None)
+    """The pipeline component a file module belongs to when a family's naming claims it (FLUX's BFL names, Z-Image's
+    `diffusion_model.` ones: "transformer"); None otherwise."""
+    for n in all_namings():
+        found = n.claims(stem) or (n.fused.claims(stem) if n.fused is not None else None)
+        if found:
+            return found
+    return None

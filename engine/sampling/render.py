@@ -21,14 +21,19 @@ TEXT_SEQUENCE_TOKENS = 77  # T5 prompt length for FLUX samples; the pipeline def
 def sample_images(pipeline, prompts: list[str], negative_prompt: str, seed: int, steps: int, guidance: float,
                   width: int, height: int, strengths: list[float], out_dir: Path, step: int,
                   extra_info: dict | None = None, sampler: str | None = None,
-                  max_sequence_length: int = TEXT_SEQUENCE_TOKENS, prompt_cond: dict | None = None) -> list[dict]:
+                  max_sequence_length: int = TEXT_SEQUENCE_TOKENS, prompt_cond: dict | None = None,
+                  sample_kwargs=None, file_prefix: str = "", pipeline_guidance=None) -> list[dict]:
     """Render every prompt at every LoRA strength into `out_dir`; one dict per image (path, prompt, strength, step).
 
     Prompt i uses seed `seed + i` at every strength, so images of one prompt differ only by the LoRA.
     Files: `step{step:06d}_p{i:02d}_s{strength:.2f}.png` (sorts by step, then prompt, then strength).
     `extra_info` ({"Model": ..., "LoRA": ...}) is added to the PNG's A1111 `parameters` text.
-    `prompt_cond` ({prompt: {"prompt_embeds", "pooled"}}, FLUX) gives the prompts already encoded, so the text
-    encoders (T5: 9.5 GB) need not come back to the GPU for samples.
+    `prompt_cond` ({prompt: encode_text's output for it}, the negative prompt's too) gives the prompts already
+    encoded, so the text encoders (T5: 9.5 GB) need not come back to the GPU for samples; the family's
+    `sample_kwargs(cond, negative cond, device)` turns them into the pipeline's arguments.
+    `file_prefix` starts the file names (the preview model's samples: "preview_"). `guidance` is classifier-free
+    guidance as A1111 and ComfyUI mean it (1 = none); `pipeline_guidance(guidance)` is the value the pipeline takes
+    when its own scale means something else (ZImagePipeline: 0 = none).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -40,20 +45,20 @@ def sample_images(pipeline, prompts: list[str], negative_prompt: str, seed: int,
     with _training_state_preserved(pipeline):
         for i, prompt in enumerate(prompts):
             for strength in strengths:
-                kwargs = dict(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance, width=width,
+                kwargs = dict(prompt=prompt, num_inference_steps=steps, width=width,
+                              guidance_scale=pipeline_guidance(guidance) if pipeline_guidance else guidance,
                               height=height, generator=torch.Generator("cpu").manual_seed(seed + i))
-                if prompt_cond and prompt in prompt_cond:
-                    device = pipeline.transformer.device
+                if prompt_cond and prompt in prompt_cond and sample_kwargs is not None:
                     kwargs.pop("prompt")
-                    kwargs["prompt_embeds"] = prompt_cond[prompt]["prompt_embeds"][None].to(device)
-                    kwargs["pooled_prompt_embeds"] = prompt_cond[prompt]["pooled"][None].to(device)
-                if negative_prompt and "negative_prompt" in accepted:
+                    kwargs.update(sample_kwargs(prompt_cond[prompt], prompt_cond.get(negative_prompt),
+                                                pipeline.transformer.device))
+                elif negative_prompt and "negative_prompt" in accepted:
                     kwargs["negative_prompt"] = negative_prompt
                 if "max_sequence_length" in accepted:  # T5-conditioned pipelines (FLUX)
                     kwargs["max_sequence_length"] = max_sequence_length
                 with lora_strength(pipeline, strength):
                     image = pipeline(**kwargs).images[0]
-                path = out_dir / f"step{step:06d}_p{i:02d}_s{strength:.2f}.png"
+                path = out_dir / f"{file_prefix}step{step:06d}_p{i:02d}_s{strength:.2f}.png"
                 settings = {"Steps": steps, "Sampler": A1111_SAMPLER_NAMES.get(sampler_name, sampler_name),
                             "CFG scale": guidance, "Seed": seed + i, "Size": f"{width}x{height}",
                             "LoRA strength": strength, "Training step": step, **(extra_info or {})}

@@ -20,6 +20,8 @@ def encode_sample_prompts(family, comps, sampling, batches, status) -> None:
     if not family.cached_sample_prompts or batches.text_cache is None:
         return
     prompts = list(sampling.prompts) + read_prompts_file(sampling.eval_prompts_file)
+    if family.caps.guidance == "cfg":  # the negative prompt ("" when none) is the unconditional pass's
+        prompts.append(sampling.negative_prompt)
     if prompts:  # cached on disk like the captions: a second run never moves the text encoders to the GPU
         comps.extra["prompt_cond"] = cache_text(prompts, batches.encode_text,
                                                 lambda n, total: status("caching", "Encoding the sample prompts",

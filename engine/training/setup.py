@@ -54,6 +54,7 @@ def setup(run_dir: Path, preset, events: EventWriter, resume: bool, phase_steps=
         for message in load_initial_lora(family, comps, preset.network):
             events.emit("warning", message=message)
     store_base(comps, preset.model, weight_dtype, events, family.caps.block_lists)
+    store_text_encoders(comps, preset.model, weight_dtype, events)
     r = build_run(run_dir, preset, events, family, comps, trainables, device, mixed, weight_dtype, processes,
                   phase_steps)
     if resume:
@@ -139,6 +140,17 @@ def store_base(comps, model_cfg, compute_dtype, events, block_lists: tuple = ())
         "status", phase="loading", text="Storing the base weights in fp8", n=n, total=total), block_lists=block_lists)
     amount = f"{saved / 2**30:.2f} GB" if saved >= 2**30 else f"{saved / 2**20:.1f} MB"
     events.emit("status", phase="loading", text=f"Base weights in fp8: {amount} saved", n=1, total=1)
+
+
+def store_text_encoders(comps, model_cfg, compute_dtype, events) -> None:
+    """model.text_encoder_fp8: the frozen text encoders' linears in float8 for the caption-caching pass (config
+    validation refuses it with a trained text encoder)."""
+    from engine.models.base_storage import store_in_fp8
+
+    if not model_cfg.text_encoder_fp8:
+        return
+    saved = sum(store_in_fp8(te, compute_dtype) for te in comps.text_encoders if te is not None)
+    events.emit("status", phase="loading", text=f"Text encoder in fp8: {saved / 2**30:.2f} GB saved", n=1, total=1)
 
 
 def build_run(run_dir, preset, events, family, comps, trainables, device, mixed, weight_dtype,

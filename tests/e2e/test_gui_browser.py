@@ -348,3 +348,48 @@ def test_the_will_it_fit_gauge_follows_the_tier_resolution_and_batch_of_a_flux_p
         status_has(page, "unsaved changes")
         server = gui_log.read_text(encoding="utf-8", errors="replace")
     assert "Traceback" not in server, server[server.index("Traceback"):][:1500]
+
+
+def choose_family(page, family: str) -> None:
+    page.locator("#f-model-family input").click()
+    page.get_by_role("option", name=family, exact=True).click()
+
+
+def wait_shown(page, elem_id: str, shown: bool, timeout_ms: int = 30_000) -> None:
+    page.locator(f"#{elem_id}").first.wait_for(state="visible" if shown else "hidden", timeout=timeout_ms)
+
+
+def test_the_family_shows_its_own_file_fields_and_vram_tiers(tmp):
+    """The fields only some families use follow the chosen family (ui/family_fields.py), and so do the tiers of
+    "Will it fit?"; a loaded preset brings its family's fields and tiers too."""
+    with running_gui(tmp) as (url, gui_log), chromium_page() as page:
+        page.goto(url)
+        status_has(page, "New preset")
+        open_tab(page, "Training")
+        wait_shown(page, "f-model-clip-l-path", False)       # SD 1.x, the default: no text-encoder files
+        wait_shown(page, "f-model-text-encoder-path", False)
+        wait_shown(page, "fit-apply", False)                   # SD 1.x has no tier presets
+        choose_family(page, "zimage")
+        wait_shown(page, "f-model-text-encoder-path", True)
+        wait_shown(page, "f-model-preview-path", True)
+        wait_shown(page, "f-model-clip-l-path", False)
+        wait_shown(page, "f-model-t5-path", False)
+        wait_shown(page, "fit-apply", True)
+        wait_text(page, "fit-tier-help", "zimage-lora-8gb.yaml")
+        choose_family(page, "flux")
+        wait_shown(page, "f-model-clip-l-path", True)
+        wait_shown(page, "f-model-t5-path", True)
+        wait_shown(page, "f-model-text-encoder-path", False)
+        wait_shown(page, "f-model-preview-path", False)
+        wait_text(page, "fit-tier-help", "flux-lora-12gb.yaml")
+        assert page.locator("#fit-tier").get_by_text("8 GB", exact=True).count() == 0   # FLUX's smallest is 12 GB
+        page.locator("#preset-choice input").click()
+        page.get_by_role("option", name="zimage-lora-8gb (shipped)", exact=True).click()
+        page.locator("#preset-load").click()
+        status_has(page, "· loaded")
+        wait_shown(page, "f-model-text-encoder-path", True)
+        wait_shown(page, "f-model-clip-l-path", False)
+        page.locator("#fit-tier").get_by_text("8 GB", exact=True).click()
+        wait_text(page, "fit-gauge", "of 8 GB")
+        server = gui_log.read_text(encoding="utf-8", errors="replace")
+    assert "Traceback" not in server, server[server.index("Traceback"):][:1500]

@@ -47,6 +47,18 @@ class ModelConfig:
                                "from model.path's folder.", advanced=True)
     t5_path: str = opt("", "FLUX from single files: the T5-XXL text encoder file (t5xxl_fp16.safetensors or "
                            "t5xxl_fp8_e4m3fn.safetensors). Empty: from model.path's folder.", advanced=True)
+    text_encoder_fp8: bool = opt(False, "Store the frozen text encoder in fp8 (computed in bf16) while it encodes the "
+                                        "captions: Z-Image's Qwen3-4B takes 4 GB instead of 8, FLUX's T5 4.8 instead "
+                                        "of 9.5, so that pass fits 8 GB cards; the cached text differs slightly "
+                                        "(musubi-tuner's fp8_llm).", advanced=True)
+    text_encoder_path: str = opt("", "Z-Image from single files: the Qwen3 text encoder file (qwen_3_4b.safetensors, "
+                                     "in ComfyUI's models/text_encoders/). Empty: from model.path's folder.",
+                                 advanced=True)
+    preview_path: str = opt("", "A distilled model of the same family (Z-Image Turbo) on which every sample is also "
+                                "rendered with the LoRA being trained, at that model's own steps and guidance: train "
+                                "on the base, see the LoRA where you will use it. A folder, a transformer file or a "
+                                "Hub id; empty: none.", advanced=True)
     dit: DitConfig = field(default_factory=DitConfig)
-    block_swap: int = opt(0, "FLUX: keep this many transformer blocks in CPU RAM and bring each to the GPU while it "
-                             "runs (less VRAM, slower; 0 = off).", unit="blocks", min=0, max=57, advanced=True)
+    block_swap: int = opt(0, "FLUX, Z-Image, Chroma: keep this many transformer blocks in CPU RAM and bring each "
+                             "to the GPU while it runs (less VRAM, slower; 0 = off).", unit="blocks", min=0, max=57,
+                          advanced=True)

@@ -52,9 +52,14 @@ class Capabilities:
     block_swap: bool = False             # model.block_swap applies (transformer blocks wait in CPU RAM)
     block_lists: tuple = ()              # the denoiser's lists of blocks in run order (fp8 casting, block swap)
     block_swap_max: int = 0              # the most blocks worth swapping (what failures.py still suggests)
+    preview_model: str = ""              # its distilled sibling that model.preview_path names (Z-Image: "Z-Image
+                                         # Turbo"); "" when it has none
     size_shift: bool = False             # flow noise levels shifted by the image size when sampling (FLUX)
     # (preset) -> [(key, message)]: checks of the family's own keys (the DiT's model.dit.*)
     checks: Callable = lambda preset: []
+    # (preset) -> [(key, message)]: its valid settings that are rarely what was meant (warned, never refused:
+    # training Z-Image Turbo itself)
+    advice: Callable = lambda preset: []
     # (model config) -> the multiple, for families whose multiple depends on the preset (the DiT's patch size)
     multiple_of: Callable | None = None
 
@@ -123,6 +128,17 @@ class Family:
     # its pipeline takes encode_text's output for samples (prompt_embeds + pooled_prompt_embeds, no negative prompt),
     # so frozen text encoders stay in CPU RAM while sampling (FLUX's T5 would not fit beside the transformer)
     cached_sample_prompts: bool = False
+    # (cond of one prompt: encode_text's output without the batch dim, the negative prompt's or None, device) ->
+    # the pipeline's keyword arguments for a prompt encoded ahead (cached_sample_prompts; FLUX: prompt_embeds +
+    # pooled_prompt_embeds)
+    sample_kwargs: Callable | None = None
+    # sampling.guidance_scale (classifier-free guidance as A1111 / ComfyUI mean it: 1 = none) -> the value its
+    # pipeline takes, where that means something else (ZImagePipeline: pos + g (pos - neg), so 0 = none); None: as is
+    pipeline_guidance: Callable | None = None
+    # model.preview_path (caps.preview_model): (comps, model config, compute dtype, progress) -> the distilled
+    # sibling's pipeline with the run's LoRA as it is now; and the (steps, guidance) that sibling samples at
+    preview_pipeline: Callable | None = None
+    preview_sampling: tuple = (0, 0.0)
     writes_prediction_type: bool = True          # modelspec.prediction_type in LoRA headers (sd-scripts writes none for FLUX)
     # caps.base_model False (the DiT trained from scratch): no diffusers pipeline for samples, so
     # engine/sampling/scratch.py samples `predict` with the ODE / DDIM samplers; configure(comps, training) takes the

@@ -22,7 +22,8 @@ from engine.models.fit.family import NO_BLOCKS, BlockLayout, FamilyMemory
 from engine.models.fit.figures import (EIGHT_BIT, GB, MARGIN, OPTIMIZER_STATE_BYTES, PRECISION_BYTES,
                                        RESOLUTIONS_PX)
 from engine.models.fit.headers import Component, Tensors, component_from_tensors, read_header
-from engine.models.fit.peak import Estimate, Part, block_bytes, estimate, lora_params, quantized_bytes, swapped_blocks
+from engine.models.fit.peak import (Estimate, Part, block_bytes, estimate, lora_params, pinned_bytes, quantized_bytes,
+                                   swapped_blocks)
 from engine.models.fit.savers import SAVERS, Saver, advice
 from engine.models.fit.settings import Settings, fit_settings, local_path
 from engine.models.fit.sizes import ModelSizes, model_sizes
@@ -31,4 +32,5 @@ from engine.models.fit.words import describe_fit
 __all__ = ["EIGHT_BIT", "GB", "MARGIN", "NO_BLOCKS", "OPTIMIZER_STATE_BYTES", "PRECISION_BYTES", "RESOLUTIONS_PX",
            "SAVERS", "BlockLayout", "Component", "Estimate", "FamilyMemory", "ModelSizes", "Part", "Saver", "Settings",
            "Tensors", "advice", "block_bytes", "component_from_tensors", "describe_fit", "estimate", "fit_settings",
-           "local_path", "lora_params", "model_sizes", "quantized_bytes", "read_header", "swapped_blocks"]
+           "local_path", "lora_params", "model_sizes", "pinned_bytes", "quantized_bytes", "read_header",
+           "swapped_blocks"]

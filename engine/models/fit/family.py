@@ -19,9 +19,24 @@ class BlockLayout:
     rename: Callable | None = None      # (module in such a file) -> the diffusers modules it holds, in row order
     width_keys: tuple = ()              # a weight whose rows are the denoiser's width (FLUX: img_in, x_embedder)
     guidance_keys: tuple = ()           # a key holding one of these: the denoiser has a guidance embedding
+    # the kinds in run order, each as the names its files give it, when there are more than double and single
+    # ones (Z-Image: noise refiners, context refiners, main layers); empty: the double_kinds first, then the rest
+    kinds: tuple = ()
+    # a key holding one of these says the file names its modules another way, where its block kinds are named
+    # alike in both layouts (Z-Image's native fused `attention.qkv.`); renamed_kinds says it for FLUX's BFL files
+    renamed_marks: tuple = ()
 
     def match(self, name: str) -> re.Match | None:
         return self.block.match(name) if self.block is not None else None
+
+    def rank(self, kind: str) -> int:
+        """A block kind's place in the run order (blocks sort by it, then by their index)."""
+        return next((i for i, names in enumerate(self.kinds) if kind in names),
+                    0 if kind in self.double_kinds else 1)
+
+    def kind_name(self, kind: str) -> str:
+        """The kind as the family's memory model knows it: the first name of its group in `kinds`."""
+        return next((names[0] for names in self.kinds if kind in names), kind)
 
 
 NO_BLOCKS = BlockLayout()
@@ -51,3 +66,12 @@ class FamilyMemory:
     te_lora_targets: tuple = ("q_proj", "k_proj", "v_proj", "out_proj")
     single_file_prefixes: dict = field(default_factory=dict)   # checkpoint key prefix -> component
     layout: BlockLayout = NO_BLOCKS     # how its files name the denoiser's blocks
+    # component -> the model.* key of its separate file (FLUX: text_encoder -> clip_l_path); read when set
+    separate_keys: dict = field(default_factory=lambda: {"vae": "vae_path"})
+    # block swap's pinned copies as PyTorch's caching host allocator sizes them, each tensor rounded up to a power
+    # of two (aten/src/ATen/core/CachingHostAllocator.h: PowerOf2Ceil): 1.5x the bytes for Z-Image's blocks. Off:
+    # the plain bytes (FLUX's figures were checked that way; turning it on for FLUX is a change of its figures)
+    pinned_rounding: bool = False
+    # hidden states of the text width alive per caption token while the encoder caches them (0: figures'
+    # ENCODER_LIVE_STATES, T5's); Qwen3 with output_hidden_states keeps every layer's
+    encoder_live_states: float = 0

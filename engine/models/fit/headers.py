@@ -36,6 +36,10 @@ class Component:
     guidance: bool = False      # has a guidance embedding (FLUX dev; schnell has none)
     source: str = ""            # the files read, or "known size of ..."
     dtype: str = ""             # the files' dtype of most parameters (BF16, F8_E4M3, ...); "" for known sizes
+    block_kinds: tuple = ()     # each block's kind (BlockLayout.kind_name), in run order
+    # each block's tensors as the model holds them (a fused file tensor split into its diffusers parts), in run
+    # order: ((numel, in_fp8, in_bnb), ...) per block, for block swap's pinned copies
+    block_tensors: tuple = ()
 
     @property
     def known(self) -> bool:
@@ -55,8 +59,11 @@ def component_from_tensors(name: str, tensors: Tensors, source: str, layout: Blo
     family's files name the denoiser's blocks (its FamilyMemory.layout; the default knows no blocks)."""
     params = stored = fp8 = bnb = rows = 0
     blocks: dict[tuple, list] = {}
+    kinds: dict[tuple, str] = {}
+    parts: dict[tuple, list] = {}
     linears, by_dtype = [], {}
-    renamed = any((m := layout.match(k)) and m[1] in layout.renamed_kinds for k in tensors)
+    renamed = any((m := layout.match(k)) and m[1] in layout.renamed_kinds for k in tensors) or \
+        any(mark in k for k in tensors for mark in layout.renamed_marks)
     hidden = next((s[0] for k, (s, _) in tensors.items() if k.endswith(layout.width_keys)),
                   next((s[1] for k, (s, _) in tensors.items() if k.endswith(_EMBEDDING_KEYS) and len(s) == 2), 0))
     for key, (shape, dtype) in tensors.items():
@@ -73,16 +80,36 @@ def component_from_tensors(name: str, tensors: Tensors, source: str, layout: Blo
         fp8, bnb, rows = fp8 + in_fp8, bnb + in_bnb, rows + (shape[0] if in_bnb else 0)
         match = layout.match(key)
         if match:
-            counts = blocks.setdefault((match[1] not in layout.double_kinds, int(match[2])), [0, 0, 0])
+            place = (layout.rank(match[1]), int(match[2]))
+            counts = blocks.setdefault(place, [0, 0, 0])
             counts[0], counts[1], counts[2] = counts[0] + n, counts[1] + in_fp8, counts[2] + in_bnb
+            kinds[place] = layout.kind_name(match[1])
+            parts.setdefault(place, []).extend(
+                (numel, bool(in_fp8), bool(in_bnb)) for numel in _model_numels(key, shape, hidden, layout, renamed))
         if in_bnb:
             module = key.removeprefix("model.diffusion_model.").removesuffix(".weight")
             linears += _renamed_linears(key, shape, hidden, layout) if renamed else [(module, shape[1], shape[0])]
     order = sorted(blocks)
     return Component(name, params, stored, fp8, bnb, rows, tuple(tuple(blocks[k]) for k in order),
-                     sum(1 for single, _ in order if not single), tuple(linears), hidden,
+                     sum(1 for k in order if kinds[k] in layout.double_kinds), tuple(linears), hidden,
                      any(g in k for k in tensors for g in layout.guidance_keys), source,
-                     max(by_dtype, key=by_dtype.get, default=""))
+                     max(by_dtype, key=by_dtype.get, default=""), tuple(kinds[k] for k in order),
+                     tuple(tuple(parts[k]) for k in order))
+
+
+def _model_numels(key: str, shape: tuple, hidden: int, layout: BlockLayout, renamed: bool) -> list[int]:
+    """The element counts of the model's tensors that a block's file tensor becomes: a fused weight or bias of a
+    file in the other naming splits into its parts (layout.rename; every part but the last has `hidden` rows)."""
+    n = 1
+    for d in shape:
+        n *= d
+    if not renamed or not shape or not key.endswith((".weight", ".bias")):
+        return [n]
+    count = len(layout.rename(key.rsplit(".", 1)[0]))
+    if count == 1:
+        return [n]
+    per_row = n // shape[0]
+    return [hidden * per_row] * (count - 1) + [(shape[0] - hidden * (count - 1)) * per_row]
 
 
 def _renamed_linears(name: str, shape: tuple, hidden: int, layout: BlockLayout) -> list[tuple[str, int, int]]:

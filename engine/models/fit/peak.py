@@ -14,19 +14,22 @@ The model of a training step:
 Phases (engine/training/setup.py's order): the text encoders cache their outputs first (on the GPU; the denoiser
 waits in RAM, except an int8/nf4 one, which bitsandbytes puts on the GPU while loading), then the VAE caches latents,
 then training; the VRAM peak is the largest. RAM while training: the process (~3 GB: Python, PyTorch, the CUDA
-libraries), the text encoders and VAE waiting in RAM, the swapped blocks, the text-embedding cache. RAM while
-loading (flux/loading.py's order): the small parts, then the denoiser read in the compute dtype and then stored in
-fp8 (from a single file: read tensor by tensor straight into fp8), then T5; int8/nf4 are quantized on the way to
-the GPU.
+libraries), the text encoders and VAE waiting in RAM, the swapped blocks (with FamilyMemory.pinned_rounding their
+pinned copies as PyTorch sizes them: each tensor a power of two), the text-embedding cache. RAM while loading
+(flux/loading.py's order): the small parts, then the denoiser read in the compute dtype and then stored in fp8 (from
+a single file: read tensor by tensor straight into fp8), then T5; int8/nf4 are quantized on the way to the GPU.
+A file's pages that safetensors mapped and that were read once (the bf16 weights an fp8 copy was made of) are not
+counted: clean page cache the system drops when short of RAM (tests/test_zimage_fit.py measures both).
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
 from engine.models.fit.figures import (ALLOCATOR_SLACK, CAPTION_CHUNK, CUDA_CONTEXT_GB, ENCODER_LIVE_STATES, GB,
-                                       MARGIN, OPTIMIZER_STATE_BYTES, PRECISION_BYTES, PROCESS_RAM_GB, TRAINED_BYTES,
-                                       VAE_ENCODE_GB_PER_MPX)
+                                       MARGIN, OPTIMIZER_STATE_BYTES, PRECISION_BYTES, PROCESS_RAM_GB, TE_FP8_SHARE,
+                                       TRAINED_BYTES, VAE_ENCODE_GB_PER_MPX)
 from engine.models.fit.headers import Component
 from engine.models.fit.settings import Settings
 from engine.models.fit.sizes import ModelSizes, memory_of
@@ -56,6 +59,7 @@ class Estimate:
     notes: tuple = ()
     model: tuple = ()           # (label, parameters, the files' dtype or "" for a known size) per component
     margin: float = MARGIN
+    text_encoder_fp8: bool = False  # the settings stored the text encoders in fp8 (what the words may still offer)
 
     @property
     def range_gb(self) -> tuple[float, float]:
@@ -77,6 +81,18 @@ def block_bytes(c: Component, quantize: str, compute_bytes: int) -> list[float]:
     """Bytes of each transformer block's weights, in run order."""
     rows_per_param = c.bnb_rows / c.bnb_params if c.bnb_params else 0.0
     return [quantized_bytes(p, f, b, b * rows_per_param, quantize, compute_bytes) for p, f, b in c.blocks]
+
+
+def pinned_bytes(c: Component, block: int, quantize: str, compute_bytes: int) -> int:
+    """Bytes of pinned CPU RAM that block swap's copies of one block's frozen tensors take: the caching host
+    allocator gives each tensor a power of two (aten/src/ATen/core/CachingHostAllocator.h, PowerOf2Ceil). int8 and
+    nf4 are counted at their codes' bytes (their scales are small)."""
+    def one(numel: int, in_fp8: bool, in_bnb: bool) -> int:
+        size = {"fp8": 1 if in_fp8 else compute_bytes, "int8": 1 if in_bnb else compute_bytes,
+                "nf4": 0.5 if in_bnb else compute_bytes}.get(quantize, compute_bytes) * numel
+        return 1 << max(0, math.ceil(size) - 1).bit_length() if size else 0
+
+    return sum(one(*t) for t in c.block_tensors[block])
 
 
 def swapped_blocks(c: Component, n: int) -> list[int]:
@@ -113,6 +129,9 @@ def estimate(sizes: ModelSizes, s: Settings) -> Estimate:
     blocks = block_bytes(den, quantize, weight_bytes)
     swapped = [] if full else swapped_blocks(den, s.block_swap)
     swapped_gb = sum(blocks[i] for i in swapped) / GB
+    # ... and in RAM: their pinned copies, each tensor a power of two (families whose figures were checked so)
+    pinned_gb = sum(pinned_bytes(den, i, quantize, weight_bytes) for i in swapped) / GB \
+        if spec.pinned_rounding and den.block_tensors else swapped_gb
     in_flight = sum(sorted((blocks[i] for i in swapped), reverse=True)[:2])
     # one layer at a time runs in the compute dtype: the largest of a block's (FLUX: a modulation linear)
     in_blocks = [fan_in * fan_out for name, fan_in, fan_out in den.linears if spec.layout.match(name)] or \
@@ -162,10 +181,13 @@ def estimate(sizes: ModelSizes, s: Settings) -> Estimate:
     parts.append(Part("CUDA context and allocator slack", training - allocated))
     # the caches are built before the denoiser comes to the card (bitsandbytes put it there while loading)
     on_card = weights / GB if quantize in ("int8", "nf4") else 0.0
-    tes_gb = sum(sizes.components[n].params for n in spec.text_encoders) * compute / GB
+    # model.text_encoder_fp8 keeps the frozen encoders' linears in 1 byte (setup.py's store_text_encoders)
+    te_bytes = TE_FP8_SHARE + (1 - TE_FP8_SHARE) * compute if s.text_encoder_fp8 and not trains_te else compute
+    tes_gb = sum(sizes.components[n].params for n in spec.text_encoders) * te_bytes / GB
     widths = [sizes.components[n].hidden for n in spec.cached_states]
     text_width = sum(widths) if all(widths) else spec.text_width
-    encoding_gb = CAPTION_CHUNK * text_tokens * text_width * compute * ENCODER_LIVE_STATES / GB
+    live_states = spec.encoder_live_states or ENCODER_LIVE_STATES
+    encoding_gb = CAPTION_CHUNK * text_tokens * text_width * compute * live_states / GB
     caching_text = (on_card + tes_gb + encoding_gb) * (1 + ALLOCATOR_SLACK) + CUDA_CONTEXT_GB
     caching_latents = (on_card + vae_gb + encode_gb) * (1 + ALLOCATOR_SLACK) + CUDA_CONTEXT_GB
     phases = {"training": training, "caching text": caching_text * cache_text,
@@ -173,13 +195,16 @@ def estimate(sizes: ModelSizes, s: Settings) -> Estimate:
     phase = max(phases, key=phases.get)
 
     # system RAM while training: the process, the parts waiting in RAM, the swapped blocks, the text cache
-    parked = sum(sizes.components[n].params for n in spec.text_encoders if n not in live) * compute / GB
+    parked = sum(sizes.components[n].params for n in spec.text_encoders if n not in live) * te_bytes / GB
     parked += vae_gb if s.cache_latents else 0.0
     text_cache = s.captions * text_tokens * text_width * compute / GB if cache_text else 0.0
     steady = [Part("Python, PyTorch and the CUDA libraries", 0.0, PROCESS_RAM_GB),
               Part("text encoders and VAE waiting in RAM", 0.0, parked),
               Part(f"text-embedding cache ({s.captions} captions)", 0.0, text_cache),
-              Part(f"block swap: {len(swapped)} blocks wait in RAM", 0.0, swapped_gb)]
+              Part(f"block swap: {len(swapped)} blocks wait in RAM", 0.0, pinned_gb),
+              # zimage/preview.py: the distilled sibling waits in RAM between samples, stored as the base is
+              Part(f"the preview {den.name} (model.preview_path), stored ({label})", 0.0,
+                   weights / GB if s.preview else 0.0)]
     # ... and while loading (flux/loading.py's order: the small parts, the denoiser, which is read in the compute
     # dtype and then stored, then the largest text encoder; bitsandbytes quantizes on the way to the GPU)
     others = sorted(sizes.components[n].params * compute / GB for n in (*spec.text_encoders, "vae"))
@@ -204,5 +229,5 @@ def estimate(sizes: ModelSizes, s: Settings) -> Estimate:
     labels = {spec.denoiser: den.name, **dict(zip(spec.text_encoders, spec.text_encoder_labels)), "vae": "VAE"}
     model = tuple((labels[n], c.params, c.dtype) for n, c in sizes.components.items())
     return Estimate(phases[phase], ram_phases[ram_phase], allocated, phase, ram_phase, tuple(parts), phases,
-                    ram_phases, trained, tokens, notes, model)
+                    ram_phases, trained, tokens, notes, model, text_encoder_fp8=te_bytes < compute)
 

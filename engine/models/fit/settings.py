@@ -28,6 +28,8 @@ class Settings:
     sgd_momentum: float = 0.0
     text_tokens: int = 0             # T5 tokens per caption; 0: the model's (512 dev, 256 schnell)
     captions: int = 0                # distinct captions, for the text cache in RAM (0: not known)
+    text_encoder_fp8: bool = False   # model.text_encoder_fp8: the frozen text encoders' linears in 1 byte
+    preview: bool = False            # model.preview_path: a second transformer (Turbo), stored as the base, in RAM
     single_file: bool = False        # model.path is one file: fp8 blocks are read straight into fp8 (families/flux/loading.py)
 
 
@@ -53,4 +55,5 @@ def fit_settings(preset, captions: int = 0) -> Settings:
         train_text_encoder=n.train_text_encoder, cache_text=t.cache_text_embeddings and not d.shuffle_tags,
         cache_latents=t.cache_latents and not (d.random_crop or d.flip), optimizer=opt.type,
         sgd_momentum=momentum, text_tokens=t.max_sequence_length, captions=captions,
-        single_file=bool(m.path.strip()) and local_path(m.path).is_file())
+        single_file=bool(m.path.strip()) and local_path(m.path).is_file(), text_encoder_fp8=m.text_encoder_fp8,
+        preview=bool(m.preview_path.strip()))

@@ -74,7 +74,7 @@ def _known(spec: FamilyMemory, name: str, model_path: str, why: str) -> Componen
 
 
 def model_sizes(model) -> ModelSizes:
-    """The sizes of the model's components (ModelConfig: family, path, clip_l_path, t5_path, vae_path) from the
+    """The sizes of the model's components (ModelConfig: family, path, the family's separate files) from the
     safetensors headers; a component not found locally is taken at the real model's size, and a note says so."""
     spec = memory_of(model.family)
     wanted = (spec.denoiser, *spec.text_encoders, "vae")
@@ -91,7 +91,7 @@ def model_sizes(model) -> ModelSizes:
         if path is not None and path.is_file() and config is not None and config.is_dir():
             # single files: the parts not in the checkpoint may be in the config folder
             found.update(_read_folder(config, [n for n in wanted if n not in found], spec))
-        separate = {"text_encoder": model.clip_l_path, "text_encoder_2": model.t5_path, "vae": model.vae_path}
+        separate = {name: getattr(model, key) for name, key in spec.separate_keys.items()}
         for name, file in separate.items():
             file = local_path(file) if file else None
             if name in wanted and file is not None and file.is_file() and file.suffix.lower() == ".safetensors":

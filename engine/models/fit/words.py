@@ -42,9 +42,13 @@ def describe_fit(fit: Estimate, options: list, gpu_name: str | None, free_gb: fl
                       f"{' '.join(f'--set {k}={v}' for sv in option for k, v in sv.changes.items())}"
                       f"  (then ~{option[-1].vram_gb:.1f} GB)" for option in options if option[-1].vram_gb <= free_gb]
         if caching > free_gb:
+            # the text encoder alone may be bigger than the card (Z-Image's Qwen3-4B: 7.5 GB in bf16)
+            fix = ("set model.text_encoder_fp8: true (the text encoder in fp8 while it encodes)"
+                   if fit.phases["caching text"] > free_gb and not fit.text_encoder_fp8 else
+                   "close programs that use the GPU")
             lines.append(f"{'  also: ' if training > free_gb else ''}while the captions and images are encoded "
                          f"(before training) the card holds ~{caching:.1f} GB, your {gpu} has {free_gb:.1f} GB free: "
-                         f"close programs that use the GPU")
+                         f"{fix}")
         lines.append("  (on Windows a run that does not fit spills into shared GPU memory and gets 10x slower "
                      "instead of stopping)")
     if ram_total_gb is not None:

@@ -29,6 +29,8 @@ def render_samples(r, final: bool = False, score=None) -> None:
         results = render_family_samples(r, prompts, size)
     else:
         results = render_pipeline_samples(r, prompts, size)
+        if r.preset.model.preview_path.strip() and r.family.preview_pipeline is not None:
+            results += render_preview_samples(r, prompts, size)
     if score is not None:  # RL: each sample's reward beside it
         score(results)
     for result in results:
@@ -68,8 +70,59 @@ def render_pipeline_samples(r, prompts: list[str], size: tuple[int, int]) -> lis
             extra_info={"Model": Path(r.preset.model.path).name, "LoRA": r.preset.output.run_name},
             # a flow model's default is flow Euler already (FLUX's, or use_flow_sampler's for a UNet)
             sampler=None if sampling.sampler == "default" or r.objective.name == "flow" else sampling.sampler,
-            max_sequence_length=r.comps.extra.get("max_sequence_length", 77), prompt_cond=cond)
+            max_sequence_length=r.comps.extra.get("max_sequence_length", 77), prompt_cond=cond,
+            sample_kwargs=r.family.sample_kwargs, pipeline_guidance=r.family.pipeline_guidance)
     return results
+
+
+def render_preview_samples(r, prompts: list[str], size: tuple[int, int]) -> list[dict]:
+    """The same prompts on the family's distilled sibling (model.preview_path: Z-Image Turbo) with the LoRA as it is
+    now, at that model's own steps and guidance; the training denoiser waits in CPU RAM meanwhile (on a GPU)."""
+    from engine.models.block_swap import move_except_swapped, swap_blocks
+    from engine.sampling.render import sample_images
+
+    sampling, model = r.preset.sampling, r.preset.model
+    steps, guidance = r.family.preview_sampling
+    cond = r.comps.extra.get("prompt_cond")
+    cond = cond if cond and all(p in cond for p in prompts) else None
+    progress = lambda text, n, total: r.status("sampling", text, n=n, total=total)  # noqa: E731
+    with training_denoiser_parked(r), whole_model_on_device(r, text_encoders=cond is None), \
+            vae_in_pipeline_dtype(r), torch.no_grad(), (r.ema.applied() if r.ema else contextlib.nullcontext()):
+        pipe = r.family.preview_pipeline(r.comps, model, r.weight_dtype, progress)
+        swap = swap_blocks(pipe.transformer, model.block_swap, r.device, r.family.caps.block_lists) \
+            if model.block_swap and r.device == "cuda" else None
+        move_except_swapped(pipe.transformer, r.device, swap)
+        try:
+            results = sample_images(
+                pipe, prompts, sampling.negative_prompt, sampling.seed, steps, guidance, size[0], size[1],
+                sampling.strengths, r.run_dir / "samples", r.step, file_prefix="preview_",
+                extra_info={"Model": Path(model.preview_path).name, "LoRA": r.preset.output.run_name},
+                prompt_cond=cond, sample_kwargs=r.family.sample_kwargs, pipeline_guidance=r.family.pipeline_guidance)
+            return [{**result, "preview": r.family.caps.preview_model} for result in results]
+        finally:
+            if swap is not None:
+                swap.remove()
+            pipe.transformer.to("cpu")
+
+
+@contextlib.contextmanager
+def training_denoiser_parked(r):
+    """On a GPU, the training denoiser in CPU RAM while another transformer samples (its swapped blocks are there
+    already), then back where it was."""
+    from engine.models.block_swap import move_except_swapped
+
+    if r.device != "cuda":
+        yield
+        return
+    swap = r.comps.extra.get("block_swap")
+    with torch.no_grad():
+        for p in r.comps.denoiser.parameters():
+            p.data = p.data.to("cpu")
+    torch.cuda.empty_cache()
+    try:
+        yield
+    finally:
+        move_except_swapped(r.comps.denoiser, r.device, swap)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,9 @@ def family_of_folder(index: dict, folder: Path) -> str | None:
 
 
 def family_of_checkpoint(keys: list[str]) -> str | None:
-    """BFL's double-stream blocks, bare (flux1-dev.safetensors) or under ComfyUI's checkpoint prefix."""
+    """BFL's double-stream blocks, bare (flux1-dev.safetensors) or under ComfyUI's checkpoint prefix; not Chroma's
+    (the same blocks, with its distilled guidance layer instead of per-block modulation)."""
+    if any("distilled_guidance_layer." in k for k in keys):
+        return None
     return "flux" if any(k.startswith(("double_blocks.", "model.diffusion_model.double_blocks.")) for k in keys) \
         else None

@@ -121,4 +121,4 @@ MEMORY = {"flux": FamilyMemory(
     lora_scope=r"^(transformer_blocks|single_transformer_blocks)\.\d+\.",
     single_file_prefixes={"model.diffusion_model.": "transformer", "text_encoders.clip_l.": "text_encoder",
                           "text_encoders.t5xxl.": "text_encoder_2", "vae.": "vae", "": "transformer"},
-    layout=LAYOUT)}
+    layout=LAYOUT, separate_keys={"text_encoder": "clip_l_path", "text_encoder_2": "t5_path", "vae": "vae_path"})}

@@ -15,6 +15,7 @@ import torch
 from engine.models.families.flux import lora_names
 from engine.models.families.base import Components, Family
 from engine.models.families.flux.caps import CAPABILITIES
+from engine.models.lora import block_linear_targets
 from engine.models.lora_naming import KohyaNaming
 from engine.models.families.sd.record import CLIP_ATTENTION, encode_image, pipeline, tokenize
 
@@ -28,6 +29,7 @@ DOUBLE_BLOCK_LINEARS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", 
 SINGLE_BLOCK_LINEARS = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp", "proj_out")
 MODULATION_LINEARS = {"transformer_blocks": ("norm1.linear", "norm1_context.linear"),
                       "single_transformer_blocks": ("norm.linear",)}
+_BLOCK = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.\d+\.(.+)$")
 
 
 # sd-scripts' FLUX LoRAs: BFL's module names, whose q/k/v (and single blocks' linear1) fuse several diffusers layers
@@ -41,18 +43,7 @@ def lora_target_names(denoiser, network) -> list[str]:
     wanted = {"transformer_blocks": DOUBLE_BLOCK_LINEARS, "single_transformer_blocks": SINGLE_BLOCK_LINEARS}
     if network.lora_modulation:
         wanted = {k: v + MODULATION_LINEARS[k] for k, v in wanted.items()}
-    names = []
-    for name, module in denoiser.named_modules():
-        m = re.match(r"^(transformer_blocks|single_transformer_blocks)\.\d+\.(.+)$", name)
-        if not m or not isinstance(module, torch.nn.Linear):
-            continue
-        local = m[2]
-        if network.targets:
-            if any(local == t or local.endswith("." + t) for t in network.targets):
-                names.append(name)
-        elif local in wanted[m[1]]:
-            names.append(name)
-    return names
+    return block_linear_targets(denoiser, _BLOCK, wanted, network.targets)
 
 
 def load(model_cfg, dtype, device, progress=None) -> Components:
@@ -119,13 +110,19 @@ def predict(comps: Components, x_t, t, cond: dict, size_cond) -> torch.Tensor:
     return unpack(out, h, w)
 
 
+def sample_kwargs(cond: dict, negative, device) -> dict:
+    """A prompt encoded ahead as FluxPipeline takes it (dev's guidance is embedded: no negative prompt)."""
+    return {"prompt_embeds": cond["prompt_embeds"][None].to(device),
+            "pooled_prompt_embeds": cond["pooled"][None].to(device)}
+
+
 FLUX = Family(
     name="flux", caps=CAPABILITIES["flux"], lora_targets=DOUBLE_BLOCK_LINEARS, te_lora_targets=CLIP_ATTENTION,
     text_encoder_names=("text_encoder", "text_encoder_2"),
     kohya_base_model={"flow": lora_names.BASE_MODEL_VERSION}, modelspec_architecture=lora_names.ARCHITECTURE,
     load=load, encode_text=encode_text, encode_image=encode_image, predict=predict, pipeline=pipeline,
     kohya_naming=KOHYA_NAMING, modelspec_implementation=lora_names.IMPLEMENTATION, writes_prediction_type=False,
-    lora_target_names=lora_target_names, cached_sample_prompts=True,
+    lora_target_names=lora_target_names, cached_sample_prompts=True, sample_kwargs=sample_kwargs,
 )
 
 RECORDS = {"flux": FLUX}
