@@ -1,9 +1,10 @@
 """One short GPU session, one table: Easel's LoRA training step against a plain diffusers-example loop, for SD1.5,
-SDXL, FLUX.1-dev and Z-Image at their real sizes. Nothing is downloaded; no model is written to disk (a temporary
-folder gets a few small images, their latent and text caches, and the events files).
+SDXL, FLUX.1-dev, Z-Image and FLUX.2 klein (base 4B and 9B) at their real sizes. Nothing is downloaded; no model is
+written to disk (a temporary folder gets a few small images, their latent and text caches, and the events files).
 
-    python bench/gpu_suite.py                  # a CUDA GPU (H100 / H200): 15 cases, one per tier in ~6 minutes
-    python bench/gpu_suite.py --cpu-smoke      # the same code with every model tiny, on the CPU (~30 s on 2 cores)
+    python bench/gpu_suite.py                  # a CUDA GPU (H100 / H200): 19 cases, the budget's 10 in ~7 minutes
+    python bench/gpu_suite.py --only flux2     # the four klein cases (~3.5 minutes with start-up)
+    python bench/gpu_suite.py --cpu-smoke      # the same code with every model tiny, on the CPU (~1 minute on 2 cores)
     python bench/gpu_suite.py --only zimage    # the cases whose name contains 'zimage'; --budget-s 300 stops sooner
     python bench/gpu_suite.py --cpu-real       # SD1.5 at its real size and 512 px on the CPU, batch 1 (~4 minutes)
 
@@ -14,34 +15,44 @@ diffusers==0.42.1 bitsandbytes==0.50.2` (49 MB); then run with carry [".whl"]: `
 --no-deps --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 bench/gpu_suite.py`.
 Without bitsandbytes the suite still runs, with adamw instead of adamw8bit, and says so.
 
-Cases, in the order they run: first one per family and VRAM tier, so that a session cut short by --budget-s still
-has every tier's verdict (about 6 minutes on an H100: the expected times are at CASES), then the second resolution
-of each tier while the budget lasts. SD1.5 512 px batch 4 (presets/sd15-lora.yaml), SDXL 1024 px batch 1
-(sdxl-lora.yaml); FLUX.1-dev 1024 then 512 px in each tier (flux-lora-24gb/-16gb/-12gb.yaml: fp8 base, the preset's
-block swap (0/16/34 blocks as written), adamw8bit); Z-Image 512 and 1024 px in each tier (zimage-lora-24gb/-16gb/
--12gb.yaml, and 512 px for -8gb.yaml: bf16 base, batch 2 and adamw on 24 GB; fp8 base and adamw8bit below; 18 blocks
-swapped on 8 GB; model.text_encoder_fp8 where a preset sets it). The 16 and 12 GB Z-Image presets differ only in
-their resolution, so 16gb 1024 and 12gb 1024 (and the two 512s) are the same run with two tier verdicts: one of
-each pair runs first. Every case trains in bf16 at grad_accum 1 without buckets, at the batch its name or preset
-says (SD1.5 4, Z-Image 24 GB 2 as its preset, 1 elsewhere), the rest as its preset says (the SD1.5 preset's fp16
-becomes bf16: the MFU is against the bf16 peak).
+Cases, in the order they run: first one per preset (a family's VRAM tier; klein has two sizes in the 16 GB tier),
+so that a session cut short by --budget-s still has the tiers' verdicts, then the second resolution of each tier
+while the budget lasts. The SD1.5, SDXL, FLUX.1 and Z-Image first cases take about 6 minutes on an H100 and the four
+klein cases about 3 more (the expected times are at CASES), which the default 7.5-minute budget does not hold: it
+runs the first klein case (9B 16 GB, the preset closest to its card) and skips the other three (9B 24 GB, 4B 12 GB,
+4B 16 GB) and the six second resolutions; `--only flux2` runs the four klein cases alone. SD1.5 512 px batch 4
+(presets/sd15-lora.yaml), SDXL 1024 px batch 1 (sdxl-lora.yaml); FLUX.1-dev 1024 then 512 px in each tier
+(flux-lora-24gb/-16gb/-12gb.yaml: fp8 base, the preset's block swap (0/16/34 blocks as written), adamw8bit); Z-Image
+512 and 1024 px in each tier (zimage-lora-24gb/-16gb/-12gb.yaml, and 512 px for -8gb.yaml: bf16 base, batch 2 and
+adamw on 24 GB; fp8 base and adamw8bit below; 18 blocks swapped on 8 GB; model.text_encoder_fp8 where a preset sets
+it); FLUX.2 klein base at 1024 px, batch 1, adamw8bit (flux2-klein9b-lora-16gb.yaml: fp8 base and Qwen3-8B in
+fp8; flux2-klein9b-lora-24gb: bf16 base, 4 single blocks swapped; flux2-klein4b-lora-12gb: fp8 base and Qwen3-4B in
+fp8; flux2-klein4b-lora-16gb: bf16, no saver). The 16 and 12 GB Z-Image presets differ only in their resolution, so
+16gb 1024 and 12gb 1024 (and the two 512s) are the same run with two tier verdicts: one of each pair runs first.
+Every case trains in bf16 at grad_accum 1 without buckets, at the batch its name or preset says (SD1.5 4, Z-Image
+24 GB 2 as its preset, 1 elsewhere), the rest as its preset says (the SD1.5 preset's fp16 becomes bf16: the MFU is
+against the bf16 peak).
 
 The models are random-init at their real sizes (SD1.5 UNet 0.86 B, SDXL UNet 2.57 B, FLUX.1-dev 11.9 B, Z-Image
-6.15 B, CLIP-L, OpenCLIP-bigG, T5-XXL 4.76 B, Qwen3-4B 4.02 B, the VAEs; Z-Image's VAE is FLUX.1's AE), built straight
-on the GPU in the compute dtype; the tokenizers are the tiny in-memory ones (engine/models/tiny.py's, zimage/tiny.py's
-Qwen tokenizer with its chat template), whose ids index the real-size embedding tables. T5-XXL and Qwen3-4B are real
-size in the plain loops: 9.5 / 8 GB and ~10 ms a caption on an H100, well inside the budget.
+6.15 B, klein 4B 3.88 B and 9B 9.08 B, CLIP-L, OpenCLIP-bigG, T5-XXL 4.76 B, Qwen3-4B 4.02 B, Qwen3-8B 8.19 B, the
+VAEs; Z-Image's VAE is FLUX.1's AE, klein's the 32-channel FLUX.2 AE), built straight on the GPU in the compute
+dtype; the tokenizers are the tiny in-memory ones (engine/models/tiny.py's, zimage/tiny.py's Qwen tokenizer with its
+chat template, which klein shares), whose ids index the real-size embedding tables. T5-XXL and the Qwen3s are real
+size in the plain loops: 9.5 / 8 / 16.4 GB and ~10-20 ms a caption on an H100, well inside the budget.
 
 Easel's step is Easel's code from setup() on, with family.load replaced by the in-memory models: what the family's
-loading does as it reads the transformer (fp8 storage before the LoRA: families/flux/loading.py, zimage/loading.py's
-store()), configure_for_training, add_network, store_base, store_text_encoders, then build_run on a small generated
-dataset (so prepare_batches caches its latents and text embeddings with the real VAE and text encoders, parks them
-in CPU RAM, and place_denoiser applies block swap), then engine/training/loop.py's loop() runs the steps.
+loading does as it reads the transformer (fp8 storage before the LoRA: families/flux/loading.py, zimage/ and
+flux2/loading.py's store()), configure_for_training, add_network, store_base, store_text_encoders, then build_run on
+a small generated dataset (so prepare_batches caches its latents and text embeddings with the real VAE and text
+encoders, parks them in CPU RAM, and place_denoiser applies block swap), then engine/training/loop.py's loop() runs
+the steps.
 The plain loop is bench/train_speed.py's bench_plain written for each family the way diffusers' example scripts
-train (train_text_to_image_lora[_sdxl].py, train_dreambooth_lora_flux.py, train_dreambooth_lora_z_image.py): read
-and resize the images, tokenize, VAE and text encoders every step, the same denoiser (LoRA, fp8, block swap,
-checkpointing), the same optimizer type. (The Z-Image example encodes per-image captions once before training;
-encoding them every step, as the other examples do, keeps the plain loops alike: Qwen3 costs a few % of a step.)
+train (train_text_to_image_lora[_sdxl].py, train_dreambooth_lora_flux.py, train_dreambooth_lora_z_image.py,
+train_dreambooth_lora_flux2_klein.py): read and resize the images, tokenize, VAE and text encoders every step, the
+same denoiser (LoRA, fp8, block swap, checkpointing), the same optimizer type. (The Z-Image and klein examples encode
+per-image captions once before training; encoding them every step, as the other examples do, keeps the plain loops
+alike: Qwen3 costs a few % of a step. The klein example has no fp8 text encoder: with model.text_encoder_fp8 its
+loop runs the bare Qwen3Model, as Easel does, without the causal LM's vocabulary logits.)
 
 Columns: s/it and img/s (warm steps, timed between two synchronizes), peak GB (torch.cuda.max_memory_allocated of
 the training steps, reset per loop: caching is not in it), MFU (3 x the forward FLOPs of one step, counted with
@@ -98,11 +109,13 @@ class Case:
                               # is the family's first), for the budget until a case of the family has run
 
 
-# One per family and tier first (each tier's verdict on the preset's own resolution, or on the resolution above it
-# where the preset sits between two: FLUX 12 GB and Z-Image 12 GB train at 768), ordered so the models are built
-# as few times as possible (fp8 Z-Image once for three tiers, bf16 once for 24 GB and its second resolution); then
-# what only adds a resolution. Expected H100 times: ~6 minutes for the first 9 rows with start-up, Z-Image's seven
-# ~4 minutes alone (--only zimage).
+# One per preset first (each tier's verdict on the preset's own resolution, or on the resolution above it where the
+# preset sits between two: FLUX 12 GB and Z-Image 12 GB train at 768), ordered so the models are built as few times
+# as possible (fp8 Z-Image once for three tiers, bf16 once for 24 GB and its second resolution); then what only adds
+# a resolution. Expected H100 times: ~6 minutes for the first 9 rows with start-up; the four klein rows ~3 minutes
+# more, so the default --budget-s (7.5 minutes) reaches the first of them (klein 9B 16 GB) and skips the other three
+# and every second resolution: `--only flux2` runs the four (~3.5 minutes with start-up), Z-Image's seven ~4 minutes
+# alone (--only zimage).
 CASES = (
     Case("sd15 512 bs4", "sd15", "sd15-lora", 512, 4, expected_s=30),
     Case("sdxl 1024 bs1", "sdxl", "sdxl-lora", 1024, 1, expected_s=40),
@@ -113,6 +126,12 @@ CASES = (
     Case("zimage 12gb 512", "zimage", "zimage-lora-12gb", 512, 1, 12, expected_s=20),
     Case("zimage 8gb 512", "zimage", "zimage-lora-8gb", 512, 1, 8, expected_s=25),   # 18 blocks cross PCIe
     Case("zimage 24gb 1024", "zimage", "zimage-lora-24gb", 1024, 2, 24, expected_s=45),  # + the bf16 build
+    # FLUX.2 klein: four presets, four builds (the 4B and the 9B, each in fp8 with Qwen3 in fp8 and in bf16); the
+    # 9B's first, its two tiers the closest to their cards (fit: 12.5 of 16 GB, 19.8 of 24)
+    Case("flux2 9b 16gb 1024", "flux2", "flux2-klein9b-lora-16gb", 1024, 1, 16, expected_s=50),  # + the build, ~25 s
+    Case("flux2 9b 24gb 1024", "flux2", "flux2-klein9b-lora-24gb", 1024, 1, 24, expected_s=50),  # 4 blocks swapped
+    Case("flux2 4b 12gb 1024", "flux2", "flux2-klein4b-lora-12gb", 1024, 1, 12, expected_s=35),  # + the build, ~12 s
+    Case("flux2 4b 16gb 1024", "flux2", "flux2-klein4b-lora-16gb", 1024, 1, 16, expected_s=32),
     Case("zimage 24gb 512", "zimage", "zimage-lora-24gb", 512, 2, 24, expected_s=22),
     Case("flux 24gb 512", "flux", "flux-lora-24gb", 512, 1, 24, expected_s=50),     # + FLUX's rebuild
     Case("flux 16gb 512", "flux", "flux-lora-16gb", 512, 1, 16, expected_s=25),
@@ -122,8 +141,18 @@ CASES = (
 )
 
 # Blocks in the real transformer and in the --cpu-smoke one (FLUX 19 + 38 and 2 + 4; Z-Image 2 + 2 + 30 and
-# 1 + 1 + 1): the smoke swaps the same share of its blocks as the preset does of the real ones.
-BLOCKS = {"flux": (57, 6), "zimage": (34, 3)}
+# 1 + 1 + 1; klein 4B 5 + 20, 9B 8 + 24 and 1 + 1): the smoke swaps the same share of its blocks as the preset does
+# of the real ones.
+BLOCKS = {"flux": (57, 6), "zimage": (34, 3), "flux2 4b": (25, 2), "flux2 9b": (32, 2)}
+
+
+def model_size(family: str, model_path: str) -> str:
+    """Which model of the family model.path names where the family has two sizes: klein "4b" | "9b"; else ""."""
+    if family != "flux2":
+        return ""
+    from engine.models.families.flux2.memory import variant_of
+
+    return variant_of(model_path)
 
 
 # ------------------------------------------------------------------------------------------------- main
@@ -211,7 +240,7 @@ class Row:
 @dataclass
 class Models:
     """One family's models, shared by the cases that train the same network on them (FLUX's six; Z-Image's fp8 five
-    and bf16 two)."""
+    and bf16 two; each klein case its own)."""
 
     key: tuple
     family: str
@@ -275,7 +304,8 @@ class Suite:
         settings += self.overrides
         preset = load_preset(ROOT / "presets" / f"{case.preset}.yaml", settings)
         if tiny and preset.model.block_swap:  # the same share of the tiny model's blocks (BLOCKS)
-            real_blocks, tiny_blocks = BLOCKS[case.family]
+            real_blocks, tiny_blocks = BLOCKS[" ".join(w for w in (case.family, model_size(case.family,
+                                                                                   preset.model.path)) if w)]
             swap = max(1, round(preset.model.block_swap * tiny_blocks / real_blocks))
             preset = load_preset(ROOT / "presets" / f"{case.preset}.yaml", settings + [f"model.block_swap={swap}"])
         return preset
@@ -286,8 +316,8 @@ class Suite:
     def model_key(self, case: Case) -> tuple:
         p = self.preset(case, Path("."))
         n = p.network
-        return (case.family, n.type, n.rank, n.alpha, tuple(n.targets), n.lora_modulation, p.model.quantize_base,
-                p.model.text_encoder_fp8, p.training.gradient_checkpointing)
+        return (case.family, p.model.path, n.type, n.rank, n.alpha, tuple(n.targets), n.lora_modulation,
+                p.model.quantize_base, p.model.text_encoder_fp8, p.training.gradient_checkpointing)
 
     # -- the models
     def build_models(self, case: Case) -> Models:
@@ -307,7 +337,8 @@ class Suite:
             _, _, weight_dtype = choose_precision(preset.training, preset.network, events,
                                                   family.caps.default_precision)
             torch.manual_seed(preset.training.seed)
-            comps = BUILDERS[case.family](self.smoke, self.device, weight_dtype)
+            size = model_size(case.family, preset.model.path)
+            comps = BUILDERS[case.family](self.smoke, self.device, weight_dtype, **({"variant": size} if size else {}))
             if case.family in AS_LOADED:
                 AS_LOADED[case.family](comps.denoiser, preset.model, weight_dtype)
             configure_for_training(comps, preset.training, family)
@@ -500,6 +531,16 @@ T5_TINY = dict(d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, relative_
 QWEN3_4B = dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
                 num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=40960,
                 rope_theta=1000000.0, tie_word_embeddings=True)
+# FLUX.2 klein base (transformer/config.json of black-forest-labs/FLUX.2-klein-base-4B and -9B; flux2/memory.py's
+# KLEIN and QWEN3, whose counts "will it fit" predicts with: 3,875,544,576 and 9,078,581,248 parameters); the rest
+# is Flux2Transformer2DModel's defaults (4 x 32 rotary axes, no biases). Its text encoder is Qwen3ForCausalLM, as the
+# pipeline holds it: Qwen3-4B (the head tied to the embedding) and Qwen3-8B (8,190,735,360 with its own head).
+KLEIN = {"4b": dict(num_layers=5, num_single_layers=20, num_attention_heads=24, attention_head_dim=128,
+                    joint_attention_dim=3 * 2560, in_channels=128, mlp_ratio=3.0, guidance_embeds=False),
+         "9b": dict(num_layers=8, num_single_layers=24, num_attention_heads=32, attention_head_dim=128,
+                    joint_attention_dim=3 * 4096, in_channels=128, mlp_ratio=3.0, guidance_embeds=False)}
+KLEIN_QWEN3 = {"4b": QWEN3_4B,
+               "9b": dict(QWEN3_4B, hidden_size=4096, intermediate_size=12288, tie_word_embeddings=False)}
 VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32)
 VAE_TINY = dict(block_out_channels=(8, 16, 32, 32), layers_per_block=1, norm_num_groups=8)
 
@@ -626,7 +667,35 @@ def build_zimage(tiny: bool, device: str, dtype):
                       extra={"variant": "base", "max_sequence_length": TEXT_TOKENS})
 
 
-BUILDERS = {"sd15": build_sd15, "sdxl": build_sdxl, "flux": build_flux, "zimage": build_zimage}
+def build_flux2(tiny: bool, device: str, dtype, variant: str = "4b"):
+    """FLUX.2 klein base `variant` ("4b" | "9b", the preset's model.path says which): its transformer (KLEIN),
+    Qwen3-4B / Qwen3-8B as Qwen3ForCausalLM and the FLUX.2 AE (AutoencoderKLFlux2's defaults: 32 latent channels,
+    84,046,372 parameters); tiny: flux2/tiny.py's pipeline (one double and one single block)."""
+    from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from engine.models.families import tiny_builder
+    from engine.models.families.base import Components
+    from engine.models.families.flux2.lora_names import size_of
+    from engine.models.families.flux2.record import TEXT_TOKENS
+    from engine.models.families.zimage.tiny import tiny_qwen_tokenizer
+
+    if tiny:
+        pipe = on_device(device, dtype, tiny_builder("flux2"))
+        transformer, te, vae, tok = pipe.transformer, pipe.text_encoder, pipe.vae, pipe.tokenizer
+    else:
+        tok = tiny_qwen_tokenizer()
+        transformer = on_device(device, dtype, lambda: Flux2Transformer2DModel(**KLEIN[variant]))
+        te = on_device(device, dtype, lambda: Qwen3ForCausalLM(Qwen3Config(**KLEIN_QWEN3[variant])))
+        vae = on_device(device, dtype, AutoencoderKLFlux2)
+    # what flux2/record.py's load puts in extra
+    return Components(pipe=None, denoiser=transformer, vae=vae, text_encoders=(te,), tokenizers=(tok,),
+                      prediction_type="flow", vae_dtype=vae.dtype,
+                      extra={"variant": size_of(transformer) or "", "max_sequence_length": TEXT_TOKENS,
+                             "distilled": False})
+
+
+BUILDERS = {"sd15": build_sd15, "sdxl": build_sdxl, "flux": build_flux, "zimage": build_zimage, "flux2": build_flux2}
 
 
 def flux_as_loaded(transformer, model_cfg, dtype) -> None:
@@ -646,7 +715,15 @@ def zimage_as_loaded(transformer, model_cfg, dtype) -> None:
     store(transformer, model_cfg, dtype, lambda text, n, total: None)
 
 
-AS_LOADED = {"flux": flux_as_loaded, "zimage": zimage_as_loaded}   # what family.load does beyond reading
+def flux2_as_loaded(transformer, model_cfg, dtype) -> None:
+    """flux2/loading.py's store(): fp8 as the transformer is read, before Qwen3 and the LoRA."""
+    from engine.models.families.flux2.loading import store
+
+    store(transformer, model_cfg, dtype, lambda text, n, total: None)
+
+
+AS_LOADED = {"flux": flux_as_loaded, "zimage": zimage_as_loaded,   # what family.load does beyond reading
+             "flux2": flux2_as_loaded}
 
 
 # ------------------------------------------------------------------------------------------------- the plain loops
@@ -846,7 +923,63 @@ def plain_zimage(comps, preset, data, device, dtype):
     return step
 
 
-PLAIN = {"sd15": plain_sd15, "sdxl": plain_sdxl, "flux": plain_flux, "zimage": plain_zimage}
+def plain_flux2(comps, preset, data, device, dtype):
+    """diffusers' train_dreambooth_lora_flux2_klein.py step with per-image captions encoded every step: the VAE's
+    mode, cut into 2x2 patches and normalized by the AE's batch-norm statistics; what the pipeline's encode_prompt
+    runs (Flux2KleinPipeline._get_qwen3_prompt_embeds: the chat template, the causal LM's hidden states 9, 18, 27
+    stacked, all 512 positions; then _prepare_text_ids), in the compute dtype; a timestep drawn uniformly from the
+    scheduler's (weighting_scheme "none"), its sigma read at the same index (the example looks it up by value, one
+    host sync per sample); the transformer on the packed tokens at timestep / 1000; the output cut to the image
+    tokens and unpacked by their ids; the flow-matching loss against noise - latents. The example has no fp8
+    text encoder: where the preset stores Qwen3 in fp8 (model.text_encoder_fp8) the encoding runs the bare Qwen3Model
+    inside the causal LM, as Easel's encode_text does (the same hidden states, no vocabulary logits; Qwen3-4B's head
+    shares the fp8 embedding's weight and has no cast of its own)."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
+
+    from engine.models.families.flux2.record import LAYERS_READ
+
+    transformer, vae = comps.denoiser, comps.vae
+    res, bs = preset.dataset.resolution_px, preset.training.batch_size
+    length = comps.extra["max_sequence_length"]
+    # the klein base's scheduler config; with dynamic shifting its training sigmas are the unshifted 1 .. 1/1000
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
+    te, tok = comps.text_encoders[0], comps.tokenizers[0]
+    te = te.model if preset.model.text_encoder_fp8 else te
+    params, opt = plain_optimizer(transformer, preset)
+    next_batch, counter = plain_images(data, res), iter(range(1 << 30))
+    bn_mean = vae.bn.running_mean.view(1, -1, 1, 1).to(device)
+    bn_std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps).to(device)
+    timesteps_all, sigmas_all = scheduler.timesteps.to(device), scheduler.sigmas.to(device)
+    train_steps = scheduler.config.num_train_timesteps
+
+    def step(n: int) -> None:
+        for _ in range(n):
+            pixels, captions = next_batch(next(counter), bs)
+            with torch.no_grad():
+                latents = vae.encode(pixels.to(device, vae.dtype)).latent_dist.mode()
+                prompt_embeds = Flux2KleinPipeline._get_qwen3_prompt_embeds(
+                    te, tok, list(captions), dtype=dtype, device=device, max_sequence_length=length,
+                    hidden_states_layers=LAYERS_READ)
+                text_ids = Flux2KleinPipeline._prepare_text_ids(prompt_embeds).to(device)
+            latents = ((Flux2KleinPipeline._patchify_latents(latents) - bn_mean) / bn_std).to(dtype)
+            latent_ids = Flux2KleinPipeline._prepare_latent_ids(latents).to(device)
+            noise = torch.randn_like(latents)
+            index = (torch.rand(latents.shape[0]) * train_steps).long().to(device)   # weighting_scheme "none"
+            timesteps, s = timesteps_all[index], sigmas_all[index].view(-1, 1, 1, 1).to(dtype)
+            packed = Flux2KleinPipeline._pack_latents((1 - s) * latents + s * noise)
+            with autocast(device, dtype):
+                pred = transformer(hidden_states=packed, timestep=timesteps / 1000, guidance=None,
+                                   encoder_hidden_states=prompt_embeds, txt_ids=text_ids, img_ids=latent_ids,
+                                   return_dict=False)[0]
+            pred = Flux2KleinPipeline._unpack_latents_with_ids(pred[:, :packed.shape[1]], latent_ids)
+            plain_finish(F.mse_loss(pred.float(), (noise - latents).float()), params, opt,
+                         preset.training.clip_grad_norm)
+    return step
+
+
+PLAIN = {"sd15": plain_sd15, "sdxl": plain_sdxl, "flux": plain_flux, "zimage": plain_zimage, "flux2": plain_flux2}
 
 
 def autocast(device: str, dtype):
@@ -930,8 +1063,8 @@ def print_header(suite: Suite) -> None:
         print("CPU REAL: real-size random-init models on the CPU in fp32 at batch 1 (the ratio with real "
               "VAE / text / UNet proportions); peak GB and MFU are n/a here.", flush=True)
     else:
-        print("Real-size random-init models built on the GPU (T5-XXL and Qwen3-4B real size in the plain loops); "
-              "nothing downloaded.", flush=True)
+        print("Real-size random-init models built on the GPU (T5-XXL, Qwen3-4B and Qwen3-8B real size in the plain "
+              "loops); nothing downloaded.", flush=True)
     if suite.optimizer_note:
         print(f"NOTE: {suite.optimizer_note}", flush=True)
 

@@ -25,7 +25,7 @@ def test_the_issue_example_names_all_three_problems_with_suggestions(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_preset(path)
     text = str(info.value)
-    assert "model.family: 'sdx' is not one of sd15, sd2, sdxl, flux, zimage, chroma, dit (did you mean 'sdxl'?)" in text
+    assert "model.family: 'sdx' is not one of sd15, sd2, sdxl, flux, flux2, zimage, chroma, dit (did you mean 'sdxl'?)" in text
     assert "training.batch_size: -1 is out of range; allowed 1..512" in text
     assert "trainng: unknown key (did you mean 'training'?)" in text
     assert str(path) in text

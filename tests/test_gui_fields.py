@@ -235,6 +235,8 @@ SHOWN_BY_FAMILY = {
     "flux": ["model.clip_l_path", "model.t5_path", "model.block_swap"],
     "chroma": ["model.t5_path", "model.block_swap"],
     "zimage": ["model.text_encoder_path", "model.preview_path", "model.block_swap"],
+    # FLUX.2 klein: its Qwen3 file, the distilled klein for previews, block swap (no CLIP-L, no T5)
+    "flux2": ["model.text_encoder_path", "model.preview_path", "model.block_swap"],
 }
 
 

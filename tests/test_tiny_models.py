@@ -16,6 +16,7 @@ EXPECTED = {  # family -> (pipeline class, scheduler prediction type or None for
     "sd2": ("StableDiffusionPipeline", "v_prediction"),
     "sdxl": ("StableDiffusionXLPipeline", "epsilon"),
     "flux": ("FluxPipeline", None),
+    "flux2": ("Flux2KleinPipeline", None),
     "zimage": ("ZImagePipeline", None),
     "chroma": ("ChromaPipeline", None),
 }
@@ -36,7 +37,7 @@ def test_folder_loads_and_renders_64px(tiny_dirs, family):
     assert type(pipe).__name__ == class_name
     assert pipe.scheduler.config.get("prediction_type") == prediction_type
     extra = {"max_sequence_length": 32} if family == "flux" else {}
-    image = pipe("the cat", num_inference_steps=2, height=64, width=64, output_type="np",
+    image = pipe(prompt="the cat", num_inference_steps=2, height=64, width=64, output_type="np",
                  generator=torch.Generator().manual_seed(0), **extra).images[0]
     assert image.shape == (64, 64, 3)
     assert image.std() > 0.01  # a real (if random) picture, not a constant

@@ -5,9 +5,11 @@
     html = fit_gauge.gauge_html(preset, 16.0) # "≈ 14.8 GB of 16 GB", the parts, and when over, the ways to fit
 
 The numbers are engine/models/fit/'s (torch-free: safetensors headers, or the real models' sizes for a Hub id).
-The tiers are presets/<family>-lora-<N>gb.yaml (flux-lora-24gb.yaml is FLUX's "24 GB" tier): the files are the one
-table of their settings. The picker offers the tiers of the form's family; a family without tier files is compared
-with the card sizes the tiers of the others are made for, and has nothing to apply.
+The tiers are presets/<family>[-<variant>]-lora-<N>gb.yaml (flux-lora-24gb.yaml is FLUX's "24 GB" tier,
+flux2-klein9b-lora-16gb.yaml FLUX.2 klein 9B's "9B · 16 GB"): the files are the one table of their settings. The
+picker offers the tiers of the form's family; Apply takes those of the model's size (ui/fit_tiers.py variant_for:
+model.path's name); a family without tier files is compared with the card sizes the tiers of the others are made for,
+and has nothing to apply.
 """
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ from engine.models.fit import advice, estimate, fit_settings, local_path, model_
 from ui import fit_tiers
 from ui.fields import Form
 
-FAMILY_KEY = "model.family"
-CARD = re.compile(r"^(\d+(?:\.\d+)?) GB$")       # a picker choice other than THIS_GPU: "12 GB"
+FAMILY_KEY, PATH_KEY = "model.family", "model.path"
+CARD = re.compile(r"(?:^|\s)(\d+(?:\.\d+)?) GB$")   # a picker choice other than THIS_GPU: "12 GB", "9B · 16 GB"
 THIS_GPU = "this GPU"
 
 
@@ -88,7 +90,7 @@ def detected_vram_gb() -> tuple[str | None, float | None]:
 def budget_of(choice: str | None) -> tuple[float | None, str | None]:
     """(budget GB, GPU name) for the picker's choice: a tier's or card size's VRAM ("12 GB"), or the detected
     card's (THIS_GPU)."""
-    card = CARD.match(choice or "")
+    card = CARD.search(choice or "")
     if card:
         return float(card[1]), None
     name, vram = detected_vram_gb()
@@ -255,18 +257,32 @@ def _notes(fit, preset) -> str:
 
 # ------------------------------------------------------------------------------------------------ the section
 
+class CardPicker(gr.Radio):
+    """The "Compare with" radio. A switch of family replaces its choices while events that read it may already be on
+    their way with the old one (the gauge's redraw fires on the same edit): such a choice is passed on, not refused
+    with an error ("9B · 16 GB" of FLUX.2 klein reaching the server once it holds Z-Image's choices). budget_of and
+    Apply read any "<N> GB" choice; the picker's own update to "this GPU" follows at once."""
+
+    is_template = True   # drawn by Gradio's own Radio
+
+    def preprocess(self, payload):
+        if isinstance(payload, str) and payload not in [value for _, value in self.choices]:
+            return payload
+        return super().preprocess(payload)
+
+
 def build(form: Form) -> dict:
     """The "Will it fit?" section: a picker of the family's tiers, "Apply tier settings", and the gauge (drawn by
     wire's redraw). It starts with the form's default family; wire's follow_family keeps it with the form's."""
-    family = form.specs[FAMILY_KEY].default
+    family, path = form.specs[FAMILY_KEY].default, form.specs[PATH_KEY].default
     gr.Markdown("### Will it fit?")
     with gr.Row(equal_height=False):
-        tier = gr.Radio([THIS_GPU, *fit_tiers.card_choices(family)], value=THIS_GPU, label="Compare with",
-                        elem_id="fit-tier", scale=3, info=picker_info(family))
+        tier = CardPicker([THIS_GPU, *fit_tiers.card_choices(family)], value=THIS_GPU, label="Compare with",
+                           elem_id="fit-tier", scale=3, info=picker_info(family))
         apply = gr.Button("Apply tier settings", elem_id="fit-apply", size="sm", scale=0, min_width=180,
                           visible=bool(fit_tiers.tiers_for(family)))
     gauge = gr.HTML(PLACEHOLDER_HTML, elem_id="fit-gauge")
-    help_md = gr.Markdown(fit_tiers.tier_help(form, family), elem_id="fit-tier-help")
+    help_md = gr.Markdown(fit_tiers.tier_help(form, family, path), elem_id="fit-tier-help")
     return {"tier": tier, "apply": apply, "gauge": gauge, "help": help_md}
 
 
@@ -277,23 +293,25 @@ def picker_info(family: str | None) -> str:
     return "The card this run is for: the one in this PC, or a card of that size."
 
 
-def picker_updates(form: Form, parts: dict, family: str | None, choice: str | None) -> dict:
+def picker_updates(form: Form, parts: dict, family: str | None, choice: str | None,
+                   model_path: str | None = None) -> dict:
     """The picker, its help and Apply for `family`: its tiers (or card sizes), the choice kept where it is still
-    offered."""
+    offered; the help marks the tiers of model_path's size."""
     cards = fit_tiers.card_choices(family)
     return {parts["tier"]: gr.update(choices=[THIS_GPU, *cards], value=choice if choice in cards else THIS_GPU,
                                      info=picker_info(family)),
-            parts["help"]: fit_tiers.tier_help(form, family),
+            parts["help"]: fit_tiers.tier_help(form, family, model_path),
             parts["apply"]: gr.update(visible=bool(fit_tiers.tiers_for(family)))}
 
 
 def wire(form: Form, parts: dict) -> None:
     """The gauge redraws on an edit of a GAUGE_KEYS field and on a tier change; Apply sets the family's tier for the
-    choice (for "this GPU" or a card size, the tier made for that card), then redraws; a person's choice of family
-    brings its tiers. parts gains "redraw" ({widget: value} -> html), "inputs" (what redraw reads: the form and the
-    picker), "applied" (Apply's event, for the app to chain its checks) and "follow_family" with its
-    "family_inputs" and "family_outputs" (loads chain it: ui/app.py after_load)."""
-    tier, gauge, family_w = parts["tier"], parts["gauge"], form.widgets[FAMILY_KEY]
+    choice (for "this GPU" or a card size, the tier made for that card; for a family whose models come in sizes, the
+    tier of the form's model: fit_tiers.tier_to_apply), then redraws; a person's choice of family brings its tiers,
+    and an edit of model.path marks its size's in the help. parts gains "redraw" ({widget: value} -> html), "inputs"
+    (what redraw reads: the form and the picker), "applied" (Apply's event, for the app to chain its checks) and
+    "follow_family" with its "family_inputs" and "family_outputs" (loads chain it: ui/app.py after_load)."""
+    tier, gauge, family_w, path_w = parts["tier"], parts["gauge"], form.widgets[FAMILY_KEY], form.widgets[PATH_KEY]
 
     def redraw(values: dict) -> str:
         values = dict(values)
@@ -307,18 +325,23 @@ def wire(form: Form, parts: dict) -> None:
     def apply(values: dict) -> dict:
         values = dict(values)
         choice = values.pop(tier, THIS_GPU)
-        tiers = fit_tiers.tiers_for(values.get(family_w))
-        name = choice if choice in tiers else fit_tiers.tier_for_vram(values.get(family_w), budget_of(choice)[0])
+        family, path = values.get(family_w), values.get(path_w)
+        tiers = fit_tiers.tiers_for(family)
+        vram = None if choice in tiers else budget_of(choice)[0]   # a tier's card is its own: no GPU asked
+        name = fit_tiers.tier_to_apply(family, choice, vram, path)
         return fit_tiers.tier_updates(form, tiers[name], values) if name else {}
 
     def follow_family(values: dict) -> dict:
-        return picker_updates(form, parts, values.get(family_w), values.get(tier))
+        return picker_updates(form, parts, values.get(family_w), values.get(tier), values.get(path_w))
 
     inputs = {*form.inputs(), tier}
-    parts.update(redraw=redraw, inputs=inputs, follow_family=follow_family, family_inputs={family_w, tier},
+    parts.update(redraw=redraw, inputs=inputs, follow_family=follow_family, family_inputs={family_w, path_w, tier},
                  family_outputs=[tier, parts["help"], parts["apply"]])
     family_w.input(follow_family, inputs=parts["family_inputs"], outputs=parts["family_outputs"],
                    show_progress="hidden", api_name="fit_family")
+    path_w.input(lambda values: {parts["help"]: fit_tiers.tier_help(form, values.get(family_w), values.get(path_w))},
+                 inputs={family_w, path_w}, outputs=[parts["help"]], show_progress="hidden",
+                 trigger_mode="always_last", api_name="fit_model_size")
     triggers = [form.widgets[k].input for k in GAUGE_KEYS if k in form.widgets] + [tier.change]
     gr.on(triggers=triggers, fn=redraw, inputs=inputs, outputs=gauge, show_progress="hidden",
           trigger_mode="always_last", api_name="fit_gauge")

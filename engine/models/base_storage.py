@@ -14,10 +14,13 @@ from engine.failures import UserError
 # Kept in their loaded dtype: the LoRA layers (they train), and the small input/output layers and embedders whose
 # precision matters most for so few parameters (sd-scripts' fp8_base leaves the same kind of layers alone).
 # Z-Image's timestep embedder also casts its input to its weight's dtype, so it cannot hold fp8 at all (diffusers
-# lists it and the caption embedder as precision-sensitive: _skip_layerwise_casting_patterns).
+# lists it and the caption embedder as precision-sensitive: _skip_layerwise_casting_patterns). A text encoder's
+# token embedding stays too (model.text_encoder_fp8: fit's TE_FP8_SHARE counts it out), and so does a causal LM's
+# lm_head, often the same tensor (FLUX.2's Qwen3-4B).
 FP8_SKIP_PATTERNS = ("lora_", r"^x_embedder$", r"^context_embedder$", r"^time_text_embed", r"^norm_out",
                      r"^proj_out$", r"^conv_in$", r"^conv_out$", r"^time_embedding", r"^add_embedding", "pos_embed",
-                     "patch_embed", r"^all_x_embedder", r"^all_final_layer", r"^t_embedder", r"^cap_embedder")
+                     "patch_embed", r"^all_x_embedder", r"^all_final_layer", r"^t_embedder", r"^cap_embedder",
+                     r"^lm_head$", r"embed_tokens$", r"^shared$")
 
 
 def store_in_fp8(module, compute_dtype, progress=None, block_lists: tuple = ()) -> int:

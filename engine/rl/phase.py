@@ -136,7 +136,8 @@ class RlTrainer:
         shape = latent_shape(r.family, r.comps, size)
         size_cond = torch.tensor([[size, size, 0, 0, size, size]] * len(prompts), device=r.device,
                                  dtype=torch.float32)
-        grid = time_grid(r.objective, r.family.caps, rl.num_inference_steps, shape[-1] * shape[-2] // 4, r.device)
+        grid = time_grid(r.objective, r.family.caps, rl.num_inference_steps, r.family.caps.image_tokens(shape),
+                         r.device)
         noise = torch.randn((len(prompts), *shape), generator=r.noise_gen, device=r.device)
         was_training = r.comps.denoiser.training
         r.comps.denoiser.eval()  # the LoRA's dropout off: the recorded log-probabilities are the policy's own

@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from engine.sampling.render import eval_mode
 
 
-def draws(shape, index: int, seed: int, objective, device) -> tuple[torch.Tensor, torch.Tensor]:
+def draws(shape, index: int, seed: int, objective, device, caps) -> tuple[torch.Tensor, torch.Tensor]:
     """(noise, t [1]) for held-out sample `index`: from its own generator, never from the training stream."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + index)
     noise = torch.randn(shape, generator=g)
-    t = objective.sample_t(1, g, "cpu", image_tokens=shape[-2] * shape[-1] // 4)
+    t = objective.sample_t(1, g, "cpu", image_tokens=caps.image_tokens(shape))
     return noise.to(device), t.to(device)
 
 
@@ -40,7 +40,7 @@ def validation_loss(r) -> float:
             with r.accelerator.autocast():
                 batch = source([index], 0, 0, fixed=True)
                 x0 = batch["latents"].to(r.device, torch.float32)
-                noise, t = draws(x0.shape, index, seed, r.objective, r.device)
+                noise, t = draws(x0.shape, index, seed, r.objective, r.device, r.family.caps)
                 x_t = r.objective.add_noise(x0, noise, t).to(r.weight_dtype)
                 pred = r.family.predict(r.comps, x_t, t, batch["cond"], batch["size_cond"])
             target = r.objective.target(x0, noise, t)

@@ -361,7 +361,8 @@ def wait_shown(page, elem_id: str, shown: bool, timeout_ms: int = 30_000) -> Non
 
 def test_the_family_shows_its_own_file_fields_and_vram_tiers(tmp):
     """The fields only some families use follow the chosen family (ui/family_fields.py), and so do the tiers of
-    "Will it fit?"; a loaded preset brings its family's fields and tiers too."""
+    "Will it fit?" (FLUX.2 klein's of both its sizes, Apply taking the model's); a loaded preset brings its family's
+    fields and tiers too."""
     with running_gui(tmp) as (url, gui_log), chromium_page() as page:
         page.goto(url)
         status_has(page, "New preset")
@@ -383,12 +384,35 @@ def test_the_family_shows_its_own_file_fields_and_vram_tiers(tmp):
         wait_shown(page, "f-model-preview-path", False)
         wait_text(page, "fit-tier-help", "flux-lora-12gb.yaml")
         assert page.locator("#fit-tier").get_by_text("8 GB", exact=True).count() == 0   # FLUX's smallest is 12 GB
+        # FLUX.2 klein: its Qwen3 file and the distilled klein for previews, and the tiers of both model sizes;
+        # Apply on a 9B takes the 9B's tier for the chosen card and keeps the model
+        choose_family(page, "flux2")
+        wait_shown(page, "f-model-text-encoder-path", True)
+        wait_shown(page, "f-model-preview-path", True)
+        wait_shown(page, "f-model-clip-l-path", False)
+        wait_shown(page, "f-model-t5-path", False)
+        wait_shown(page, "fit-apply", True)
+        wait_text(page, "fit-tier-help", "flux2-klein9b-lora-24gb.yaml")
+        radios = page.locator("#fit-tier label").all_inner_texts()
+        assert [r.strip() for r in radios] == ["this GPU", "9B · 24 GB", "9B · 16 GB", "4B · 16 GB", "4B · 12 GB"]
+        klein_9b = "black-forest-labs/FLUX.2-klein-base-9B"
+        type_into(page, "f-model-path", klein_9b)
+        wait_text(page, "fit-tier-help", "This model: 9B")
+        page.locator("#fit-tier").get_by_text("4B · 16 GB", exact=True).click()
+        wait_text(page, "fit-gauge", "of 16 GB")
+        page.locator("#fit-apply").click()
+        page.wait_for_function("() => (document.querySelector('#f-model-quantize-base input')?.value || '')"
+                               ".startsWith('fp8')", timeout=30_000)     # the 9B's 16 GB tier: an fp8 base
+        assert input_value(page, "f-model-path") == klein_9b
         page.locator("#preset-choice input").click()
         page.get_by_role("option", name="zimage-lora-8gb (shipped)", exact=True).click()
         page.locator("#preset-load").click()
         status_has(page, "· loaded")
         wait_shown(page, "f-model-text-encoder-path", True)
         wait_shown(page, "f-model-clip-l-path", False)
+        # the tiers follow the loaded family after its fields (FLUX.2 showed the text encoder's field already): the
+        # picker's update must land before the click, or it would take the click's choice back
+        wait_text(page, "fit-tier-help", "zimage-lora-8gb.yaml")
         page.locator("#fit-tier").get_by_text("8 GB", exact=True).click()
         wait_text(page, "fit-gauge", "of 8 GB")
         server = gui_log.read_text(encoding="utf-8", errors="replace")

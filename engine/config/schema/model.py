@@ -36,29 +36,30 @@ class ModelConfig:
                                       "model's configs and tokenizers (no download needed).", advanced=True)
     prediction_type: str = opt("auto", "What the base model predicts. auto reads the model's scheduler config "
                                        "(SD2-768 models are v_prediction).", choices=OBJECTIVES, advanced=True)
-    quantize_base: str = opt("none", "Store the frozen base (FLUX: the transformer) in less memory: fp8 (half of "
-                                     "bf16, computed in bf16; any GPU or the CPU), int8 or nf4 (bitsandbytes, "
+    quantize_base: str = opt("none", "Store the frozen base (a DiT family: the transformer) in less memory: fp8 "
+                                     "(half of bf16, computed in bf16; any GPU or the CPU), int8 or nf4 (bitsandbytes, "
                                      "CUDA only).", choices=QUANTIZE_BASE,
                              choice_labels={"none": "none (bf16)", "fp8": "fp8 storage, bf16 compute",
                                             "int8": "int8 (bitsandbytes)", "nf4": "NF4 (bitsandbytes)"})
-    vae_path: str = opt("", "Optional separate VAE (folder or file; FLUX: ae.safetensors); empty uses the model's "
-                            "own.", advanced=True)
+    vae_path: str = opt("", "Optional separate VAE (folder or file; FLUX, Z-Image, Chroma: ae.safetensors; FLUX.2 "
+                            "klein: flux2-vae.safetensors); empty uses the model's own.", advanced=True)
     clip_l_path: str = opt("", "FLUX from single files: the CLIP-L text encoder file (clip_l.safetensors). Empty: "
                                "from model.path's folder.", advanced=True)
     t5_path: str = opt("", "FLUX from single files: the T5-XXL text encoder file (t5xxl_fp16.safetensors or "
                            "t5xxl_fp8_e4m3fn.safetensors). Empty: from model.path's folder.", advanced=True)
     text_encoder_fp8: bool = opt(False, "Store the frozen text encoder in fp8 (computed in bf16) while it encodes the "
-                                        "captions: Z-Image's Qwen3-4B takes 4 GB instead of 8, FLUX's T5 4.8 instead "
-                                        "of 9.5, so that pass fits 8 GB cards; the cached text differs slightly "
-                                        "(musubi-tuner's fp8_llm).", advanced=True)
-    text_encoder_path: str = opt("", "Z-Image from single files: the Qwen3 text encoder file (qwen_3_4b.safetensors, "
-                                     "in ComfyUI's models/text_encoders/). Empty: from model.path's folder.",
-                                 advanced=True)
-    preview_path: str = opt("", "A distilled model of the same family (Z-Image Turbo) on which every sample is also "
+                                        "captions: Qwen3-4B (Z-Image, klein 4B) takes 4 GB instead of 8, FLUX's T5 "
+                                        "4.8 instead of 9.5, so that pass fits 8 GB cards; the cached text differs "
+                                        "slightly (musubi-tuner's fp8_llm).", advanced=True)
+    text_encoder_path: str = opt("", "Z-Image and FLUX.2 klein from single files: the Qwen3 text encoder file "
+                                     "(qwen_3_4b.safetensors; the klein 9B's Qwen3-8B file), in ComfyUI's "
+                                     "models/text_encoders/. Empty: from model.path's folder.", advanced=True)
+    preview_path: str = opt("", "A distilled model of the same family (Z-Image Turbo, the distilled FLUX.2 klein) on "
+                                "which every sample is also "
                                 "rendered with the LoRA being trained, at that model's own steps and guidance: train "
                                 "on the base, see the LoRA where you will use it. A folder, a transformer file or a "
                                 "Hub id; empty: none.", advanced=True)
     dit: DitConfig = field(default_factory=DitConfig)
-    block_swap: int = opt(0, "FLUX, Z-Image, Chroma: keep this many transformer blocks in CPU RAM and bring each "
-                             "to the GPU while it runs (less VRAM, slower; 0 = off).", unit="blocks", min=0, max=57,
-                          advanced=True)
+    block_swap: int = opt(0, "FLUX, FLUX.2, Z-Image, Chroma: keep this many transformer blocks in CPU RAM and "
+                             "bring each to the GPU while it runs (less VRAM, slower; 0 = off).", unit="blocks",
+                          min=0, max=57, advanced=True)

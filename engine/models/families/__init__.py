@@ -17,8 +17,8 @@ from importlib import import_module
 from engine.models.families.base import Capabilities, Components, Family
 from engine.registry import choose
 
-FOLDERS: dict[str, str] = {"sd15": "sd", "sd2": "sd", "sdxl": "sdxl", "flux": "flux", "zimage": "zimage",
-                           "chroma": "chroma", "dit": "dit"}
+FOLDERS: dict[str, str] = {"sd15": "sd", "sd2": "sd", "sdxl": "sdxl", "flux": "flux", "flux2": "flux2",
+                           "zimage": "zimage", "chroma": "chroma", "dit": "dit"}
 
 
 def _part(name: str, part: str, table: str, required: bool = True):

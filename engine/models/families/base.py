@@ -55,6 +55,8 @@ class Capabilities:
     preview_model: str = ""              # its distilled sibling that model.preview_path names (Z-Image: "Z-Image
                                          # Turbo"); "" when it has none
     size_shift: bool = False             # flow noise levels shifted by the image size when sampling (FLUX)
+    token_patch: int = 2                 # latents per image token, each side: FLUX packs 2x2 latents into a token;
+                                         # FLUX.2's latents are its tokens already (patchified by the family: 1)
     # (preset) -> [(key, message)]: checks of the family's own keys (the DiT's model.dit.*)
     checks: Callable = lambda preset: []
     # (preset) -> [(key, message)]: its valid settings that are rarely what was meant (warned, never refused:
@@ -62,6 +64,10 @@ class Capabilities:
     advice: Callable = lambda preset: []
     # (model config) -> the multiple, for families whose multiple depends on the preset (the DiT's patch size)
     multiple_of: Callable | None = None
+
+    def image_tokens(self, latent_shape) -> int:
+        """Image tokens of a latent [..., h, w]: what flux_shift and the rollouts' size shift count."""
+        return latent_shape[-2] * latent_shape[-1] // self.token_patch ** 2
 
     def latent_multiple(self, model) -> int:
         return self.multiple_of(model) if self.multiple_of else self.latent_multiple_px

@@ -59,6 +59,9 @@ class FamilyMemory:
     cached_states: tuple                # the text encoders whose hidden states are cached (not only pooled)
     known: dict                         # component -> parameter count of the real model, when no file is found
     known_denoiser: Callable | None = None      # model.path -> the denoiser's Tensors (a FLUX layout in full)
+    # (component, model.path) -> that component's Tensors in the real model model.path names, or None for `known`:
+    # for a family whose models differ in more than the denoiser (FLUX.2 klein 4B / 9B: Qwen3-4B / Qwen3-8B)
+    known_parts: Callable | None = None
     known_lora_per_rank: int = 0        # UNets without files: LoRA parameters per rank on the default targets
     known_fp8_bnb: tuple = (0, 0)       # UNets without files: (fp8_params, bnb_params)
     modulation_targets: tuple = ()
@@ -75,3 +78,9 @@ class FamilyMemory:
     # hidden states of the text width alive per caption token while the encoder caches them (0: figures'
     # ENCODER_LIVE_STATES, T5's); Qwen3 with output_hidden_states keeps every layer's
     encoder_live_states: float = 0
+    # hidden states of each cached encoder stacked per caption token (FLUX.2 klein caches 3 of Qwen3's layers): the
+    # cache is that many times the encoder's width, while encoder_live_states stay in units of the width itself
+    cached_layers: int = 1
+    # per caption token, the vocabulary logits the encoder's forward also returns while it encodes (FLUX.2 klein's
+    # pipeline runs Qwen3ForCausalLM, head and all: 151,936 per token, more than all its hidden states of the 4B)
+    encoder_logits: int = 0

@@ -185,9 +185,11 @@ def estimate(sizes: ModelSizes, s: Settings) -> Estimate:
     te_bytes = TE_FP8_SHARE + (1 - TE_FP8_SHARE) * compute if s.text_encoder_fp8 and not trains_te else compute
     tes_gb = sum(sizes.components[n].params for n in spec.text_encoders) * te_bytes / GB
     widths = [sizes.components[n].hidden for n in spec.cached_states]
-    text_width = sum(widths) if all(widths) else spec.text_width
+    # the encoders' own width (what their live states are counted in) and the cached states' (cached_layers of it)
+    encoder_width = sum(widths) if all(widths) else spec.text_width // spec.cached_layers
+    text_width = encoder_width * spec.cached_layers
     live_states = spec.encoder_live_states or ENCODER_LIVE_STATES
-    encoding_gb = CAPTION_CHUNK * text_tokens * text_width * compute * live_states / GB
+    encoding_gb = CAPTION_CHUNK * text_tokens * (encoder_width * live_states + spec.encoder_logits) * compute / GB
     caching_text = (on_card + tes_gb + encoding_gb) * (1 + ALLOCATOR_SLACK) + CUDA_CONTEXT_GB
     caching_latents = (on_card + vae_gb + encode_gb) * (1 + ALLOCATOR_SLACK) + CUDA_CONTEXT_GB
     phases = {"training": training, "caching text": caching_text * cache_text,

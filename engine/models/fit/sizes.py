@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from engine.models.families import memory_model
-from engine.models.fit.family import FamilyMemory
+from engine.models.fit.family import NO_BLOCKS, FamilyMemory
 from engine.models.fit.headers import Component, Tensors, component_from_tensors, read_header
 from engine.models.fit.settings import local_path
 
@@ -65,9 +65,12 @@ def _split_by_prefix(tensors: Tensors, prefixes: dict) -> dict[str, Tensors]:
 
 def _known(spec: FamilyMemory, name: str, model_path: str, why: str) -> Component:
     source = f"known size of the {spec.label} {name} ({why})"
-    if name == spec.denoiser and spec.known_denoiser is not None:
-        denoiser = component_from_tensors(name, spec.known_denoiser(model_path), "", spec.layout)
-        return replace(denoiser, source=source, dtype="")
+    tensors = spec.known_parts(name, model_path) if spec.known_parts is not None else None
+    if tensors is None and name == spec.denoiser and spec.known_denoiser is not None:
+        tensors = spec.known_denoiser(model_path)
+    if tensors is not None:
+        part = component_from_tensors(name, tensors, "", spec.layout if name == spec.denoiser else NO_BLOCKS)
+        return replace(part, source=source, dtype="")
     params = spec.known[name]
     fp8, bnb = spec.known_fp8_bnb if name == spec.denoiser else (0, 0)
     return Component(name, params, 2 * params, fp8, bnb, source=source)

@@ -38,7 +38,7 @@ def batch_loss(r, batch: dict) -> torch.Tensor:
     else:
         noise = torch.randn(x0.shape, generator=r.noise_gen, device=r.device)
         noise = offset_noise(noise, training.noise_offset, r.noise_gen)
-    t = r.objective.sample_t(len(x0), r.noise_gen, r.device, image_tokens=x0.shape[-2] * x0.shape[-1] // 4)
+    t = r.objective.sample_t(len(x0), r.noise_gen, r.device, image_tokens=r.family.caps.image_tokens(x0.shape))
     x_t = r.objective.add_noise(x0, noise, t).to(r.weight_dtype)
     pred = r.family.predict(r.comps, x_t, t, batch["cond"], batch["size_cond"])
     target = r.objective.target(x0, noise, t)
@@ -78,7 +78,8 @@ def export_info(r):
     prediction = {"v_prediction": "v"}.get(r.objective.name, r.objective.name) if r.family.writes_prediction_type else ""
     return LoraExportInfo(
         title=r.preset.output.run_name,  # a rectified flow on SD2-v: prediction flow, the v model's base version
-        base_model_version=by_prediction(r.family.kohya_base_model, r.objective.name, r.comps.prediction_type),
+        base_model_version=by_prediction(r.family.kohya_base_model, r.comps.extra.get("variant", ""),
+                                         r.objective.name, r.comps.prediction_type),   # FLUX.2: by its size
         architecture=by_prediction(r.family.modelspec_architecture, r.comps.extra.get("variant", ""),
                                    r.objective.name, r.comps.prediction_type), prediction_type=prediction,
         implementation=r.family.modelspec_implementation, training_started_at=r.started_at,

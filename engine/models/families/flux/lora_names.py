@@ -46,7 +46,10 @@ DIFFUSERS_LINEAR1_WIDTHS = (3072, 3072, 3072, 12288)
 
 
 def is_flux_transformer(module) -> bool:
-    return module is not None and hasattr(module, "single_transformer_blocks") and hasattr(module, "transformer_blocks")
+    """FLUX.1's transformer (and Chroma's, a trimmed FLUX.1); not FLUX.2's, whose blocks share their modulation
+    (double_stream_modulation_img) and whose names are its own (families/flux2/lora_names.py)."""
+    return module is not None and hasattr(module, "single_transformer_blocks") and \
+        hasattr(module, "transformer_blocks") and not hasattr(module, "double_stream_modulation_img")
 
 
 def bfl_module(path: str) -> tuple[str, int | None] | None:
@@ -73,9 +76,14 @@ def fused_size(kohya: str) -> int:
 
 def modules(transformer) -> dict[str, list[str]]:
     """{kohya module name: the transformer's module paths it holds, in the fused layer's order (one if not fused)}."""
+    return modules_by(transformer, bfl_module)
+
+
+def modules_by(transformer, bfl_module_of_path) -> dict[str, list[str]]:
+    """modules() under another family's (BFL module, slot) function (FLUX.2's, flux2/lora_names.py)."""
     found: dict[str, dict[int, str]] = {}
     for path, _ in transformer.named_modules():
-        bfl = bfl_module(path)
+        bfl = bfl_module_of_path(path)
         if bfl is not None:
             found.setdefault(kohya_name(bfl[0]), {})[bfl[1] or 0] = path
     return {name: [slots[i] for i in sorted(slots)] for name, slots in found.items()}
@@ -97,8 +105,14 @@ def tensors(transformer, layers: dict, adapter_name: str) -> dict[str, torch.Ten
         raise ValueError(f"export.format: 'kohya' FLUX files hold the blocks' layers only (diffusers drops the "
                          f"others): {', '.join(unreadable)}; leave them out of network.targets or use format "
                          f"'diffusers'")
+    return write_modules(transformer, modules(transformer), layers, adapter_name)
+
+
+def write_modules(transformer, names: dict[str, list[str]], layers: dict, adapter_name: str) -> dict:
+    """The kohya tensors of `layers` ({module path: peft LoRA layer}) under the file module names `names` ({name: the
+    module paths it holds, as modules() gives them}): down, up and alpha each, a fused one as the docstring says."""
     out = {}
-    for name, paths in modules(transformer).items():
+    for name, paths in names.items():
         present = [p for p in paths if p in layers]
         if not present:
             continue
@@ -107,7 +121,7 @@ def tensors(transformer, layers: dict, adapter_name: str) -> dict[str, torch.Ten
             down, up = layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight
             scale = layer.scaling[adapter_name]
         else:
-            down, up, scale = _fuse(transformer, paths, layers, adapter_name)
+            down, up, scale = fuse(transformer, paths, layers, adapter_name)
         out[f"{name}.lora_down.weight"] = down
         out[f"{name}.lora_up.weight"] = up
         # kohya's scale is alpha / rank (rank: the down's rows), so alpha = scale * rank (also right for rsLoRA)
@@ -115,7 +129,7 @@ def tensors(transformer, layers: dict, adapter_name: str) -> dict[str, torch.Ten
     return out
 
 
-def _fuse(transformer, paths: list[str], layers: dict, adapter_name: str):
+def fuse(transformer, paths: list[str], layers: dict, adapter_name: str):
     """(down [n*r, in], block-diagonal up [sum out, n*r], scale) of one fused module's parts (module docstring)."""
     first = layers[next(p for p in paths if p in layers)]
     rank, scale = max(layers[p].r[adapter_name] for p in paths if p in layers), first.scaling[adapter_name]
@@ -156,7 +170,11 @@ def is_block_diagonal(down: torch.Tensor, up: torch.Tensor, widths: list[int]) -
 
 def part_rank(kohya: str, down: torch.Tensor, up: torch.Tensor) -> int:
     """The rank an adapter needs to take one part of a file module: rank/n if block-diagonal, else the rank."""
-    widths = out_dims(kohya, down, up)
+    return part_rank_of(out_dims(kohya, down, up), down, up)
+
+
+def part_rank_of(widths: list[int], down: torch.Tensor, up: torch.Tensor) -> int:
+    """part_rank() of a module whose parts have these widths."""
     return down.shape[0] // len(widths) if is_block_diagonal(down, up, widths) else down.shape[0]
 
 
@@ -165,7 +183,11 @@ def split(kohya: str, down: torch.Tensor, up: torch.Tensor, part_ranks: list[int
     exact. A part whose adapter has the file's rank takes the whole down and its rows of up (the dense layout, also
     right for a block-diagonal up); one of rank/n takes its own block (the block-diagonal layout). A part that
     cannot take the file's weights is None."""
-    widths = out_dims(kohya, down, up)
+    return split_widths(out_dims(kohya, down, up), down, up, part_ranks)
+
+
+def split_widths(widths: list[int], down: torch.Tensor, up: torch.Tensor, part_ranks: list[int | None]) -> list:
+    """split() of a module whose parts have these widths."""
     rank, rows = down.shape[0], torch.split(up, widths, dim=0)
     block_diagonal = is_block_diagonal(down, up, widths)
     parts = []
@@ -183,7 +205,12 @@ def split(kohya: str, down: torch.Tensor, up: torch.Tensor, part_ranks: list[int
 def unplaced(tensors: dict, transformer) -> list[str]:
     """The file modules in `tensors` (kohya keys, BFL names) that no layer of `transformer` can take as they are:
     no such module, or shapes that do not fit the layers it names."""
-    names = modules(transformer)
+    return unplaced_in(tensors, transformer, modules(transformer), out_dims)
+
+
+def unplaced_in(tensors: dict, transformer, names: dict[str, list[str]], widths_of) -> list[str]:
+    """unplaced() under the file module names `names` (as modules() gives them), whose parts' widths
+    widths_of(stem, down, up) reads from the file."""
     bad = []
     for key, down in tensors.items():
         if not key.endswith(".lora_down.weight"):
@@ -192,7 +219,7 @@ def unplaced(tensors: dict, transformer) -> list[str]:
         paths, up = names.get(stem), tensors.get(f"{stem}.lora_up.weight")
         widths = [out_features(transformer, p) for p in paths or []]
         if (not paths or up is None or down.shape[1] != transformer.get_submodule(paths[0]).in_features
-                or tuple(up.shape) != (sum(widths), down.shape[0]) or out_dims(stem, down, up) != widths):
+                or tuple(up.shape) != (sum(widths), down.shape[0]) or widths_of(stem, down, up) != widths):
             bad.append(stem)
     return sorted(bad)
 
